@@ -1,0 +1,14 @@
+//! Types that can only hold valid values: parsing a request yields these or a list of field errors.
+
+pub mod contact;
+pub mod links;
+pub mod mask;
+pub mod patch;
+pub mod plan;
+pub mod upi;
+
+pub use contact::{CountryCode, Email, MobileNumber, PersonName};
+pub use links::{ProfileLinks, UserId};
+pub use patch::{FieldError, ProfilePatch};
+pub use plan::{PlannedStep, StepRequest, Target, plan};
+pub use upi::{DeviceFingerprint, UpiAction, UpiChange, UpiNumber, Vpa};

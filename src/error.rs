@@ -1,0 +1,316 @@
+//! The one public error schema: RFC 9457 problem details with a stable `code`. Every error the
+//! service emits goes through `ApiError`, whose status and code are decided in one match.
+
+use crate::changes::model::ChangeView;
+use crate::domain::FieldError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::time::Duration;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("caller lacks scope {0}")]
+    Forbidden(&'static str),
+    #[error("no route")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("unknown user")]
+    UserNotFound,
+    #[error("unknown change")]
+    ChangeNotFound,
+    #[error("invalid path parameter {0}")]
+    InvalidPath(&'static str),
+    #[error("invalid query parameter {0}")]
+    InvalidQuery(&'static str),
+    #[error("malformed JSON")]
+    MalformedJson,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("body too large")]
+    PayloadTooLarge,
+    #[error("validation failed ({} errors)", .0.len())]
+    Validation(Vec<FieldError>),
+    #[error("the user lacks a link the change needs")]
+    MissingLink(Vec<FieldError>),
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(String),
+    #[error("the change did not fully apply")]
+    ChangeFailed(Box<ChangeView>),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&e) {
+            ApiError::DatabaseUnavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    pub code: &'static str,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_status: Option<crate::changes::model::ChangeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<crate::changes::model::StepView>>,
+    #[serde(skip)]
+    pub location: Option<String>,
+}
+
+/// How a failed change answers: the worst step decides. Input the caller must fix (422) beats
+/// upstream trouble (502), and a change whose only failures are timeouts is a 504.
+fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static str, String) {
+    use crate::providers::StepErrorCode as C;
+    let errors: Vec<C> = change
+        .steps
+        .iter()
+        .filter_map(|s| s.error.as_ref().map(|e| e.code))
+        .collect();
+    let applied = change
+        .steps
+        .iter()
+        .filter(|s| s.status == crate::changes::model::StepStatus::Applied)
+        .count();
+    let summary = format!(
+        "{applied} of {} steps applied; see steps[] for each provider's outcome",
+        change.steps.len()
+    );
+    if let Some(code) = [C::UpstreamRejected, C::UpstreamNotFound]
+        .into_iter()
+        .find(|c| errors.contains(c))
+    {
+        let code = if code == C::UpstreamRejected {
+            "upstream_rejected"
+        } else {
+            "upstream_not_found"
+        };
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "An upstream refused the change",
+            summary,
+        );
+    }
+    if !errors.is_empty() && errors.iter().all(|c| *c == C::UpstreamTimeout) {
+        return (
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "An upstream timed out",
+            summary,
+        );
+    }
+    let code = match errors.first() {
+        Some(C::UpstreamAuthFailed) => "upstream_auth_failed",
+        Some(C::UpstreamRateLimited) if errors.iter().all(|c| *c == C::UpstreamRateLimited) => {
+            "upstream_rate_limited"
+        }
+        Some(C::UpstreamBadResponse) => "upstream_bad_response",
+        _ => "upstream_unavailable",
+    };
+    (StatusCode::BAD_GATEWAY, code, "An upstream failed", summary)
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+        use ApiError::*;
+        match self {
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+                "send Authorization: Bearer <token> with a token configured in auth.callers".into(),
+            ),
+            Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Missing scope",
+                format!("the caller lacks the `{scope}` scope"),
+            ),
+            RouteNotFound => (
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "No such route",
+                "see openapi.yaml for the routes this service serves".into(),
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                "this route does not accept that method".into(),
+            ),
+            UserNotFound => (
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                "Unknown user",
+                "the user has no provider links; create them with PUT /profile/{user}/links".into(),
+            ),
+            ChangeNotFound => (
+                StatusCode::NOT_FOUND,
+                "change_not_found",
+                "Unknown change",
+                "no change has this id".into(),
+            ),
+            InvalidPath(what) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path_parameter",
+                "Invalid path parameter",
+                format!("{what} is not valid"),
+            ),
+            InvalidQuery(what) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_query_parameter",
+                "Invalid query parameter",
+                format!("{what} is not valid"),
+            ),
+            MalformedJson => (
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "Malformed JSON",
+                "the body is not valid JSON".into(),
+            ),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                "send Content-Type: application/json".into(),
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Body too large",
+                "the body exceeds server.body_limit_bytes".into(),
+            ),
+            Validation(errors) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Invalid request",
+                format!("{} field(s) are invalid; see errors[]", errors.len()),
+            ),
+            MissingLink(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_link",
+                "Missing provider link",
+                "the change needs a provider link the user does not have; see errors[]".into(),
+            ),
+            DatabaseUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "Cannot record the change",
+                "the change store is unavailable; nothing was sent to any provider; retry later"
+                    .into(),
+            ),
+            ChangeFailed(change) => change_failure(change),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal error",
+                "an unexpected error occurred; quote request_id when reporting it".into(),
+            ),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::DatabaseUnavailable(_) => Some(Duration::from_secs(2)),
+            ApiError::ChangeFailed(c) => c
+                .steps
+                .iter()
+                .filter_map(|s| s.error.as_ref())
+                .any(|e| e.retryable)
+                .then_some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+}
+
+/// Attached to every error response so the edge middleware logs it once, inside the request span.
+#[derive(Debug, Clone)]
+pub struct LoggedError {
+    pub code: &'static str,
+    pub status: u16,
+    pub internal: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail) = self.parts();
+        let retry_after = self.retry_after();
+        let internal = self.to_string();
+        let (errors, change) = match self {
+            ApiError::Validation(e) | ApiError::MissingLink(e) => (e, None),
+            ApiError::ChangeFailed(c) => (Vec::new(), Some(c)),
+            _ => (Vec::new(), None),
+        };
+        let problem = Problem {
+            kind: format!("/problems/{code}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            code,
+            request_id: crate::telemetry::current_request_id(),
+            errors,
+            change_id: change.as_ref().map(|c| c.change_id),
+            change_status: change.as_ref().map(|c| c.status),
+            location: change.as_ref().map(|c| c.location()),
+            steps: change.map(|c| c.steps),
+        };
+        problem_response(
+            status,
+            &problem,
+            retry_after,
+            LoggedError {
+                code,
+                status: status.as_u16(),
+                internal,
+            },
+        )
+    }
+}
+
+fn problem_response(
+    status: StatusCode,
+    problem: &Problem,
+    retry_after: Option<Duration>,
+    logged: LoggedError,
+) -> Response {
+    let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if let Some(d) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string())
+    {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    if let Some(location) = &problem.location
+        && let Ok(v) = HeaderValue::from_str(location)
+    {
+        headers.insert(header::LOCATION, v);
+    }
+    response.extensions_mut().insert(logged);
+    response
+}

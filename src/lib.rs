@@ -1,0 +1,15 @@
+pub mod audit;
+pub mod auth;
+pub mod changes;
+pub mod crypto;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod providers;
+pub mod routes;
+pub mod sandbox;
+pub mod secret;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,149 @@
+use clap::{Parser, Subcommand};
+use profile_gateway::settings::Settings;
+use profile_gateway::{demo, sandbox, startup, telemetry};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "profile-gateway",
+    version,
+    about = "One endpoint to change a user's payment profile at every provider"
+)]
+struct Cli {
+    /// TOML settings file (defaults < file < PROFILE_GATEWAY__SECTION__KEY environment variables).
+    #[arg(long, global = true, env = "PROFILE_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    Serve {
+        /// Run against the built-in upstream simulator with demo users and a demo caller.
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Apply database migrations and exit (run as a Kubernetes Job before a rollout).
+    Migrate,
+    /// Run the upstream simulator alone.
+    Sandbox {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// JSON file with the initial state (and optional faults).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+    },
+    /// Load and validate the settings, print them with secrets masked, and exit.
+    CheckConfig {
+        #[arg(long)]
+        sandbox: bool,
+    },
+    /// Print the SHA-256 of a bearer token read from stdin, for `auth.callers[].token_sha256`.
+    HashToken,
+}
+
+fn load(config: Option<&std::path::Path>, sandbox: bool) -> Result<Settings, String> {
+    let settings = Settings::load(config, std::env::vars()).map_err(|e| e.to_string())?;
+    settings.validate(sandbox).map_err(|e| e.to_string())?;
+    Ok(settings)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("profile-gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { sandbox } => serve(cli.config.as_deref(), sandbox).await,
+        Command::Migrate => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .map_err(|e| e.to_string())?;
+            telemetry::init(
+                &settings.telemetry.log_format,
+                &settings.telemetry.log_level,
+            );
+            let pool = sqlx::PgPool::connect_with(
+                startup::connect_options(&settings).map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| format!("cannot connect to database.url: {e}"))?;
+            startup::migrate(&pool).await.map_err(|e| e.to_string())?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Sandbox { listen, seed } => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .map_err(|e| e.to_string())?;
+            telemetry::init(
+                &settings.telemetry.log_format,
+                &settings.telemetry.log_level,
+            );
+            sandbox::run_standalone(listen, seed)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::CheckConfig { sandbox } => {
+            let settings = load(cli.config.as_deref(), sandbox)?;
+            println!("{settings:#?}");
+            Ok(())
+        }
+        Command::HashToken => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                profile_gateway::auth::token_sha256(token.trim_end_matches(['\n', '\r']))
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), String> {
+    let mut settings = load(config, sandbox)?;
+    telemetry::init(
+        &settings.telemetry.log_format,
+        &settings.telemetry.log_level,
+    );
+    let sandbox_handle = if sandbox {
+        let handle = demo::start_sandbox(&mut settings)
+            .await
+            .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        tracing::warn!(upstream = %handle.base_url(), "SANDBOX MODE: upstreams are simulated; never use this in production");
+        startup::ensure_database(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        Some(handle)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", settings.server.listen))?;
+    let app = startup::Application::build(&settings, listener)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(handle) = &sandbox_handle {
+        demo::seed_links(&app.pool)
+            .await
+            .map_err(|e| format!("cannot seed demo users: {e}"))?;
+        println!("{}", demo::banner(app.local_addr(), &handle.base_url()));
+    }
+    tracing::info!(addr = %app.local_addr(), "profile-gateway listening");
+    app.run_until(startup::shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}

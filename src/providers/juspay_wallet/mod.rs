@@ -1,0 +1,99 @@
+//! Juspay wallet: `POST /wallets/{id}` with `command=update`.
+
+pub mod wire;
+
+use super::classify::{self, bad_success};
+use super::http::{self, basic_auth};
+use super::{JuspayConfig, ProviderAdapter, StepResult, endpoint, juspay_error, misrouted};
+use crate::domain::{StepRequest, Target};
+use futures_util::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+
+const TARGET: Target = Target::JuspayWallet;
+
+pub struct JuspayWallet {
+    client: reqwest::Client,
+    config: JuspayConfig,
+    authorization: HeaderValue,
+}
+
+impl JuspayWallet {
+    pub fn new(client: reqwest::Client, config: JuspayConfig) -> Self {
+        let authorization = super::sensitive(&basic_auth(config.api_key.expose(), ""));
+        Self {
+            client,
+            config,
+            authorization,
+        }
+    }
+
+    async fn update(&self, wallet_id: &str, mobile_number: &str) -> StepResult {
+        let form = serde_urlencoded::to_string(wire::UpdateMobileForm {
+            command: "update",
+            mobile_number,
+        })
+        .map_err(|_| misrouted(TARGET))?;
+        let mut request = self
+            .client
+            .post(endpoint(
+                &self.config.base_url,
+                &format!("/wallets/{wallet_id}"),
+            ))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header("version", &self.config.version)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form);
+        if let Some(m) = &self.config.merchant_id {
+            request = request.header("x-merchantid", m);
+        }
+        let response = http::send(request, self.config.timeout)
+            .await
+            .map_err(|e| classify::transport_failure(TARGET, e))?;
+        if !response.is_success() {
+            return Err(classify::http_failure(
+                TARGET,
+                response.status,
+                response.retry_after,
+                juspay_error::facts(&response.body),
+            ));
+        }
+        let account: wire::WalletAccount =
+            serde_json::from_slice(&response.body).map_err(|_| {
+                bad_success(TARGET, response.status, "its body is not a wallet account")
+            })?;
+        if account.id.as_deref().is_some_and(|id| id != wallet_id) {
+            return Err(bad_success(
+                TARGET,
+                response.status,
+                "it names another wallet",
+            ));
+        }
+        let echoed = account.metadata.and_then(|m| m.mobile_number);
+        if echoed.as_deref() != Some(mobile_number) {
+            return Err(bad_success(
+                TARGET,
+                response.status,
+                "its metadata.mobile_number is not the number sent",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ProviderAdapter for JuspayWallet {
+    fn target(&self) -> Target {
+        TARGET
+    }
+
+    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            match request {
+                StepRequest::JuspayWallet {
+                    wallet_id,
+                    mobile_number,
+                } => self.update(wallet_id, mobile_number.as_str()).await,
+                _ => Err(misrouted(TARGET)),
+            }
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! Provider adapters: each owns one upstream's wire format; `classify` is the one place where any
+//! upstream failure becomes a public step error.
+
+pub mod classify;
+pub mod http;
+pub mod juspay_customer;
+pub mod juspay_error;
+pub mod juspay_wallet;
+pub mod razorpay_upi;
+
+use crate::domain::{StepRequest, Target};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The public step error codes (design.md section 2). Stable: callers branch on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepErrorCode {
+    UpstreamRejected,
+    UpstreamNotFound,
+    UpstreamAuthFailed,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    UpstreamBadResponse,
+}
+
+impl StepErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpstreamRejected => "upstream_rejected",
+            Self::UpstreamNotFound => "upstream_not_found",
+            Self::UpstreamAuthFailed => "upstream_auth_failed",
+            Self::UpstreamRateLimited => "upstream_rate_limited",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBadResponse => "upstream_bad_response",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::UpstreamRejected,
+            Self::UpstreamNotFound,
+            Self::UpstreamAuthFailed,
+            Self::UpstreamRateLimited,
+            Self::UpstreamUnavailable,
+            Self::UpstreamTimeout,
+            Self::UpstreamBadResponse,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// A failed step attempt, already normalized. `message` is written by us, never copied from the
+/// upstream (its text can carry PII).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    pub code: StepErrorCode,
+    pub retryable: bool,
+    /// The write may have taken effect upstream (timeout after sending, 2xx with a body we cannot
+    /// trust): the step is `unknown` until the state is read back.
+    pub outcome_unknown: bool,
+    pub upstream_status: Option<u16>,
+    pub upstream_code: Option<String>,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+pub type StepResult = Result<(), StepError>;
+
+/// One upstream API. Object-safe so the registry can hold any adapter, including test doubles of
+/// the transport (the tests use the sandbox over real HTTP instead).
+pub trait ProviderAdapter: Send + Sync {
+    fn target(&self) -> Target;
+
+    /// Sends the step's request once and judges the answer.
+    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult>;
+}
+
+#[derive(Clone, Default)]
+pub struct Providers {
+    adapters: HashMap<Target, Arc<dyn ProviderAdapter>>,
+}
+
+impl Providers {
+    pub fn with(mut self, adapter: Arc<dyn ProviderAdapter>) -> Self {
+        self.adapters.insert(adapter.target(), adapter);
+        self
+    }
+
+    pub fn get(&self, target: Target) -> Option<&Arc<dyn ProviderAdapter>> {
+        self.adapters.get(&target)
+    }
+}
+
+/// The settings of one upstream as the adapters need them.
+#[derive(Debug, Clone)]
+pub struct JuspayConfig {
+    pub base_url: String,
+    pub api_key: crate::secret::Secret,
+    pub merchant_id: Option<String>,
+    pub version: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RazorpayConfig {
+    pub base_url: String,
+    pub key_id: String,
+    pub key_secret: crate::secret::Secret,
+    pub timeout: Duration,
+}
+
+pub fn build(client: reqwest::Client, juspay: JuspayConfig, razorpay: RazorpayConfig) -> Providers {
+    Providers::default()
+        .with(Arc::new(juspay_customer::JuspayCustomer::new(
+            client.clone(),
+            juspay.clone(),
+        )))
+        .with(Arc::new(juspay_wallet::JuspayWallet::new(
+            client.clone(),
+            juspay,
+        )))
+        .with(Arc::new(razorpay_upi::RazorpayUpi::new(client, razorpay)))
+}
+
+/// Joins a configured base URL and a path whose dynamic segments were already validated as
+/// URL-safe ids.
+pub(crate) fn endpoint(base_url: &str, path: &str) -> String {
+    format!("{}{}", base_url.trim_end_matches('/'), path)
+}
+
+/// A request handed to the wrong adapter: a bug in the registry, reported as a step failure rather
+/// than a panic inside a fan-out task.
+pub(crate) fn misrouted(target: Target) -> StepError {
+    StepError {
+        code: StepErrorCode::UpstreamBadResponse,
+        retryable: false,
+        outcome_unknown: false,
+        upstream_status: None,
+        upstream_code: None,
+        message: format!("{} could not build its request", target.as_str()),
+        retry_after: None,
+    }
+}
+
+/// A credential header, marked so that hyper and reqwest never print it.
+pub(crate) fn sensitive(value: &str) -> reqwest::header::HeaderValue {
+    let mut v = reqwest::header::HeaderValue::from_str(value)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
+    v.set_sensitive(true);
+    v
+}

@@ -1,0 +1,157 @@
+//! Razorpay TPAP: `PATCH /v1/upi/tpap/upi_number`, JSON, with the end user's device headers.
+
+pub mod wire;
+
+use super::classify::{self, ErrorFacts, bad_success, safe_code, says_not_found};
+use super::http::{self, basic_auth};
+use super::{ProviderAdapter, RazorpayConfig, StepResult, endpoint, misrouted};
+use crate::domain::{StepRequest, Target, UpiChange};
+use futures_util::future::BoxFuture;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use serde_json::Value;
+
+const TARGET: Target = Target::RazorpayUpi;
+
+pub struct RazorpayUpi {
+    client: reqwest::Client,
+    config: RazorpayConfig,
+    authorization: HeaderValue,
+}
+
+impl RazorpayUpi {
+    pub fn new(client: reqwest::Client, config: RazorpayConfig) -> Self {
+        let authorization =
+            super::sensitive(&basic_auth(&config.key_id, config.key_secret.expose()));
+        Self {
+            client,
+            config,
+            authorization,
+        }
+    }
+
+    async fn update(&self, customer_reference: &str, upi: &UpiChange) -> StepResult {
+        let body = wire::UpdateUpiNumber {
+            upi_number: upi.upi_number.as_str(),
+            vpa: upi.vpa.as_str(),
+            action: upi.action.as_str(),
+            consent: true,
+        };
+        let request = self
+            .client
+            .patch(endpoint(&self.config.base_url, "/v1/upi/tpap/upi_number"))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-device-fingerprint", upi.device_fingerprint.as_str())
+            .header(
+                "x-device-fingerprint-timestamp",
+                upi.fingerprint_timestamp.to_string(),
+            )
+            .header("x-customer-reference", customer_reference)
+            .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
+        let response = http::send(request, self.config.timeout)
+            .await
+            .map_err(|e| classify::transport_failure(TARGET, e))?;
+        if !response.is_success() {
+            return Err(classify::http_failure(
+                TARGET,
+                response.status,
+                response.retry_after,
+                facts(&response.body),
+            ));
+        }
+        let entity: wire::UpiNumberEntity = serde_json::from_slice(&response.body)
+            .map_err(|_| bad_success(TARGET, response.status, "its body is not a UPI number"))?;
+        if entity.upi_number.as_deref() != Some(upi.upi_number.as_str()) {
+            return Err(bad_success(
+                TARGET,
+                response.status,
+                "it names another UPI number",
+            ));
+        }
+        let expected = upi.action.expected_status();
+        if entity.status.as_deref() != Some(expected) {
+            // Razorpay can answer 200 with a state nobody asked for; that is not an applied step.
+            let mut e = bad_success(
+                TARGET,
+                response.status,
+                &format!("the number is not {expected} after {}", upi.action.as_str()),
+            );
+            e.outcome_unknown = false;
+            e.upstream_code = entity.status.as_deref().and_then(safe_code);
+            return Err(e);
+        }
+        if upi.action == crate::domain::UpiAction::ChangeVpa
+            && !entity
+                .vpa
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case(upi.vpa.as_str()))
+        {
+            return Err(bad_success(
+                TARGET,
+                response.status,
+                "its vpa is not the one sent",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Facts from `{"error": {...}}`. The code is an open set and does not follow HTTP semantics, so it
+/// is kept for the record but only `reason`/`description` hint at "not found".
+fn facts(body: &[u8]) -> ErrorFacts {
+    let Ok(envelope) = serde_json::from_slice::<wire::ErrorEnvelope>(body) else {
+        return ErrorFacts::default();
+    };
+    let text = |v: &Option<Value>| v.as_ref().and_then(Value::as_str).unwrap_or("").to_string();
+    let e = envelope.error;
+    let reason = text(&e.reason);
+    let description = text(&e.description);
+    let field = text(&e.field);
+    let fields = ["upi_number", "vpa", "action", "consent"]
+        .into_iter()
+        .filter(|f| *f == field)
+        .collect();
+    ErrorFacts {
+        envelope: true,
+        upstream_code: safe_code(&text(&e.code)),
+        not_found: says_not_found(&reason) || says_not_found(&description),
+        fields,
+    }
+}
+
+impl ProviderAdapter for RazorpayUpi {
+    fn target(&self) -> Target {
+        TARGET
+    }
+
+    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move {
+            match request {
+                StepRequest::RazorpayUpi {
+                    customer_reference,
+                    upi,
+                } => self.update(customer_reference, upi).await,
+                _ => Err(misrouted(TARGET)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_envelope_facts() {
+        let f = facts(br#"{"error":{"code":"SERVER_ERROR","description":"UPI number does not exist","field":null,"reason":"NA"}}"#);
+        assert!(f.envelope && f.not_found);
+        assert_eq!(f.upstream_code.as_deref(), Some("SERVER_ERROR"));
+        let f = facts(
+            br#"{"error":{"code":"BAD_REQUEST_ERROR","field":"vpa","reason":"invalid_vpa"}}"#,
+        );
+        assert_eq!(f.fields, ["vpa"]);
+        assert!(!f.not_found);
+        assert_eq!(facts(b"Bad Gateway"), ErrorFacts::default());
+        assert_eq!(facts(br#"{"error":"x"}"#), ErrorFacts::default());
+    }
+}

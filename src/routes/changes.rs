@@ -1,0 +1,72 @@
+//! Recorded changes: one by id, or a user's history.
+
+use super::{AppState, user_param};
+use crate::auth::{Caller, SCOPE_READ};
+use crate::changes::model::ChangeView;
+use crate::error::ApiError;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/changes/{change_id}", get(get_change))
+        .route("/profile/{user}/changes", get(list_changes))
+}
+
+async fn get_change(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<ChangeView>, ApiError> {
+    caller.require(SCOPE_READ)?;
+    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
+    crate::store::changes::load(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::ChangeNotFound)
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    before_seq: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_changes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(SCOPE_READ)?;
+    let user = user_param(&raw)?;
+    let limit = match page.limit.as_deref() {
+        None => 50,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or(ApiError::InvalidQuery("limit (1 to 200)"))?,
+    };
+    let before_seq = match page.before_seq.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(ApiError::InvalidQuery("before_seq"))?,
+        ),
+    };
+    let changes =
+        crate::store::changes::list_for_user(&state.pool, &user, before_seq, limit).await?;
+    let next = (changes.len() as i64 == limit)
+        .then(|| changes.last().map(|c| c.seq))
+        .flatten();
+    Ok(Json(
+        json!({"user": user.as_str(), "changes": changes, "next_before_seq": next}),
+    ))
+}

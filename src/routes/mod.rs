@@ -1,0 +1,94 @@
+//! HTTP routes, one module per resource; this module merges them and adds the edge layers.
+
+pub mod changes;
+pub mod health;
+pub mod profile;
+
+use crate::auth::Callers;
+use crate::changes::ChangeService;
+use crate::error::ApiError;
+use axum::Router;
+use axum::extract::{FromRef, FromRequest, Request};
+use axum::http::header;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub callers: Callers,
+    pub changes: Arc<ChangeService>,
+    pub body_limit: usize,
+}
+
+impl FromRef<AppState> for Callers {
+    fn from_ref(s: &AppState) -> Callers {
+        s.callers.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(profile::router())
+        .merge(changes::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(crate::telemetry::edge))
+        .with_state(state)
+}
+
+/// A JSON body as a `serde_json::Value`, so the domain parsers can report every bad field at once
+/// with its pointer. Content type, size and syntax are checked here, each with its own problem.
+pub struct JsonBody(pub serde_json::Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > state.body_limit) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), state.body_limit)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|_| ApiError::MalformedJson)
+    }
+}
+
+pub(crate) fn user_param(raw: &str) -> Result<crate::domain::UserId, ApiError> {
+    crate::domain::UserId::parse(raw).ok_or(ApiError::InvalidPath("user"))
+}
+
+pub(crate) fn audit_context(
+    caller: &crate::auth::Caller,
+    meta: &crate::telemetry::RequestMeta,
+) -> crate::audit::AuditContext {
+    crate::audit::AuditContext {
+        caller: caller.name.clone(),
+        request_id: meta.request_id.clone(),
+        trace_id: meta.trace_id.clone(),
+        caller_addr: meta.caller_addr.clone(),
+    }
+}

@@ -1,0 +1,92 @@
+//! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
+
+use super::{AppState, JsonBody, audit_context, user_param};
+use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
+use crate::changes::{SubmitError, Submitted};
+use crate::domain::{ProfileLinks, ProfilePatch};
+use crate::error::ApiError;
+use crate::telemetry::RequestMeta;
+use axum::extract::{Extension, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch};
+use axum::{Json, Router};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/profile/{user}", patch(patch_profile))
+        .route("/profile/{user}/links", get(get_links).put(put_links))
+}
+
+async fn patch_profile(
+    State(state): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(SCOPE_WRITE)?;
+    let user = user_param(&raw)?;
+    let patch = ProfilePatch::parse(&body).map_err(ApiError::Validation)?;
+    let ctx = audit_context(&caller, &meta);
+    let submitted = state
+        .changes
+        .submit(user, patch, ctx)
+        .await
+        .map_err(|e| match e {
+            SubmitError::UserNotFound => ApiError::UserNotFound,
+            SubmitError::MissingLink(errors) => ApiError::MissingLink(errors),
+            SubmitError::Db(e) => ApiError::from(e),
+        })?;
+    Ok(match submitted {
+        Submitted::Final(change)
+            if change.status == crate::changes::model::ChangeStatus::Applied =>
+        {
+            Json(change).into_response()
+        }
+        Submitted::Final(change) => ApiError::ChangeFailed(Box::new(change)).into_response(),
+        Submitted::InProgress(change) => {
+            let location = change.location();
+            (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(change),
+            )
+                .into_response()
+        }
+    })
+}
+
+async fn get_links(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<ProfileLinks>, ApiError> {
+    caller.require(SCOPE_READ)?;
+    let user = user_param(&raw)?;
+    crate::store::links::get(&state.pool, &user)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::UserNotFound)
+}
+
+async fn put_links(
+    State(state): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(SCOPE_WRITE)?;
+    let user = user_param(&raw)?;
+    let links = ProfileLinks::parse(&body).map_err(ApiError::Validation)?;
+    let created =
+        crate::store::links::put(&state.pool, &user, &links, &audit_context(&caller, &meta))
+            .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(links)).into_response())
+}

@@ -1,0 +1,519 @@
+//! Settings: compiled-in defaults, then an optional TOML file, then `PROFILE_GATEWAY__SECTION__KEY`
+//! environment variables (last wins). `DATABASE_URL` is honoured as well, below the prefixed variable.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub upstream: UpstreamSettings,
+    pub juspay: JuspaySettings,
+    pub razorpay: RazorpaySettings,
+    pub auth: AuthSettings,
+    pub changes: ChangesSettings,
+    pub audit: AuditSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// How long shutdown waits for in-flight changes before giving up on them (the completer of
+    /// another replica then finishes them).
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts. Off by default: in Kubernetes migrations run as
+    /// a Job (`profile-gateway migrate`) before the rollout.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub connect_timeout_ms: u64,
+    /// The overall deadline of one PATCH: after it the caller gets 202 and the change goes on.
+    pub request_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JuspaySettings {
+    pub base_url: Option<String>,
+    pub api_key: Option<Secret>,
+    pub merchant_id: Option<String>,
+    /// The `version` header; it pins Juspay's response schema. Wallet updates need >= 2019-09-17.
+    pub version: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RazorpaySettings {
+    pub base_url: Option<String>,
+    pub key_id: Option<String>,
+    pub key_secret: Option<Secret>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub callers: Vec<CallerSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerSettings {
+    pub name: String,
+    /// Hex SHA-256 of the bearer token: the plaintext token never sits in configuration.
+    pub token_sha256: String,
+    /// Empty means every scope.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesSettings {
+    /// 32 bytes, base64: encrypts the values a pending change still has to send.
+    pub encryption_key: Option<Secret>,
+    pub encryption_key_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// 32 bytes, base64: keys the HMAC stored beside every masked PII value.
+    pub hmac_key: Option<Secret>,
+    pub hmac_key_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json` (default, for log shippers) or `pretty`.
+    pub log_format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+const DEFAULTS: &str = r#"
+[server]
+listen = "0.0.0.0:8080"
+body_limit_bytes = 16384
+shutdown_grace_ms = 20000
+
+[database]
+url = "postgres://postgres@127.0.0.1:5432/profile_gateway"
+max_connections = 16
+acquire_timeout_ms = 2000
+migrate_on_start = false
+
+[upstream]
+connect_timeout_ms = 1000
+request_deadline_ms = 15000
+
+[juspay]
+version = "2023-06-30"
+timeout_ms = 5000
+
+[razorpay]
+timeout_ms = 5000
+
+[auth]
+callers = []
+
+[changes]
+encryption_key_id = "k1"
+
+[audit]
+hmac_key_id = "k1"
+
+[telemetry]
+log_format = "json"
+log_level = "info"
+"#;
+
+const ENV_PREFIX: &str = "PROFILE_GATEWAY";
+
+/// A setting that is wrong, named by its dotted key so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot load settings: {0}")]
+    Load(String),
+    #[error("invalid settings:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<SettingError>),
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the environment given as an iterator (the process
+    /// environment in `main`, a fixed map in tests).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut overrides = std::collections::BTreeMap::new();
+        let mut unknown = Vec::new();
+        for (name, value) in &env {
+            if name == "DATABASE_URL" {
+                overrides
+                    .entry("database.url".to_string())
+                    .or_insert(value.clone());
+                continue;
+            }
+            let Some(rest) = name.strip_prefix(&format!("{ENV_PREFIX}__")) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if !is_known_key(&key) {
+                unknown.push(SettingError {
+                    key: name.clone(),
+                    problem: format!("unknown setting `{key}`"),
+                });
+                continue;
+            }
+            // The prefixed variable beats DATABASE_URL whatever the iteration order.
+            overrides.insert(key, value.clone());
+        }
+        if !unknown.is_empty() {
+            return Err(SettingsError::Invalid(unknown));
+        }
+        for (key, value) in overrides {
+            let value = typed_value(&key, value);
+            builder = builder
+                .set_override(key.as_str(), value)
+                .map_err(|e| SettingsError::Load(e.to_string()))?;
+        }
+        let config = builder
+            .build()
+            .map_err(|e| SettingsError::Load(e.to_string()))?;
+        config
+            .try_deserialize::<Settings>()
+            .map_err(|e| SettingsError::Load(e.to_string()))
+    }
+
+    /// Checks what serde cannot: that a production deployment names its real upstreams, credentials
+    /// and keys. In sandbox mode the simulator fills the upstream parts in.
+    pub fn validate(&self, sandbox: bool) -> Result<(), SettingsError> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, problem: &str| {
+            errors.push(SettingError {
+                key: key.to_string(),
+                problem: problem.to_string(),
+            })
+        };
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad("server.listen", "must be an address such as 0.0.0.0:8080");
+        }
+        if url::Url::parse(self.database.url.expose()).is_err() {
+            bad(
+                "database.url",
+                "must be a URL such as postgres://user@host:5432/db",
+            );
+        }
+        if !is_date(&self.juspay.version) || self.juspay.version.as_str() < "2019-09-17" {
+            bad(
+                "juspay.version",
+                "must be a date YYYY-MM-DD no older than 2019-09-17",
+            );
+        }
+        for (key, ms) in [
+            ("juspay.timeout_ms", self.juspay.timeout_ms),
+            ("razorpay.timeout_ms", self.razorpay.timeout_ms),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.request_deadline_ms",
+                self.upstream.request_deadline_ms,
+            ),
+        ] {
+            if ms == 0 {
+                bad(key, "must be greater than 0");
+            }
+        }
+        for (key, url) in [
+            ("juspay.base_url", &self.juspay.base_url),
+            ("razorpay.base_url", &self.razorpay.base_url),
+        ] {
+            match url {
+                Some(u) => {
+                    if !is_http_url(u) {
+                        bad(key, "must be an http(s) URL such as https://api.juspay.in");
+                    }
+                }
+                None if !sandbox => bad(
+                    key,
+                    "is required outside sandbox mode (use `serve --sandbox` to try the gateway without credentials)",
+                ),
+                None => {}
+            }
+        }
+        if !sandbox {
+            if self.juspay.api_key.as_ref().is_none_or(Secret::is_empty) {
+                bad("juspay.api_key", "is required outside sandbox mode");
+            }
+            if self.razorpay.key_id.as_deref().unwrap_or("").is_empty() {
+                bad("razorpay.key_id", "is required outside sandbox mode");
+            }
+            if self
+                .razorpay
+                .key_secret
+                .as_ref()
+                .is_none_or(Secret::is_empty)
+            {
+                bad("razorpay.key_secret", "is required outside sandbox mode");
+            }
+            if self.changes.encryption_key.is_none() {
+                bad("changes.encryption_key", "is required outside sandbox mode");
+            }
+            if self.audit.hmac_key.is_none() {
+                bad("audit.hmac_key", "is required outside sandbox mode");
+            }
+            if self.auth.callers.is_empty() {
+                bad(
+                    "auth.callers",
+                    "at least one caller is required outside sandbox mode",
+                );
+            }
+        }
+        for (key, value) in [
+            ("changes.encryption_key", &self.changes.encryption_key),
+            ("audit.hmac_key", &self.audit.hmac_key),
+        ] {
+            if let Some(v) = value
+                && crate::crypto::decode_key(v).is_err()
+            {
+                bad(key, "must be 32 bytes, base64-encoded");
+            }
+        }
+        for (i, caller) in self.auth.callers.iter().enumerate() {
+            if caller.name.trim().is_empty() {
+                bad(&format!("auth.callers[{i}].name"), "must not be empty");
+            }
+            let hex_ok = caller.token_sha256.len() == 64
+                && caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                bad(
+                    &format!("auth.callers[{i}].token_sha256"),
+                    "must be the 64-hex-digit SHA-256 of the token",
+                );
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError::Invalid(errors))
+        }
+    }
+
+    pub fn request_deadline(&self) -> Duration {
+        Duration::from_millis(self.upstream.request_deadline_ms)
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+}
+
+fn is_date(s: &str) -> bool {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+/// Every leaf key of the schema, so a misspelt environment variable fails loudly instead of being
+/// silently ignored.
+const KNOWN_KEYS: &[&str] = &[
+    "server.listen",
+    "server.body_limit_bytes",
+    "server.shutdown_grace_ms",
+    "database.url",
+    "database.max_connections",
+    "database.acquire_timeout_ms",
+    "database.migrate_on_start",
+    "upstream.connect_timeout_ms",
+    "upstream.request_deadline_ms",
+    "juspay.base_url",
+    "juspay.api_key",
+    "juspay.merchant_id",
+    "juspay.version",
+    "juspay.timeout_ms",
+    "razorpay.base_url",
+    "razorpay.key_id",
+    "razorpay.key_secret",
+    "razorpay.timeout_ms",
+    "changes.encryption_key",
+    "changes.encryption_key_id",
+    "audit.hmac_key",
+    "audit.hmac_key_id",
+    "telemetry.log_format",
+    "telemetry.log_level",
+];
+
+fn is_known_key(key: &str) -> bool {
+    KNOWN_KEYS.contains(&key)
+}
+
+/// Environment values are strings; numeric and boolean settings are converted here so that the
+/// error for `PROFILE_GATEWAY__SERVER__BODY_LIMIT_BYTES=lots` names the key.
+fn typed_value(key: &str, value: String) -> config::Value {
+    let numeric = key.ends_with("_ms") || key.ends_with("_bytes") || key.ends_with("connections");
+    if numeric && let Ok(n) = value.parse::<i64>() {
+        return config::Value::from(n);
+    }
+    if key.ends_with("migrate_on_start")
+        && let Ok(b) = value.parse::<bool>()
+    {
+        return config::Value::from(b);
+    }
+    config::Value::from(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_need_upstreams_outside_sandbox() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.juspay.version, "2023-06-30");
+        assert_eq!(s.juspay.timeout_ms, 5000);
+        assert_eq!(s.upstream.request_deadline_ms, 15000);
+        assert!(s.validate(true).is_ok());
+        let err = s.validate(false).unwrap_err().to_string();
+        for key in [
+            "juspay.base_url",
+            "juspay.api_key",
+            "razorpay.base_url",
+            "razorpay.key_id",
+            "razorpay.key_secret",
+            "changes.encryption_key",
+            "audit.hmac_key",
+            "auth.callers",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_file_and_database_url_is_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "[juspay]\nbase_url = \"https://file.example\"\ntimeout_ms = 100\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&path),
+            env(&[
+                ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "https://env.example"),
+                ("DATABASE_URL", "postgres://x@db/one"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.juspay.base_url.as_deref(), Some("https://env.example"));
+        assert_eq!(s.juspay.timeout_ms, 100);
+        assert_eq!(s.database.url.expose(), "postgres://x@db/one");
+
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__DATABASE__URL", "postgres://x@db/prefixed"),
+                ("DATABASE_URL", "postgres://x@db/plain"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url.expose(), "postgres://x@db/prefixed");
+    }
+
+    #[test]
+    fn unknown_and_malformed_keys_are_named() {
+        let err = Settings::load(None, env(&[("PROFILE_GATEWAY__JUSPAY__APIKEY", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("juspay.apikey"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, "[razorpay]\nkey_idd = \"x\"\n").unwrap();
+        let err = Settings::load(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key_idd"), "{err}");
+
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "not a url"),
+                ("PROFILE_GATEWAY__JUSPAY__VERSION", "2018-01-01"),
+                ("PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY", "c2hvcnQ="),
+            ]),
+        )
+        .unwrap();
+        let err = s.validate(true).unwrap_err().to_string();
+        assert!(
+            err.contains("juspay.base_url: must be an http(s) URL"),
+            "{err}"
+        );
+        assert!(err.contains("juspay.version"), "{err}");
+        assert!(
+            err.contains("changes.encryption_key: must be 32 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let s = Settings::load(
+            None,
+            env(&[("PROFILE_GATEWAY__RAZORPAY__KEY_SECRET", "very-secret-value")]),
+        )
+        .unwrap();
+        assert!(!format!("{s:?}").contains("very-secret-value"));
+    }
+}

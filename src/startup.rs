@@ -1,0 +1,213 @@
+//! Builds the application from settings on a given listener; `main` and the tests both use it.
+
+use crate::auth::Callers;
+use crate::changes::ChangeService;
+use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
+use crate::providers::{self, JuspayConfig, RazorpayConfig};
+use crate::routes::{self, AppState};
+use crate::settings::Settings;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database.url: {0}")]
+    DatabaseUrl(String),
+    #[error("cannot prepare the database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    pub pool: PgPool,
+    pub changes: Arc<ChangeService>,
+    grace: Duration,
+}
+
+pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
+    PgConnectOptions::from_str(settings.database.url.expose())
+        .map(|o| o.application_name("profile-gateway"))
+        .map_err(|e| StartupError::DatabaseUrl(e.to_string()))
+}
+
+/// Creates the database named in the URL when it does not exist (sandbox and tests).
+pub async fn ensure_database(settings: &Settings) -> Result<(), StartupError> {
+    use sqlx::migrate::MigrateDatabase;
+    let url = settings.database.url.expose();
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+    }
+    Ok(())
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+fn key_or_sandbox(
+    value: &Option<crate::secret::Secret>,
+    key: &str,
+) -> Result<[u8; 32], StartupError> {
+    match value {
+        Some(v) => decode_key(v)
+            .map_err(|_| StartupError::Config(format!("{key}: must be 32 bytes, base64"))),
+        // Only reachable in sandbox mode: `validate(false)` requires the keys elsewhere. A fixed key
+        // lets a restarted sandbox gateway finish its own pending changes.
+        None => Ok(*b"profile-gateway-sandbox-only-key"),
+    }
+}
+
+impl Application {
+    /// Everything but serving: pool (lazy, so a database outage at boot still serves probes),
+    /// migrations when asked, the shared HTTP client, the adapters and the router.
+    pub async fn build(settings: &Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.database.max_connections)
+            .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+            .connect_lazy_with(connect_options(settings)?);
+        if settings.database.migrate_on_start {
+            migrate(&pool).await?;
+        }
+        let client =
+            providers::http::client(Duration::from_millis(settings.upstream.connect_timeout_ms));
+        let missing = |k: &str| StartupError::Config(format!("{k} is required"));
+        let juspay = JuspayConfig {
+            base_url: settings
+                .juspay
+                .base_url
+                .clone()
+                .ok_or_else(|| missing("juspay.base_url"))?,
+            api_key: settings
+                .juspay
+                .api_key
+                .clone()
+                .ok_or_else(|| missing("juspay.api_key"))?,
+            merchant_id: settings.juspay.merchant_id.clone(),
+            version: settings.juspay.version.clone(),
+            timeout: Duration::from_millis(settings.juspay.timeout_ms),
+        };
+        let razorpay = RazorpayConfig {
+            base_url: settings
+                .razorpay
+                .base_url
+                .clone()
+                .ok_or_else(|| missing("razorpay.base_url"))?,
+            key_id: settings
+                .razorpay
+                .key_id
+                .clone()
+                .ok_or_else(|| missing("razorpay.key_id"))?,
+            key_secret: settings
+                .razorpay
+                .key_secret
+                .clone()
+                .ok_or_else(|| missing("razorpay.key_secret"))?,
+            timeout: Duration::from_millis(settings.razorpay.timeout_ms),
+        };
+        let cipher = PayloadCipher::new(
+            settings.changes.encryption_key_id.clone(),
+            key_or_sandbox(&settings.changes.encryption_key, "changes.encryption_key")?,
+        );
+        let hasher = PiiHasher::new(
+            settings.audit.hmac_key_id.clone(),
+            key_or_sandbox(&settings.audit.hmac_key, "audit.hmac_key")?,
+        );
+        let changes = Arc::new(ChangeService {
+            pool: pool.clone(),
+            providers: providers::build(client, juspay, razorpay),
+            cipher,
+            hasher,
+            instance_id: instance_id(),
+            deadline: settings.request_deadline(),
+            lease: settings.request_deadline() * 2,
+            tracker: TaskTracker::new(),
+        });
+        let state = AppState {
+            pool: pool.clone(),
+            callers: Callers::new(&settings.auth.callers),
+            changes: Arc::clone(&changes),
+            body_limit: settings.server.body_limit_bytes,
+        };
+        Ok(Self {
+            listener,
+            router: routes::router(state),
+            pool,
+            changes,
+            grace: Duration::from_millis(settings.server.shutdown_grace_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight changes finish within the grace
+    /// period. What does not finish stays recorded as pending for the completer.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.changes.tracker.close();
+        if tokio::time::timeout(self.grace, self.changes.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace period over with changes still running; they stay pending for the completer"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+}

@@ -1,0 +1,22 @@
+//! SQL, one module per table group. Every statement is a checked `sqlx::query!` whose offline data
+//! lives in `.sqlx/` (regenerate with `scripts/sqlx-prepare`).
+
+pub mod changes;
+pub mod links;
+
+/// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
+/// caller gets 503 and may retry.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+        // 08: connection exceptions; 53: insufficient resources; 57P: shutdown / cannot connect now.
+        c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
+    }))
+}
