@@ -43,6 +43,11 @@ enum Command {
     },
     /// Print the SHA-256 of a bearer token read from stdin, for `auth.callers[].token_sha256`.
     HashToken,
+    /// Audit trail tools (verification, HMAC lookups).
+    Audit {
+        #[command(subcommand)]
+        command: profile_gateway::audit::cli::AuditCommand,
+    },
 }
 
 fn load(config: Option<&std::path::Path>, sandbox: bool) -> Result<Settings, String> {
@@ -97,6 +102,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = load(cli.config.as_deref(), sandbox)?;
             println!("{settings:#?}");
             Ok(())
+        }
+        Command::Audit { command } => {
+            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
+                .map_err(|e| e.to_string())?;
+            telemetry::init(&settings.telemetry.log_format, "warn");
+            profile_gateway::audit::cli::run(command, &settings).await
         }
         Command::HashToken => {
             let mut token = String::new();

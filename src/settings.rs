@@ -275,11 +275,10 @@ impl Settings {
             ("razorpay.base_url", &self.razorpay.base_url),
         ] {
             match url {
-                Some(u) => {
-                    if !is_http_url(u) {
-                        bad(key, "must be an http(s) URL such as https://api.juspay.in");
-                    }
+                Some(u) if !is_http_url(u) => {
+                    bad(key, "must be an http(s) URL such as https://api.juspay.in")
                 }
+                Some(_) => {}
                 None if !sandbox => bad(
                     key,
                     "is required outside sandbox mode (use `serve --sandbox` to try the gateway without credentials)",

@@ -3,6 +3,8 @@
 
 use crate::crypto::PiiHasher;
 use crate::domain::ProfilePatch;
+pub mod cli;
+
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 

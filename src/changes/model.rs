@@ -37,7 +37,7 @@ impl ChangeStatus {
     /// The final status of a change whose steps all ended as given.
     pub fn from_steps(steps: &[StepStatus]) -> Self {
         let applied = steps.iter().filter(|s| **s == StepStatus::Applied).count();
-        if steps.iter().any(|s| *s == StepStatus::Pending) {
+        if steps.contains(&StepStatus::Pending) {
             Self::Pending
         } else if applied == steps.len() {
             Self::Applied

@@ -27,26 +27,66 @@ pub struct TestApp {
 pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
     let env: Vec<(String, String)> = vec![
         ("PROFILE_GATEWAY__DATABASE__URL".into(), db_url.into()),
-        ("PROFILE_GATEWAY__JUSPAY__BASE_URL".into(), sandbox_url.into()),
-        ("PROFILE_GATEWAY__JUSPAY__API_KEY".into(), sandbox::DEMO_JUSPAY_API_KEY.into()),
-        ("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID".into(), sandbox::DEMO_JUSPAY_MERCHANT_ID.into()),
-        ("PROFILE_GATEWAY__RAZORPAY__BASE_URL".into(), sandbox_url.into()),
-        ("PROFILE_GATEWAY__RAZORPAY__KEY_ID".into(), sandbox::DEMO_RAZORPAY_KEY_ID.into()),
-        ("PROFILE_GATEWAY__RAZORPAY__KEY_SECRET".into(), sandbox::DEMO_RAZORPAY_KEY_SECRET.into()),
-        ("PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY".into(), "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into()),
-        ("PROFILE_GATEWAY__AUDIT__HMAC_KEY".into(), "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=".into()),
+        (
+            "PROFILE_GATEWAY__JUSPAY__BASE_URL".into(),
+            sandbox_url.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__JUSPAY__API_KEY".into(),
+            sandbox::DEMO_JUSPAY_API_KEY.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__JUSPAY__MERCHANT_ID".into(),
+            sandbox::DEMO_JUSPAY_MERCHANT_ID.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__RAZORPAY__BASE_URL".into(),
+            sandbox_url.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__RAZORPAY__KEY_ID".into(),
+            sandbox::DEMO_RAZORPAY_KEY_ID.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__RAZORPAY__KEY_SECRET".into(),
+            sandbox::DEMO_RAZORPAY_KEY_SECRET.into(),
+        ),
+        (
+            "PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY".into(),
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+        ),
+        (
+            "PROFILE_GATEWAY__AUDIT__HMAC_KEY".into(),
+            "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=".into(),
+        ),
         ("PROFILE_GATEWAY__JUSPAY__TIMEOUT_MS".into(), "1500".into()),
-        ("PROFILE_GATEWAY__RAZORPAY__TIMEOUT_MS".into(), "1500".into()),
-        ("PROFILE_GATEWAY__DATABASE__MIGRATE_ON_START".into(), "true".into()),
-        ("PROFILE_GATEWAY__DATABASE__MAX_CONNECTIONS".into(), "5".into()),
-        ("PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+        (
+            "PROFILE_GATEWAY__RAZORPAY__TIMEOUT_MS".into(),
+            "1500".into(),
+        ),
+        (
+            "PROFILE_GATEWAY__DATABASE__MIGRATE_ON_START".into(),
+            "true".into(),
+        ),
+        (
+            "PROFILE_GATEWAY__DATABASE__MAX_CONNECTIONS".into(),
+            "5".into(),
+        ),
+        (
+            "PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL".into(),
+            "warn".into(),
+        ),
     ];
     let mut s = Settings::load(None, env).expect("test settings load");
     s.auth.callers = vec![
         CallerSettings {
             name: "test-writer".into(),
             token_sha256: profile_gateway::auth::token_sha256(TOKEN),
-            scopes: vec!["profile:write".into(), "profile:read".into(), "changes:operate".into()],
+            scopes: vec![
+                "profile:write".into(),
+                "profile:read".into(),
+                "changes:operate".into(),
+            ],
         },
         CallerSettings {
             name: "test-reader".into(),
@@ -54,14 +94,20 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
             scopes: vec!["profile:read".into()],
         },
     ];
-    s.validate(false).expect("test settings are production-valid");
+    s.validate(false)
+        .expect("test settings are production-valid");
     s
 }
 
 pub async fn fresh_database() -> (String, String) {
     let name = format!("pgw_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPool::connect(&admin_url()).await.expect("PostgreSQL must be running for the integration tests");
-    sqlx::query(&format!("create database {name}")).execute(&admin).await.unwrap();
+    let admin = PgPool::connect(&admin_url())
+        .await
+        .expect("PostgreSQL must be running for the integration tests");
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
     let url = format!("{}/{name}", admin_url().rsplit_once('/').unwrap().0);
     (name, url)
@@ -69,7 +115,9 @@ pub async fn fresh_database() -> (String, String) {
 
 pub async fn spawn_sandbox() -> SandboxHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    sandbox::spawn(SandboxConfig::default(), listener).await.unwrap()
+    sandbox::spawn(SandboxConfig::default(), listener)
+        .await
+        .unwrap()
 }
 
 /// The app with demo links for `alice` and `bob`; `tweak` adjusts settings before the build.
@@ -80,11 +128,19 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     tweak(&mut settings);
     profile_gateway::telemetry::init("pretty", &settings.telemetry.log_level);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(&settings, listener).await.expect("app builds");
+    let app = Application::build(&settings, listener)
+        .await
+        .expect("app builds");
     let base = format!("http://{}", app.local_addr());
     let pool = PgPool::connect(&db_url).await.unwrap();
     tokio::spawn(app.run_until(std::future::pending()));
-    let t = TestApp { base, pool, sandbox, client: reqwest::Client::new(), db_name };
+    let t = TestApp {
+        base,
+        pool,
+        sandbox,
+        client: reqwest::Client::new(),
+        db_name,
+    };
     profile_gateway::demo::seed_links(&t.pool).await.unwrap();
     t.sandbox.clear_journal();
     t
@@ -110,7 +166,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Upstream calls the gateway made (admin calls are not journaled).
@@ -119,7 +180,10 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 }
 
@@ -132,12 +196,32 @@ pub fn upi_body(vpa: &str, action: &str) -> Value {
 
 pub async fn problem(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(ct.as_deref(), Some("application/problem+json"), "status {status}");
-    let rid = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/problem+json"),
+        "status {status}"
+    );
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string());
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], status, "{body}");
-    assert!(body["code"].is_string() && body["type"].is_string() && body["title"].is_string() && body["detail"].is_string(), "{body}");
-    assert_eq!(body["request_id"].as_str(), rid.as_deref(), "request_id must match the x-request-id header");
+    assert!(
+        body["code"].is_string()
+            && body["type"].is_string()
+            && body["title"].is_string()
+            && body["detail"].is_string(),
+        "{body}"
+    );
+    assert_eq!(
+        body["request_id"].as_str(),
+        rid.as_deref(),
+        "request_id must match the x-request-id header"
+    );
     (status, body)
 }
