@@ -4,6 +4,8 @@
 mod helpers;
 
 mod api_errors;
+mod audit;
 mod core_flow;
+mod durability;
 mod failures;
 mod sandbox;
