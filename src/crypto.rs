@@ -28,6 +28,19 @@ pub enum DecryptError {
     Corrupt,
 }
 
+/// `id:base64,id:base64` as in `changes.previous_encryption_keys`.
+pub fn parse_key_list(s: &Secret) -> Result<Vec<(String, [u8; 32])>, BadKey> {
+    s.expose()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (id, key) = pair.split_once(':').ok_or(BadKey)?;
+            Ok((id.trim().to_string(), decode_key(&Secret::new(key))?))
+        })
+        .collect()
+}
+
 /// Seals change payloads. The key id is stored beside the ciphertext so keys can rotate: a replica
 /// keeps the previous keys to open what was sealed before.
 #[derive(Clone)]
@@ -51,6 +64,12 @@ impl PayloadCipher {
             keys: vec![(key_id.clone(), key)],
             key_id,
         }
+    }
+
+    /// Adds keys that only open (never seal): those of earlier rotations.
+    pub fn with_previous(mut self, keys: Vec<(String, [u8; 32])>) -> Self {
+        self.keys.extend(keys);
+        self
     }
 
     pub fn key_id(&self) -> &str {

@@ -40,6 +40,16 @@ pub enum ApiError {
     MissingLink(Vec<FieldError>),
     #[error("database unavailable: {0}")]
     DatabaseUnavailable(String),
+    #[error("Idempotency-Key header missing")]
+    IdempotencyKeyMissing,
+    #[error("Idempotency-Key header malformed")]
+    IdempotencyKeyMalformed,
+    #[error("Idempotency-Key reused with another request")]
+    IdempotencyKeyReused,
+    #[error("Idempotency-Key request still in flight")]
+    IdempotencyKeyInFlight,
+    #[error("change cannot be retried: {0}")]
+    RetryConflict(&'static str),
     #[error("the change did not fully apply")]
     ChangeFailed(Box<ChangeView>),
     #[error("internal error: {0}")]
@@ -219,6 +229,36 @@ impl ApiError {
                 "the change store is unavailable; nothing was sent to any provider; retry later"
                     .into(),
             ),
+            IdempotencyKeyMissing => (
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_missing",
+                "Idempotency-Key required",
+                "send an Idempotency-Key header (16 to 255 of A-Z a-z 0-9 _ -), the same on every retry".into(),
+            ),
+            IdempotencyKeyMalformed => (
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_malformed",
+                "Invalid Idempotency-Key",
+                "the Idempotency-Key must be 16 to 255 of A-Z a-z 0-9 _ -, optionally in double quotes".into(),
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used with a different request; use a new key for a new change".into(),
+            ),
+            IdempotencyKeyInFlight => (
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                "Request in progress",
+                "the first request with this Idempotency-Key is still being processed; retry after Retry-After".into(),
+            ),
+            RetryConflict(why) => (
+                StatusCode::CONFLICT,
+                "change_not_retryable",
+                "Change cannot be retried",
+                (*why).into(),
+            ),
             ChangeFailed(change) => change_failure(change),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -232,6 +272,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::DatabaseUnavailable(_) => Some(Duration::from_secs(2)),
+            ApiError::IdempotencyKeyInFlight => Some(Duration::from_secs(1)),
             ApiError::ChangeFailed(c) => c
                 .steps
                 .iter()

@@ -93,6 +93,31 @@ pub struct ChangesSettings {
     /// 32 bytes, base64: encrypts the values a pending change still has to send.
     pub encryption_key: Option<Secret>,
     pub encryption_key_id: String,
+    /// Older keys still needed to open payloads sealed before a rotation: `id:base64,id:base64`.
+    pub previous_encryption_keys: Option<Secret>,
+    /// Attempts per step in all (in the request and in the background) before it fails finally.
+    pub max_attempts: u32,
+    /// Attempts per step made while the caller waits; the rest run in the background.
+    pub in_request_attempts: u32,
+    /// Exponential backoff with full jitter: a retry waits rand(0, min(cap, base * 2^n)).
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// Per-provider retry budget: retries may add at most this fraction of first attempts...
+    pub retry_budget_ratio: f64,
+    /// ...plus this many retries per second, so a quiet provider can still be retried.
+    pub retry_budget_min_per_sec: f64,
+    /// Consecutive retryable failures that open a provider's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long an open breaker fails fast before letting one probe through.
+    pub breaker_open_ms: u64,
+    /// How long a replica owns a change it drives; renewed while it works, taken over after.
+    pub lease_ms: u64,
+    /// How often each replica's completer looks for changes to finish.
+    pub completer_interval_ms: u64,
+    /// How long an Idempotency-Key is remembered (at least 24 h).
+    pub idempotency_retention_hours: u64,
+    /// How long a failed change keeps its sealed payload for an operator retry.
+    pub failed_payload_retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +126,9 @@ pub struct AuditSettings {
     /// 32 bytes, base64: keys the HMAC stored beside every masked PII value.
     pub hmac_key: Option<Secret>,
     pub hmac_key_id: String,
+    /// Months of audit events kept in the live table (PCI DSS 10.5.1 wants at least 12); older
+    /// monthly partitions are detached into the `audit_archive` schema.
+    pub retention_months: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,9 +168,22 @@ callers = []
 
 [changes]
 encryption_key_id = "k1"
+max_attempts = 5
+in_request_attempts = 3
+retry_base_ms = 100
+retry_cap_ms = 10000
+retry_budget_ratio = 0.2
+retry_budget_min_per_sec = 5.0
+breaker_failure_threshold = 5
+breaker_open_ms = 5000
+lease_ms = 30000
+completer_interval_ms = 1000
+idempotency_retention_hours = 24
+failed_payload_retention_hours = 24
 
 [audit]
 hmac_key_id = "k1"
+retention_months = 13
 
 [telemetry]
 log_format = "json"
@@ -324,6 +365,30 @@ impl Settings {
                 bad(key, "must be 32 bytes, base64-encoded");
             }
         }
+        let c = &self.changes;
+        if c.max_attempts == 0 || c.in_request_attempts == 0 {
+            bad("changes.max_attempts", "attempt limits must be at least 1");
+        }
+        if c.idempotency_retention_hours < 24 {
+            bad(
+                "changes.idempotency_retention_hours",
+                "must be at least 24 (callers retry for a day)",
+            );
+        }
+        if !(0.0..=1.0).contains(&c.retry_budget_ratio) {
+            bad("changes.retry_budget_ratio", "must be between 0 and 1");
+        }
+        if c.lease_ms < 1000 {
+            bad("changes.lease_ms", "must be at least 1000");
+        }
+        if let Some(keys) = &c.previous_encryption_keys
+            && crate::crypto::parse_key_list(keys).is_err()
+        {
+            bad(
+                "changes.previous_encryption_keys",
+                "must be `id:base64key` pairs separated by commas, each key 32 bytes",
+            );
+        }
         for (i, caller) in self.auth.callers.iter().enumerate() {
             if caller.name.trim().is_empty() {
                 bad(&format!("auth.callers[{i}].name"), "must not be empty");
@@ -380,8 +445,22 @@ const KNOWN_KEYS: &[&str] = &[
     "razorpay.timeout_ms",
     "changes.encryption_key",
     "changes.encryption_key_id",
+    "changes.previous_encryption_keys",
+    "changes.max_attempts",
+    "changes.in_request_attempts",
+    "changes.retry_base_ms",
+    "changes.retry_cap_ms",
+    "changes.retry_budget_ratio",
+    "changes.retry_budget_min_per_sec",
+    "changes.breaker_failure_threshold",
+    "changes.breaker_open_ms",
+    "changes.lease_ms",
+    "changes.completer_interval_ms",
+    "changes.idempotency_retention_hours",
+    "changes.failed_payload_retention_hours",
     "audit.hmac_key",
     "audit.hmac_key_id",
+    "audit.retention_months",
     "telemetry.log_format",
     "telemetry.log_level",
 ];
@@ -393,9 +472,20 @@ fn is_known_key(key: &str) -> bool {
 /// Environment values are strings; numeric and boolean settings are converted here so that the
 /// error for `PROFILE_GATEWAY__SERVER__BODY_LIMIT_BYTES=lots` names the key.
 fn typed_value(key: &str, value: String) -> config::Value {
-    let numeric = key.ends_with("_ms") || key.ends_with("_bytes") || key.ends_with("connections");
+    let numeric = key.ends_with("_ms")
+        || key.ends_with("_bytes")
+        || key.ends_with("connections")
+        || key.ends_with("_attempts")
+        || key.ends_with("_hours")
+        || key.ends_with("_months")
+        || key.ends_with("_threshold");
     if numeric && let Ok(n) = value.parse::<i64>() {
         return config::Value::from(n);
+    }
+    if (key.ends_with("_ratio") || key.ends_with("_per_sec"))
+        && let Ok(f) = value.parse::<f64>()
+    {
+        return config::Value::from(f);
     }
     if key.ends_with("migrate_on_start")
         && let Ok(b) = value.parse::<bool>()

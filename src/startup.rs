@@ -1,7 +1,9 @@
 //! Builds the application from settings on a given listener; `main` and the tests both use it.
 
 use crate::auth::Callers;
-use crate::changes::ChangeService;
+use crate::changes::resilience::{Resilience, ResilienceConfig};
+use crate::changes::turns::Turns;
+use crate::changes::{ChangeService, Limits, completer};
 use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
 use crate::providers::{self, JuspayConfig, RazorpayConfig};
 use crate::routes::{self, AppState};
@@ -13,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ pub struct Application {
     pub pool: PgPool,
     pub changes: Arc<ChangeService>,
     grace: Duration,
+    completer_interval: Duration,
 }
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
@@ -120,22 +124,48 @@ impl Application {
                 .ok_or_else(|| missing("razorpay.key_secret"))?,
             timeout: Duration::from_millis(settings.razorpay.timeout_ms),
         };
+        let previous = match &settings.changes.previous_encryption_keys {
+            Some(keys) => crate::crypto::parse_key_list(keys).map_err(|_| {
+                StartupError::Config("changes.previous_encryption_keys: malformed".into())
+            })?,
+            None => Vec::new(),
+        };
         let cipher = PayloadCipher::new(
             settings.changes.encryption_key_id.clone(),
             key_or_sandbox(&settings.changes.encryption_key, "changes.encryption_key")?,
-        );
+        )
+        .with_previous(previous);
         let hasher = PiiHasher::new(
             settings.audit.hmac_key_id.clone(),
             key_or_sandbox(&settings.audit.hmac_key, "audit.hmac_key")?,
         );
+        let c = &settings.changes;
+        let ms = Duration::from_millis;
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
             providers: providers::build(client, juspay, razorpay),
             cipher,
             hasher,
             instance_id: instance_id(),
-            deadline: settings.request_deadline(),
-            lease: settings.request_deadline() * 2,
+            limits: Limits {
+                deadline: settings.request_deadline(),
+                lease: ms(c.lease_ms),
+                max_attempts: c.max_attempts,
+                in_request_attempts: c.in_request_attempts,
+                idempotency_retention: Duration::from_secs(c.idempotency_retention_hours * 3600),
+                failed_payload_retention: Duration::from_secs(
+                    c.failed_payload_retention_hours * 3600,
+                ),
+            },
+            resilience: Resilience::new(ResilienceConfig {
+                retry_base: ms(c.retry_base_ms),
+                retry_cap: ms(c.retry_cap_ms),
+                budget_ratio: c.retry_budget_ratio,
+                budget_min_per_sec: c.retry_budget_min_per_sec,
+                breaker_threshold: c.breaker_failure_threshold,
+                breaker_open: ms(c.breaker_open_ms),
+            }),
+            turns: Turns::default(),
             tracker: TaskTracker::new(),
         });
         let state = AppState {
@@ -150,6 +180,7 @@ impl Application {
             pool,
             changes,
             grace: Duration::from_millis(settings.server.shutdown_grace_ms),
+            completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
         })
     }
 
@@ -165,12 +196,26 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let background = CancellationToken::new();
+        tokio::spawn(
+            self.changes
+                .turns
+                .clone()
+                .listen(self.pool.clone(), background.clone()),
+        );
+        tokio::spawn(completer::run(
+            Arc::clone(&self.changes),
+            self.completer_interval,
+            background.clone(),
+        ));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
+        // No new claims from here on; what runs may finish within the grace period.
+        background.cancel();
         self.changes.tracker.close();
         if tokio::time::timeout(self.grace, self.changes.tracker.wait())
             .await

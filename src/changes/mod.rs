@@ -1,20 +1,38 @@
-//! The change lifecycle: record the change before any upstream call, fan out, record each outcome
-//! as it arrives, finish. Driving runs in its own task so a client that hangs up does not stop a
-//! recorded change.
+//! The change lifecycle: record the change before any upstream call, wait for the user's turn,
+//! fan out, record each outcome as it arrives, retry what may be retried, finish. Driving runs in
+//! its own task so a client that hangs up does not stop a recorded change; a replica that dies
+//! leaves a lease that runs out, and any replica's completer resumes the change from its record.
 
+pub mod completer;
+pub mod idempotency;
 pub mod model;
+pub mod resilience;
+pub mod turns;
 
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::crypto::{PayloadCipher, PiiHasher};
-use crate::domain::{FieldError, PlannedStep, ProfilePatch, UserId, plan};
-use crate::providers::{Providers, StepError, StepResult};
+use crate::domain::{FieldError, PlannedStep, ProfilePatch, Target, UserId, plan};
+use crate::providers::{Providers, StepError};
 use crate::store;
+use idempotency::IdempotencyKey;
 use model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
+use resilience::{Admission, Resilience};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a caller waits before getting 202.
+    pub deadline: Duration,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub in_request_attempts: u32,
+    pub idempotency_retention: Duration,
+    pub failed_payload_retention: Duration,
+}
 
 pub struct ChangeService {
     pub pool: PgPool,
@@ -23,8 +41,9 @@ pub struct ChangeService {
     pub hasher: PiiHasher,
     /// Names this replica in leases.
     pub instance_id: String,
-    pub deadline: Duration,
-    pub lease: Duration,
+    pub limits: Limits,
+    pub resilience: Resilience,
+    pub turns: turns::Turns,
     pub tracker: TaskTracker,
 }
 
@@ -32,6 +51,10 @@ pub struct ChangeService {
 pub enum SubmitError {
     UserNotFound,
     MissingLink(Vec<FieldError>),
+    /// The key was used with another request.
+    KeyReused,
+    /// The key's first request is still being answered.
+    KeyInFlight,
     Db(sqlx::Error),
 }
 
@@ -41,13 +64,25 @@ impl From<sqlx::Error> for SubmitError {
     }
 }
 
-/// How a submitted change stands when the request has to answer.
+/// How a change stands when the request has to answer.
 pub enum Submitted {
     /// Every step reached a final state and every outcome is recorded.
     Final(ChangeView),
-    /// Steps are still running (deadline) or an outcome could not be recorded yet: the change goes
-    /// on in the background and `GET /changes/{id}` tells the rest.
+    /// Steps are still running or waiting (deadline, retry scheduled, waiting for the user's
+    /// earlier change): the change goes on in the background.
     InProgress(ChangeView),
+    /// A retry with a known key: the change as recorded now.
+    Replay(ChangeView),
+}
+
+#[derive(Debug, Clone)]
+struct StepState {
+    planned: PlannedStep,
+    status: StepStatus,
+    attempts: u32,
+    error: Option<StepErrorView>,
+    /// Before sending again, read the upstream state: an earlier send may have taken effect.
+    read_back_first: bool,
 }
 
 /// A recorded change being driven to a final state.
@@ -59,18 +94,29 @@ struct Running {
     fields: Vec<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     patch: ProfilePatch,
-    steps: Vec<PlannedStep>,
+    steps: Vec<StepState>,
     ctx: AuditContext,
 }
 
+/// Why driving stopped before the change was final.
+enum Halt {
+    /// Another replica took the change over.
+    LostLease,
+    /// The database did not take a write; the lease runs out and a completer resumes.
+    DbDown,
+    /// Retries are due later; the change is parked for the completers.
+    Parked,
+}
+
 impl ChangeService {
-    /// Validates the change against the user's links, records it with its steps and the
-    /// "requested" audit event in one transaction, then drives it until done or the deadline.
+    /// Validates the change against the user's links, records it with its steps, the audit event
+    /// and the idempotency key in one transaction, then drives it until done or the deadline.
     pub async fn submit(
         self: &Arc<Self>,
         user: UserId,
         patch: ProfilePatch,
         ctx: AuditContext,
+        key: IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         let id = Uuid::new_v4();
         let fields: Vec<String> = patch.field_names().iter().map(|s| s.to_string()).collect();
@@ -78,6 +124,19 @@ impl ChangeService {
         let Some(locked) = store::changes::lock_user(&mut tx, &user).await? else {
             return Err(SubmitError::UserNotFound);
         };
+        if let Some(existing) =
+            store::idempotency::find(&mut tx, &ctx.caller, user.as_str(), &key.key).await?
+        {
+            drop(tx);
+            if existing.fingerprint != key.fingerprint {
+                return Err(SubmitError::KeyReused);
+            }
+            if existing.in_flight {
+                return Err(SubmitError::KeyInFlight);
+            }
+            let view = store::changes::load(&self.pool, existing.change_id).await?;
+            return view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight);
+        }
         let steps = plan(&patch, &locked.links).map_err(SubmitError::MissingLink)?;
         let sealed = self.seal(id, &patch);
         let mut event = AuditEvent::new(&ctx, user.as_str(), "change_requested", "accepted");
@@ -85,7 +144,7 @@ impl ChangeService {
         event.fields = fields.clone();
         event.values = audit::masked_values(&patch, &self.hasher, None);
         event.hmac_key_id = Some(self.hasher.key_id());
-        store::changes::insert(
+        let created_at = store::changes::insert(
             &mut tx,
             &store::changes::NewChange {
                 id,
@@ -96,9 +155,20 @@ impl ChangeService {
                 payload_key_id: self.cipher.key_id(),
                 payload_enc: sealed,
                 lease_owner: &self.instance_id,
-                lease_secs: self.lease.as_secs_f64(),
+                lease: self.limits.lease,
             },
             &event,
+        )
+        .await?;
+        store::idempotency::insert(
+            &mut tx,
+            &ctx.caller,
+            user.as_str(),
+            &key.key,
+            &key.fingerprint,
+            id,
+            self.limits.deadline + Duration::from_secs(5),
+            self.limits.idempotency_retention,
         )
         .await?;
         tx.commit().await?;
@@ -109,23 +179,129 @@ impl ChangeService {
             seq: locked.seq,
             fence: 1,
             fields,
-            created_at: chrono::Utc::now(),
+            created_at,
+            steps: steps
+                .into_iter()
+                .map(|planned| StepState {
+                    planned,
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    error: None,
+                    read_back_first: false,
+                })
+                .collect(),
+            patch,
+            ctx,
+        };
+        let outcome = self.drive_with_deadline(running).await;
+        if let Err(e) = store::idempotency::answered(&self.pool, id).await {
+            // The key then stays "in flight" until its bound runs out: duplicates get 409 a little
+            // longer, nothing worse.
+            tracing::warn!(change_id = %id, error = %e, "could not mark the idempotency key answered");
+        }
+        Ok(outcome)
+    }
+
+    /// Re-drives a change that failed finally (operator action), as the latest change of its user.
+    pub async fn retry(self: &Arc<Self>, change_id: Uuid, ctx: AuditContext) -> Result<Option<Submitted>, sqlx::Error> {
+        let user = match store::changes::load(&self.pool, change_id).await? {
+            Some(v) => v.user,
+            None => return Ok(None),
+        };
+        let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
+        event.change_id = Some(change_id);
+        let Some(claimed) =
+            store::changes::reopen(&self.pool, change_id, &self.instance_id, self.limits.lease, &event)
+                .await?
+        else {
+            return Ok(None);
+        };
+        match self.resume(claimed, Some(ctx)).await? {
+            Some(running) => Ok(Some(self.drive_with_deadline(running).await)),
+            None => Ok(None),
+        }
+    }
+
+    /// Spawns the drive and waits for it up to the deadline.
+    async fn drive_with_deadline(self: &Arc<Self>, running: Running) -> Submitted {
+        let id = running.id;
+        let service = Arc::clone(self);
+        let answer_by = Some(Instant::now() + self.limits.deadline);
+        let task = self
+            .tracker
+            .spawn(async move { service.drive(running, answer_by).await });
+        match tokio::time::timeout(self.limits.deadline, task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) | Err(_) => match store::changes::load(&self.pool, id).await {
+                Ok(Some(view)) => Submitted::InProgress(view),
+                Ok(None) | Err(_) => Submitted::InProgress(pending_view(id)),
+            },
+        }
+    }
+
+    /// Rebuilds a claimed change from its record: opens the sealed payload and loads the steps.
+    /// Steps that a previous owner may have sent without recording are read back first.
+    async fn resume(
+        &self,
+        c: store::changes::Claimed,
+        ctx: Option<AuditContext>,
+    ) -> Result<Option<Running>, sqlx::Error> {
+        let (Some(key_id), Some(sealed)) = (&c.payload_key_id, &c.payload_enc) else {
+            tracing::error!(change_id = %c.id, "unfinished change has no payload; it cannot be resumed");
+            return Ok(None);
+        };
+        let patch = match self
+            .cipher
+            .open(key_id, sealed, c.id.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|p| serde_json::from_slice::<ProfilePatch>(&p).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(change_id = %c.id, error = %e, "cannot open the change payload; configure changes.previous_encryption_keys");
+                return Ok(None);
+            }
+        };
+        let taken_over = c.previous_owner.is_some();
+        let mut steps_by_change = store::changes::load_steps(&self.pool, &[c.id]).await?;
+        let steps = steps_by_change
+            .remove(&c.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| StepState {
+                read_back_first: v.status == StepStatus::Unknown
+                    || (taken_over && v.status == StepStatus::Pending),
+                planned: PlannedStep {
+                    step_no: v.step_no,
+                    target: v.target,
+                    upstream_ref: v.upstream_ref.clone(),
+                    fields: static_fields(&v.fields),
+                },
+                status: v.status,
+                attempts: v.attempts.max(0) as u32,
+                error: v.error,
+            })
+            .collect();
+        let ctx = ctx.unwrap_or(AuditContext {
+            caller: c.caller.clone(),
+            request_id: c.request_id.clone(),
+            trace_id: c.trace_id.clone(),
+            caller_addr: c.caller_addr.clone(),
+        });
+        let Some(user) = UserId::parse(&c.user_id) else {
+            return Ok(None);
+        };
+        Ok(Some(Running {
+            id: c.id,
+            user,
+            seq: c.user_seq,
+            fence: c.fence,
+            fields: c.fields,
+            created_at: c.created_at,
             patch,
             steps,
             ctx,
-        };
-        let service = Arc::clone(self);
-        let task = self
-            .tracker
-            .spawn(async move { service.drive(running).await });
-        match tokio::time::timeout(self.deadline, task).await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            // The deadline passed (or the task died): answer with what is recorded so far.
-            Ok(Err(_)) | Err(_) => match store::changes::load(&self.pool, id).await {
-                Ok(Some(view)) => Ok(Submitted::InProgress(view)),
-                Ok(None) | Err(_) => Ok(Submitted::InProgress(pending_view(id))),
-            },
-        }
+        }))
     }
 
     fn seal(&self, id: Uuid, patch: &ProfilePatch) -> Vec<u8> {
@@ -133,105 +309,282 @@ impl ChangeService {
         self.cipher.seal(&plain, id.as_bytes())
     }
 
-    /// Runs every step once, concurrently, recording each outcome as it arrives; then finishes the
-    /// change. Returns the change as recorded (or as observed, when recording failed).
-    async fn drive(self: Arc<Self>, change: Running) -> Submitted {
-        let attempts = change.steps.iter().map(|step| self.attempt(&change, step));
-        let results = futures_util::future::join_all(attempts).await;
-        let mut all_recorded = true;
-        let mut views = Vec::with_capacity(results.len());
-        for (step, (result, recorded)) in change.steps.iter().zip(results) {
-            all_recorded &= recorded;
-            views.push(StepView {
-                step_no: step.step_no,
-                target: step.target,
-                upstream_ref: step.upstream_ref.clone(),
-                fields: step.fields.iter().map(|f| f.to_string()).collect(),
-                status: StepStatus::of(&result),
-                attempts: 1,
-                error: result.as_ref().err().map(StepErrorView::from),
-            });
-        }
-        let statuses: Vec<StepStatus> = views.iter().map(|v| v.status).collect();
-        let status = ChangeStatus::from_steps(&statuses);
-        let mut finished = false;
-        if all_recorded {
-            let mut event = AuditEvent::new(
-                &change.ctx,
-                change.user.as_str(),
-                "change_completed",
-                status.as_str(),
-            );
-            event.change_id = Some(change.id);
-            event.fields = change.fields.clone();
-            finished = store::changes::finish(&self.pool, change.id, change.fence, status, &event)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(change_id = %change.id, error = %e, "could not record the final state; the completer will");
-                    false
-                });
-        }
-        let view = ChangeView {
-            change_id: change.id,
-            user: change.user.as_str().to_string(),
-            seq: change.seq,
-            caller: change.ctx.caller.clone(),
-            status: if finished {
-                status
-            } else {
-                ChangeStatus::Pending
-            },
-            fields: change.fields.clone(),
-            created_at: change.created_at,
-            finished_at: finished.then(chrono::Utc::now),
-            steps: views,
-        };
-        if finished {
-            Submitted::Final(view)
-        } else {
-            Submitted::InProgress(view)
+    fn is_final(&self, s: &StepState) -> bool {
+        match s.status {
+            StepStatus::Applied | StepStatus::Failed => true,
+            StepStatus::Unknown => s.attempts >= self.limits.max_attempts,
+            StepStatus::Pending => false,
         }
     }
 
-    /// One attempt of one step, and its record. Returns the result and whether it was recorded.
-    async fn attempt(&self, change: &Running, step: &PlannedStep) -> (StepResult, bool) {
-        let result = match (self.providers.get(step.target), step.request(&change.patch)) {
-            (Some(adapter), Some(request)) => adapter.apply(&request).await,
-            _ => Err(crate::providers::misrouted(step.target)),
-        };
-        let step_fields: Vec<String> = step.fields.iter().map(|f| f.to_string()).collect();
-        let status = StepStatus::of(&result);
-        let mut event = AuditEvent::new(
-            &change.ctx,
-            change.user.as_str(),
-            "step_attempted",
-            status.as_str(),
-        );
-        event.change_id = Some(change.id);
-        event.step_no = Some(step.step_no);
-        event.target = Some(step.target.as_str());
-        event.upstream_ref = Some(&step.upstream_ref);
-        event.values = audit::masked_values(&change.patch, &self.hasher, Some(&step_fields));
-        event.hmac_key_id = Some(self.hasher.key_id());
-        event.fields = step_fields.clone();
-        event.error_code = result.as_ref().err().map(|e: &StepError| e.code.as_str());
-        let recorded = match store::changes::record_attempt(
+    /// Waits for the user's turn, then runs rounds of attempts until every step is final, the
+    /// in-request attempts are spent (then parks), or the lease is lost. `answer_by` is the
+    /// caller's deadline; a completer's drive has none and makes one round per claim.
+    async fn drive(self: Arc<Self>, mut ch: Running, answer_by: Option<Instant>) -> Submitted {
+        if let Err(halt) = self.wait_turn(&ch).await {
+            return self.halted(&ch, halt).await;
+        }
+        let mut round = 0u32;
+        loop {
+            let due: Vec<usize> = (0..ch.steps.len())
+                .filter(|i| !self.is_final(&ch.steps[*i]))
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            if round > 0 {
+                let within_request = answer_by.is_some_and(|t| Instant::now() < t);
+                if round >= self.limits.in_request_attempts || !within_request {
+                    let tried = due.iter().map(|i| ch.steps[*i].attempts).max().unwrap_or(1);
+                    let after = resilience::backoff(self.resilience.config(), tried);
+                    return match store::changes::park(&self.pool, ch.id, ch.fence, after).await {
+                        Ok(true) => self.halted(&ch, Halt::Parked).await,
+                        Ok(false) => self.halted(&ch, Halt::LostLease).await,
+                        Err(_) => self.halted(&ch, Halt::DbDown).await,
+                    };
+                }
+                tokio::time::sleep(resilience::backoff(self.resilience.config(), round)).await;
+                match store::changes::renew_lease(
+                    &self.pool,
+                    ch.id,
+                    ch.fence,
+                    &self.instance_id,
+                    self.limits.lease,
+                )
+                .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return self.halted(&ch, Halt::LostLease).await,
+                    Err(_) => return self.halted(&ch, Halt::DbDown).await,
+                }
+            }
+            let attempts = due.iter().map(|i| self.attempt(&ch, *i));
+            let outcomes = futures_util::future::join_all(attempts).await;
+            let mut halt = None;
+            for (i, (state, recorded)) in due.into_iter().zip(outcomes) {
+                match recorded {
+                    Ok(true) => ch.steps[i] = state,
+                    Ok(false) => halt = Some(Halt::LostLease),
+                    Err(_) => halt = halt.or(Some(Halt::DbDown)),
+                }
+            }
+            if let Some(h) = halt {
+                return self.halted(&ch, h).await;
+            }
+            round += 1;
+        }
+        self.finish(ch).await
+    }
+
+    async fn finish(&self, ch: Running) -> Submitted {
+        let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
+        let status = ChangeStatus::from_steps(&statuses);
+        let mut event = AuditEvent::new(&ch.ctx, ch.user.as_str(), "change_completed", status.as_str());
+        event.change_id = Some(ch.id);
+        event.fields = ch.fields.clone();
+        match store::changes::finish(
             &self.pool,
-            change.id,
-            change.fence,
-            step.step_no,
-            &result,
+            ch.id,
+            ch.fence,
+            status,
+            self.limits.failed_payload_retention,
             &event,
         )
         .await
         {
-            Ok(recorded) => recorded,
+            Ok(true) => Submitted::Final(view(&ch, status, true)),
+            Ok(false) => self.halted(&ch, Halt::LostLease).await,
             Err(e) => {
-                tracing::warn!(change_id = %change.id, step_no = step.step_no, error = %e, "could not record a step outcome; the completer will resolve it");
-                false
+                tracing::warn!(change_id = %ch.id, error = %e, "could not record the final state; a completer will");
+                self.halted(&ch, Halt::DbDown).await
             }
+        }
+    }
+
+    async fn halted(&self, ch: &Running, halt: Halt) -> Submitted {
+        match halt {
+            Halt::LostLease => {
+                tracing::info!(change_id = %ch.id, "another replica took this change over");
+            }
+            Halt::DbDown => {
+                tracing::warn!(change_id = %ch.id, "database unavailable mid-change; it stays pending and a completer resumes it");
+            }
+            Halt::Parked => {}
+        }
+        // What is recorded is the truth; when it cannot be read, what this replica saw.
+        match store::changes::load(&self.pool, ch.id).await {
+            Ok(Some(v)) if v.status != ChangeStatus::Pending => Submitted::Final(v),
+            Ok(Some(v)) => Submitted::InProgress(v),
+            _ => Submitted::InProgress(view(ch, ChangeStatus::Pending, false)),
+        }
+    }
+
+    /// Waits until every earlier change of the user is final, renewing the lease meanwhile.
+    async fn wait_turn(&self, ch: &Running) -> Result<(), Halt> {
+        let mut notifications = self.turns.subscribe();
+        let mut renewed = Instant::now();
+        loop {
+            match store::changes::is_turn(&self.pool, ch.user.as_str(), ch.seq).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(_) => return Err(Halt::DbDown),
+            }
+            if renewed.elapsed() > self.limits.lease / 3 {
+                match store::changes::renew_lease(
+                    &self.pool,
+                    ch.id,
+                    ch.fence,
+                    &self.instance_id,
+                    self.limits.lease,
+                )
+                .await
+                {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => return Err(Halt::LostLease),
+                    Err(_) => return Err(Halt::DbDown),
+                }
+            }
+            // Only the immediate predecessor's end can make this change's turn come.
+            let wait = async {
+                loop {
+                    match notifications.recv().await {
+                        Ok((seq, user)) if seq == ch.seq - 1 && user == ch.user.as_str() => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), wait).await;
+        }
+    }
+
+    /// One attempt of one step (read back first when an earlier send may have taken effect), and
+    /// its record. Returns the step's new state and whether it was recorded.
+    async fn attempt(&self, ch: &Running, i: usize) -> (StepState, Result<bool, sqlx::Error>) {
+        let step = &ch.steps[i];
+        let target = step.planned.target;
+        let attempts = step.attempts + 1;
+        let mut confirmed = false;
+        let result = match (self.providers.get(target), step.planned.request(&ch.patch)) {
+            (Some(adapter), Some(request)) => {
+                if self.resilience.admit(target) == Admission::FailFast {
+                    Err(resilience::breaker_open(target))
+                } else {
+                    let read = if step.read_back_first {
+                        let r = adapter.read_back(&request).await;
+                        self.resilience.record(target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+                        Some(r)
+                    } else {
+                        None
+                    };
+                    match read {
+                        Some(Ok(true)) => {
+                            confirmed = true;
+                            Ok(())
+                        }
+                        Some(Err(mut e)) => {
+                            // Still not known whether the earlier send took effect.
+                            e.outcome_unknown = true;
+                            Err(e)
+                        }
+                        Some(Ok(false)) | None => self.send(adapter.as_ref(), &request, target, step.attempts).await,
+                    }
+                }
+            }
+            _ => Err(crate::providers::misrouted(target)),
         };
-        (result, recorded)
+        let status = self.next_status(&result, attempts);
+        let new_state = StepState {
+            planned: step.planned.clone(),
+            status,
+            attempts,
+            error: result.as_ref().err().map(StepErrorView::from),
+            read_back_first: status == StepStatus::Unknown,
+        };
+        let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
+        let mut event = AuditEvent::new(&ch.ctx, ch.user.as_str(), "step_attempted", status.as_str());
+        event.change_id = Some(ch.id);
+        event.step_no = Some(step.planned.step_no);
+        event.target = Some(target.as_str());
+        event.upstream_ref = Some(&step.planned.upstream_ref);
+        event.values = audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields));
+        event.hmac_key_id = Some(self.hasher.key_id());
+        event.fields = step_fields;
+        event.error_code = result.as_ref().err().map(|e: &StepError| e.code.as_str());
+        let record = store::changes::AttemptRecord {
+            step_no: step.planned.step_no,
+            status,
+            error: result.as_ref().err(),
+            confirmed_by_read_back: confirmed,
+        };
+        let recorded =
+            store::changes::record_attempt(&self.pool, ch.id, ch.fence, &record, &event).await;
+        if let Err(e) = &recorded {
+            tracing::warn!(change_id = %ch.id, step_no = step.planned.step_no, error = %e, "could not record a step outcome; a completer will resolve it");
+        }
+        (new_state, recorded)
+    }
+
+    /// Sends once; a retry must be allowed by the provider's retry budget.
+    async fn send(
+        &self,
+        adapter: &dyn crate::providers::ProviderAdapter,
+        request: &crate::domain::StepRequest,
+        target: Target,
+        previous_attempts: u32,
+    ) -> Result<(), StepError> {
+        if previous_attempts == 0 {
+            self.resilience.first_attempt(target);
+        } else if !self.resilience.try_retry(target) {
+            let mut e = resilience::breaker_open(target);
+            e.message = format!("{} retry budget exhausted; retrying later", target.as_str());
+            return Err(e);
+        }
+        let result = adapter.apply(request).await;
+        self.resilience.record(target, &result);
+        result
+    }
+
+    /// The recorded status after an attempt: a failure that may be retried stays open (pending,
+    /// or unknown when the write may have happened) until the attempts run out.
+    fn next_status(&self, result: &Result<(), StepError>, attempts: u32) -> StepStatus {
+        let more = attempts < self.limits.max_attempts;
+        match result {
+            Ok(()) => StepStatus::Applied,
+            Err(e) if e.outcome_unknown && more => StepStatus::Unknown,
+            Err(e) if e.retryable && more => StepStatus::Pending,
+            Err(e) if e.outcome_unknown => StepStatus::Unknown,
+            Err(_) => StepStatus::Failed,
+        }
+    }
+}
+
+fn view(ch: &Running, status: ChangeStatus, finished: bool) -> ChangeView {
+    ChangeView {
+        change_id: ch.id,
+        user: ch.user.as_str().to_string(),
+        seq: ch.seq,
+        caller: ch.ctx.caller.clone(),
+        status,
+        fields: ch.fields.clone(),
+        created_at: ch.created_at,
+        finished_at: finished.then(chrono::Utc::now),
+        steps: ch
+            .steps
+            .iter()
+            .map(|s| StepView {
+                step_no: s.planned.step_no,
+                target: s.planned.target,
+                upstream_ref: s.planned.upstream_ref.clone(),
+                fields: s.planned.fields.iter().map(|f| f.to_string()).collect(),
+                status: s.status,
+                attempts: s.attempts as i32,
+                error: s.error.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -247,4 +600,22 @@ fn pending_view(id: Uuid) -> ChangeView {
         finished_at: None,
         steps: Vec::new(),
     }
+}
+
+/// Step field names come back from the database as strings; the plan uses the static names.
+fn static_fields(fields: &[String]) -> Vec<&'static str> {
+    const KNOWN: [&str; 8] = [
+        "mobile_number",
+        "mobile_country_code",
+        "email_address",
+        "first_name",
+        "last_name",
+        "upi_number",
+        "vpa",
+        "action",
+    ];
+    fields
+        .iter()
+        .filter_map(|f| KNOWN.iter().find(|k| **k == f.as_str()).copied())
+        .collect()
 }

@@ -80,6 +80,10 @@ pub trait ProviderAdapter: Send + Sync {
 
     /// Sends the step's request once and judges the answer.
     fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult>;
+
+    /// Reads the upstream's current state: does it already hold what the step sets? Used before
+    /// resending a write whose outcome is unknown, so no write takes effect twice.
+    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>>;
 }
 
 #[derive(Clone, Default)]

@@ -1,11 +1,15 @@
 //! Recorded changes: one by id, or a user's history.
 
 use super::{AppState, user_param};
-use crate::auth::{Caller, SCOPE_READ};
+use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
+use crate::changes::model::ChangeStatus;
+use crate::telemetry::RequestMeta;
+use axum::extract::Extension;
+use axum::response::Response;
 use crate::changes::model::ChangeView;
 use crate::error::ApiError;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -14,6 +18,7 @@ use uuid::Uuid;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/changes/{change_id}", get(get_change))
+        .route("/changes/{change_id}/retry", post(retry_change))
         .route("/profile/{user}/changes", get(list_changes))
 }
 
@@ -69,4 +74,39 @@ async fn list_changes(
     Ok(Json(
         json!({"user": user.as_str(), "changes": changes, "next_before_seq": next}),
     ))
+}
+
+/// Operator action: re-drive a change that failed finally, as a new attempt of the same change.
+/// Only the user's latest change can be retried: re-applying an older one would overwrite what
+/// later changes set.
+async fn retry_change(
+    State(state): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(SCOPE_OPERATE)?;
+    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
+    let change = crate::store::changes::load(&state.pool, id)
+        .await?
+        .ok_or(ApiError::ChangeNotFound)?;
+    match change.status {
+        ChangeStatus::Pending => return Err(ApiError::RetryConflict("the change is still in progress")),
+        ChangeStatus::Applied => return Err(ApiError::RetryConflict("the change is already applied")),
+        ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {}
+    }
+    if crate::store::changes::latest_seq(&state.pool, &change.user).await? != change.seq {
+        return Err(ApiError::RetryConflict(
+            "a later change of this user exists; retrying this one would overwrite it",
+        ));
+    }
+    let ctx = super::audit_context(&caller, &meta);
+    let submitted = state
+        .changes
+        .retry(id, ctx)
+        .await?
+        .ok_or(ApiError::RetryConflict(
+            "the change's values were erased after the retry window (changes.failed_payload_retention_hours)",
+        ))?;
+    Ok(super::profile::change_response(submitted))
 }

@@ -2,12 +2,14 @@
 
 use super::{AppState, JsonBody, audit_context, user_param};
 use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
+use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
+use crate::changes::model::ChangeStatus;
 use crate::changes::{SubmitError, Submitted};
 use crate::domain::{ProfileLinks, ProfilePatch};
 use crate::error::ApiError;
 use crate::telemetry::RequestMeta;
 use axum::extract::{Extension, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use axum::{Json, Router};
@@ -23,29 +25,50 @@ async fn patch_profile(
     Extension(meta): Extension<RequestMeta>,
     caller: Caller,
     Path(raw): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(SCOPE_WRITE)?;
     let user = user_param(&raw)?;
+    let key = idempotency::parse_key(
+        headers
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap_or("\"")),
+    )
+    .map_err(|e| match e {
+        KeyError::Missing => ApiError::IdempotencyKeyMissing,
+        KeyError::Malformed => ApiError::IdempotencyKeyMalformed,
+    })?;
     let patch = ProfilePatch::parse(&body).map_err(ApiError::Validation)?;
+    let key = IdempotencyKey {
+        key,
+        fingerprint: idempotency::fingerprint("PATCH", &format!("/profile/{user}"), &body),
+    };
     let ctx = audit_context(&caller, &meta);
     let submitted = state
         .changes
-        .submit(user, patch, ctx)
+        .submit(user, patch, ctx, key)
         .await
         .map_err(|e| match e {
             SubmitError::UserNotFound => ApiError::UserNotFound,
             SubmitError::MissingLink(errors) => ApiError::MissingLink(errors),
+            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
+            SubmitError::KeyInFlight => ApiError::IdempotencyKeyInFlight,
             SubmitError::Db(e) => ApiError::from(e),
         })?;
-    Ok(match submitted {
-        Submitted::Final(change)
-            if change.status == crate::changes::model::ChangeStatus::Applied =>
-        {
-            Json(change).into_response()
-        }
-        Submitted::Final(change) => ApiError::ChangeFailed(Box::new(change)).into_response(),
-        Submitted::InProgress(change) => {
+    Ok(change_response(submitted))
+}
+
+/// 200 when applied, 202 while in progress, a problem listing every step otherwise. A replay
+/// answers the same way from the change's current record, marked `Idempotent-Replayed`.
+pub(crate) fn change_response(submitted: Submitted) -> Response {
+    let (change, replayed) = match submitted {
+        Submitted::Final(c) | Submitted::InProgress(c) => (c, false),
+        Submitted::Replay(c) => (c, true),
+    };
+    let mut response = match change.status {
+        ChangeStatus::Applied => Json(change).into_response(),
+        ChangeStatus::Pending => {
             let location = change.location();
             (
                 StatusCode::ACCEPTED,
@@ -54,7 +77,16 @@ async fn patch_profile(
             )
                 .into_response()
         }
-    })
+        ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {
+            ApiError::ChangeFailed(Box::new(change)).into_response()
+        }
+    };
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 async fn get_links(

@@ -1,11 +1,18 @@
-//! `changes` and `change_steps`: the unit of idempotency, recovery and audit.
+//! `changes` and `change_steps`: the unit of idempotency, recovery and audit. Every write after the
+//! first is fenced: it names the lease generation (`fence`) it was made under, and a replica whose
+//! lease was taken over writes nothing.
 
 use crate::audit::{self, AuditEvent};
 use crate::changes::model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
 use crate::domain::{PlannedStep, ProfileLinks, Target, UserId};
 use crate::providers::{StepError, StepErrorCode};
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
 use uuid::Uuid;
+
+/// Postgres NOTIFY channel announcing "this user's change N is final" (payload `seq user_id`).
+pub const FINAL_CHANNEL: &str = "profile_gateway_change_final";
 
 /// The user's links, read under the row lock that also hands out the change's sequence number, so
 /// a user's changes are numbered in the order they were accepted and planned against current links.
@@ -45,18 +52,19 @@ pub struct NewChange<'a> {
     pub payload_key_id: &'a str,
     pub payload_enc: Vec<u8>,
     pub lease_owner: &'a str,
-    pub lease_secs: f64,
+    pub lease: Duration,
 }
 
 pub async fn insert(
     tx: &mut Transaction<'_, Postgres>,
     c: &NewChange<'_>,
     event: &AuditEvent<'_>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let created_at = sqlx::query_scalar!(
         "insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
                               payload_key_id, payload_enc, lease_owner, lease_expires_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))",
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))
+         returning created_at",
         c.id,
         c.user.as_str(),
         c.seq,
@@ -68,9 +76,9 @@ pub async fn insert(
         c.payload_key_id,
         c.payload_enc,
         c.lease_owner,
-        c.lease_secs,
+        c.lease.as_secs_f64(),
     )
-    .execute(&mut **tx)
+    .fetch_one(&mut **tx)
     .await?;
     let step_nos: Vec<i32> = c.steps.iter().map(|s| s.step_no).collect();
     let targets: Vec<String> = c
@@ -94,7 +102,16 @@ pub async fn insert(
     )
     .execute(&mut **tx)
     .await?;
-    audit::insert(&mut **tx, event).await
+    audit::insert(&mut **tx, event).await?;
+    Ok(created_at)
+}
+
+/// What one attempt ended as, ready to record.
+pub struct AttemptRecord<'a> {
+    pub step_no: i32,
+    pub status: StepStatus,
+    pub error: Option<&'a StepError>,
+    pub confirmed_by_read_back: bool,
 }
 
 /// Records one attempt's outcome with its audit event. Returns false when this replica no longer
@@ -103,29 +120,29 @@ pub async fn record_attempt(
     pool: &PgPool,
     change_id: Uuid,
     fence: i64,
-    step_no: i32,
-    result: &Result<(), StepError>,
+    a: &AttemptRecord<'_>,
     event: &AuditEvent<'_>,
 ) -> Result<bool, sqlx::Error> {
-    let status = StepStatus::of(result);
-    let err = result.as_ref().err();
+    let err = a.error;
     let mut tx = pool.begin().await?;
     let updated = sqlx::query!(
         "update change_steps s
             set status = $4, attempts = attempts + 1, error_code = $5, error_retryable = $6,
-                upstream_status = $7, upstream_code = $8, error_message = $9, updated_at = now()
+                upstream_status = $7, upstream_code = $8, error_message = $9,
+                confirmed_by_read_back = $10, updated_at = now()
           from changes c
           where s.change_id = $1 and s.step_no = $2 and c.id = s.change_id and c.fence = $3
             and c.status = 'pending'",
         change_id,
-        step_no,
+        a.step_no,
         fence,
-        status.as_str(),
+        a.status.as_str(),
         err.map(|e| e.code.as_str()),
         err.map(|e| e.retryable),
         err.and_then(|e| e.upstream_status.map(i32::from)),
         err.and_then(|e| e.upstream_code.clone()),
         err.map(|e| e.message.clone()),
+        a.confirmed_by_read_back,
     )
     .execute(&mut *tx)
     .await?
@@ -138,33 +155,248 @@ pub async fn record_attempt(
     Ok(true)
 }
 
-/// Marks the change final, erases the sealed payload and records the final audit event.
+/// Marks the change final, records the final audit event and wakes the user's next change. An
+/// applied change's sealed payload is erased now; a failed one keeps it until `keep_payload`
+/// runs out, for an operator retry.
 pub async fn finish(
     pool: &PgPool,
     change_id: Uuid,
     fence: i64,
     status: ChangeStatus,
+    keep_payload: Duration,
     event: &AuditEvent<'_>,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query!(
+    let keep = status != ChangeStatus::Applied && !keep_payload.is_zero();
+    let row = sqlx::query!(
         "update changes
-            set status = $3, finished_at = now(), updated_at = now(), payload_enc = null,
-                payload_key_id = null, lease_owner = null, lease_expires_at = null
-          where id = $1 and fence = $2 and status = 'pending'",
+            set status = $3, finished_at = now(), updated_at = now(),
+                payload_enc = case when $4 then payload_enc end,
+                payload_key_id = case when $4 then payload_key_id end,
+                payload_expires_at = case when $4 then now() + make_interval(secs => $5) end,
+                lease_owner = null, lease_expires_at = null
+          where id = $1 and fence = $2 and status = 'pending'
+      returning user_id, user_seq",
         change_id,
         fence,
         status.as_str(),
+        keep,
+        keep_payload.as_secs_f64(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    audit::insert(&mut *tx, event).await?;
+    sqlx::query!(
+        "select pg_notify($1, $2)",
+        FINAL_CHANNEL,
+        format!("{} {}", row.user_seq, row.user_id)
     )
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Ok(false);
-    }
-    audit::insert(&mut *tx, event).await?;
+    .await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// True when no earlier change of the user is still unfinished: changes of one user run one at a
+/// time, in the order they were accepted.
+pub async fn is_turn(pool: &PgPool, user: &str, seq: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select not exists (select 1 from changes
+                              where user_id = $1 and user_seq < $2 and status = 'pending') as "turn!""#,
+        user,
+        seq
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Extends this replica's lease; false when the change was taken over or finished.
+pub async fn renew_lease(
+    pool: &PgPool,
+    change_id: Uuid,
+    fence: i64,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!(
+        "update changes set lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+          where id = $1 and fence = $2 and status = 'pending'",
+        change_id,
+        fence,
+        owner,
+        lease.as_secs_f64()
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Hands the change to the completers (of any replica) from `after` on: the retry of a step that
+/// failed retryably is due then, and whoever claims it first drives it.
+pub async fn park(
+    pool: &PgPool,
+    change_id: Uuid,
+    fence: i64,
+    after: Duration,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!(
+        "update changes set lease_owner = null, lease_expires_at = now() + make_interval(secs => $3)
+          where id = $1 and fence = $2 and status = 'pending'",
+        change_id,
+        fence,
+        after.as_secs_f64()
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// A change claimed for driving, with what is needed to resume it.
+pub struct Claimed {
+    pub id: Uuid,
+    pub user_id: String,
+    pub user_seq: i64,
+    pub fence: i64,
+    pub fields: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub caller: String,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub caller_addr: Option<String>,
+    pub payload_key_id: Option<String>,
+    pub payload_enc: Option<Vec<u8>>,
+    /// Who drove it before: a replica that may have sent requests it never recorded.
+    pub previous_owner: Option<String>,
+}
+
+/// Claims the oldest unfinished change whose lease ran out and whose turn it is, skipping rows
+/// other replicas are claiming right now. Bumps the fence so the previous owner writes nothing.
+pub async fn claim_expired(
+    pool: &PgPool,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"with picked as (
+             select c.id, c.lease_owner
+               from changes c
+              where c.status = 'pending'
+                and (c.lease_expires_at is null or c.lease_expires_at < now())
+                and not exists (select 1 from changes p
+                                 where p.user_id = c.user_id and p.status = 'pending'
+                                   and p.user_seq < c.user_seq)
+              order by c.lease_expires_at nulls first
+              limit 1
+                for update skip locked)
+           update changes c
+              set lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                  fence = c.fence + 1, updated_at = now()
+             from picked
+            where c.id = picked.id
+        returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller,
+                  c.request_id, c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
+                  picked.lease_owner as previous_owner"#,
+        owner,
+        lease.as_secs_f64()
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| Claimed {
+        id: r.id,
+        user_id: r.user_id,
+        user_seq: r.user_seq,
+        fence: r.fence,
+        fields: r.fields,
+        created_at: r.created_at,
+        caller: r.caller,
+        request_id: r.request_id,
+        trace_id: r.trace_id,
+        caller_addr: r.caller_addr,
+        payload_key_id: r.payload_key_id,
+        payload_enc: r.payload_enc,
+        previous_owner: r.previous_owner,
+    }))
+}
+
+/// Re-opens a change that failed finally, for an operator retry: a new lease generation, every
+/// step that did not apply back to pending with a fresh attempt count.
+pub async fn reopen(
+    pool: &PgPool,
+    change_id: Uuid,
+    owner: &str,
+    lease: Duration,
+    event: &AuditEvent<'_>,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query!(
+        r#"update changes
+              set status = 'pending', finished_at = null, lease_owner = $2,
+                  lease_expires_at = now() + make_interval(secs => $3), fence = fence + 1,
+                  payload_expires_at = null, updated_at = now()
+            where id = $1 and status in ('failed', 'partially_applied') and payload_enc is not null
+        returning id, user_id, user_seq, fence, fields, created_at, caller, request_id, trace_id,
+                  caller_addr, payload_key_id, payload_enc"#,
+        change_id,
+        owner,
+        lease.as_secs_f64()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    sqlx::query!(
+        "update change_steps set status = case when status = 'unknown' then 'unknown' else 'pending' end,
+                attempts = 0, updated_at = now()
+          where change_id = $1 and status <> 'applied'",
+        change_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::insert(&mut *tx, event).await?;
+    tx.commit().await?;
+    Ok(Some(Claimed {
+        id: r.id,
+        user_id: r.user_id,
+        user_seq: r.user_seq,
+        fence: r.fence,
+        fields: r.fields,
+        created_at: r.created_at,
+        caller: r.caller,
+        request_id: r.request_id,
+        trace_id: r.trace_id,
+        caller_addr: r.caller_addr,
+        payload_key_id: r.payload_key_id,
+        payload_enc: r.payload_enc,
+        previous_owner: None,
+    }))
+}
+
+/// The latest sequence number handed out for a user (an operator retry is only safe on it).
+pub async fn latest_seq(pool: &PgPool, user: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select last_change_seq from profile_links where user_id = $1",
+        user
+    )
+    .fetch_optional(pool)
+    .await
+    .map(|v| v.unwrap_or(0))
+}
+
+/// Erases sealed payloads of failed changes whose retry window closed.
+pub async fn erase_expired_payloads(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "update changes set payload_enc = null, payload_key_id = null, payload_expires_at = null
+          where status <> 'pending' and payload_expires_at < now()"
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 pub async fn load(pool: &PgPool, change_id: Uuid) -> Result<Option<ChangeView>, sqlx::Error> {
@@ -229,7 +461,7 @@ pub async fn list_for_user(
         .collect())
 }
 
-async fn load_steps(
+pub async fn load_steps(
     pool: &PgPool,
     change_ids: &[Uuid],
 ) -> Result<std::collections::HashMap<Uuid, Vec<StepView>>, sqlx::Error> {

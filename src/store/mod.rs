@@ -2,6 +2,7 @@
 //! lives in `.sqlx/` (regenerate with `scripts/sqlx-prepare`).
 
 pub mod changes;
+pub mod idempotency;
 pub mod links;
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the

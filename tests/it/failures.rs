@@ -211,7 +211,7 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn each_upstream_failure_class_maps_to_its_step_error_and_status() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(single_attempt).await;
     for case in cases() {
         app.sandbox.clear_faults();
         app.sandbox.add_fault(case.fault.clone().times(1));
@@ -282,7 +282,7 @@ async fn each_upstream_failure_class_maps_to_its_step_error_and_status() {
 
 #[tokio::test]
 async fn razorpay_status_and_code_disagreements_are_judged_by_status_and_reason() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(single_attempt).await;
     let r = "razorpay_upi_update";
     let table: Vec<(FaultSpec, &str, u16)> = vec![
         (
@@ -344,6 +344,7 @@ async fn razorpay_status_and_code_disagreements_are_judged_by_status_and_reason(
 #[tokio::test]
 async fn all_timeouts_answer_504_and_mixed_failures_502() {
     let app = spawn_app_with(|s| {
+        single_attempt(s);
         s.juspay.timeout_ms = 300;
         s.razorpay.timeout_ms = 300;
     })
@@ -388,6 +389,7 @@ async fn a_database_outage_is_a_503_and_no_upstream_is_called() {
     let resp = client
         .patch(format!("{base}/profile/alice"))
         .bearer_auth(TOKEN)
+        .header("idempotency-key", "db-down-key-0000001")
         .json(&json!({"mobile_number": "9812345678"}))
         .send()
         .await

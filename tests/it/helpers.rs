@@ -155,10 +155,16 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// A PATCH with a fresh Idempotency-Key.
     pub async fn patch(&self, user: &str, body: &Value) -> reqwest::Response {
+        self.patch_with_key(user, body, &uuid::Uuid::new_v4().to_string()).await
+    }
+
+    pub async fn patch_with_key(&self, user: &str, body: &Value, key: &str) -> reqwest::Response {
         self.client
             .patch(self.url(&format!("/profile/{user}")))
             .bearer_auth(TOKEN)
+            .header("idempotency-key", key)
             .json(body)
             .send()
             .await
@@ -224,4 +230,10 @@ pub async fn problem(resp: reqwest::Response) -> (u16, Value) {
         "request_id must match the x-request-id header"
     );
     (status, body)
+}
+
+/// Settings under which every failure is final at once (no retries), to observe one attempt.
+pub fn single_attempt(s: &mut Settings) {
+    s.changes.max_attempts = 1;
+    s.changes.in_request_attempts = 1;
 }

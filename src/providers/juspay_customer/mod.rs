@@ -1,10 +1,12 @@
-//! Juspay customer: `POST /customers/{id}`, form-urlencoded.
+//! Juspay customer: `POST /customers/{id}`, form-urlencoded; `GET /customers/{id}` to read back.
 
 pub mod wire;
 
 use super::classify::{self, bad_success};
 use super::http::{self, basic_auth};
-use super::{JuspayConfig, ProviderAdapter, StepResult, endpoint, juspay_error, misrouted};
+use super::{
+    JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
+};
 use crate::domain::{StepRequest, Target};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -27,23 +29,26 @@ impl JuspayCustomer {
         }
     }
 
-    async fn update(&self, customer_id: &str, form: wire::UpdateCustomerForm<'_>) -> StepResult {
-        let body = serde_urlencoded::to_string(&form).map_err(|_| misrouted(TARGET))?;
-        let mut request = self
+    fn request(&self, method: reqwest::Method, customer_id: &str) -> reqwest::RequestBuilder {
+        let url = endpoint(&self.config.base_url, &format!("/customers/{customer_id}"));
+        let request = self
             .client
-            .post(endpoint(
-                &self.config.base_url,
-                &format!("/customers/{customer_id}"),
-            ))
+            .request(method, url)
             .header(AUTHORIZATION, self.authorization.clone())
             .header("version", &self.config.version)
             // Juspay routes all calls of one customer to one shard by this id.
-            .header("x-routing-id", customer_id)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body);
-        if let Some(m) = &self.config.merchant_id {
-            request = request.header("x-merchantid", m);
+            .header("x-routing-id", customer_id);
+        match &self.config.merchant_id {
+            Some(m) => request.header("x-merchantid", m),
+            None => request,
         }
+    }
+
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+        customer_id: &str,
+    ) -> Result<(u16, wire::Customer), StepError> {
         let response = http::send(request, self.config.timeout)
             .await
             .map_err(|e| classify::transport_failure(TARGET, e))?;
@@ -66,44 +71,89 @@ impl JuspayCustomer {
                 "it names another customer",
             ));
         }
-        // Each sent field must come back as sent; a field the response schema omits is not a
-        // contradiction (older `version`s return fewer fields).
-        let echoes = [
-            (
-                "mobile_number",
-                form.mobile_number,
-                customer.mobile_number.as_deref(),
-            ),
-            (
-                "mobile_country_code",
-                form.mobile_country_code,
-                customer.mobile_country_code.as_deref(),
-            ),
-            (
-                "email_address",
-                form.email_address,
-                customer.email_address.as_deref(),
-            ),
-            (
-                "first_name",
-                form.first_name,
-                customer.first_name.as_deref(),
-            ),
-            ("last_name", form.last_name, customer.last_name.as_deref()),
-        ];
-        for (name, sent, got) in echoes {
-            if let (Some(sent), Some(got)) = (sent, got)
-                && !sent.eq_ignore_ascii_case(got)
-            {
-                return Err(bad_success(
-                    TARGET,
-                    response.status,
-                    &format!("its {name} is not the value sent"),
-                ));
-            }
-        }
-        Ok(())
+        Ok((response.status, customer))
     }
+
+    async fn update(&self, customer_id: &str, form: wire::UpdateCustomerForm<'_>) -> StepResult {
+        let body = serde_urlencoded::to_string(&form).map_err(|_| misrouted(TARGET))?;
+        let request = self
+            .request(reqwest::Method::POST, customer_id)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        let (status, customer) = self.fetch(request, customer_id).await?;
+        match mismatch(&form, &customer) {
+            None => Ok(()),
+            Some(name) => Err(bad_success(
+                TARGET,
+                status,
+                &format!("its {name} is not the value sent"),
+            )),
+        }
+    }
+
+    async fn holds(
+        &self,
+        customer_id: &str,
+        form: wire::UpdateCustomerForm<'_>,
+    ) -> Result<bool, StepError> {
+        let request = self.request(reqwest::Method::GET, customer_id);
+        let (_, customer) = self.fetch(request, customer_id).await?;
+        Ok(mismatch(&form, &customer).is_none())
+    }
+}
+
+/// The first sent field the customer does not hold. A field the response schema omits is not a
+/// contradiction (older `version`s return fewer fields).
+fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&'static str> {
+    let echoes = [
+        (
+            "mobile_number",
+            form.mobile_number,
+            c.mobile_number.as_deref(),
+        ),
+        (
+            "mobile_country_code",
+            form.mobile_country_code,
+            c.mobile_country_code.as_deref(),
+        ),
+        (
+            "email_address",
+            form.email_address,
+            c.email_address.as_deref(),
+        ),
+        ("first_name", form.first_name, c.first_name.as_deref()),
+        ("last_name", form.last_name, c.last_name.as_deref()),
+    ];
+    echoes
+        .into_iter()
+        .find_map(|(name, sent, got)| match (sent, got) {
+            (Some(sent), Some(got)) if !sent.eq_ignore_ascii_case(got) => Some(name),
+            _ => None,
+        })
+}
+
+fn form(request: &StepRequest) -> Option<(&str, wire::UpdateCustomerForm<'_>)> {
+    let StepRequest::JuspayCustomer {
+        customer_id,
+        mobile_number,
+        mobile_country_code,
+        email_address,
+        first_name,
+        last_name,
+    } = request
+    else {
+        return None;
+    };
+    Some((
+        customer_id,
+        wire::UpdateCustomerForm {
+            mobile_number: mobile_number.as_ref().map(|v| v.as_str()),
+            mobile_country_code: mobile_country_code.as_ref().map(|v| v.as_str()),
+            email_address: email_address.as_ref().map(|v| v.as_str()),
+            first_name: first_name.as_ref().map(|v| v.as_str()),
+            last_name: last_name.as_ref().map(|v| v.as_str()),
+        },
+    ))
 }
 
 impl ProviderAdapter for JuspayCustomer {
@@ -113,25 +163,15 @@ impl ProviderAdapter for JuspayCustomer {
 
     fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
-            let StepRequest::JuspayCustomer {
-                customer_id,
-                mobile_number,
-                mobile_country_code,
-                email_address,
-                first_name,
-                last_name,
-            } = request
-            else {
-                return Err(misrouted(TARGET));
-            };
-            let form = wire::UpdateCustomerForm {
-                mobile_number: mobile_number.as_ref().map(|v| v.as_str()),
-                mobile_country_code: mobile_country_code.as_ref().map(|v| v.as_str()),
-                email_address: email_address.as_ref().map(|v| v.as_str()),
-                first_name: first_name.as_ref().map(|v| v.as_str()),
-                last_name: last_name.as_ref().map(|v| v.as_str()),
-            };
-            self.update(customer_id, form).await
+            let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
+            self.update(id, form).await
+        })
+    }
+
+    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+        Box::pin(async move {
+            let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
+            self.holds(id, form).await
         })
     }
 }

@@ -1,10 +1,12 @@
-//! Juspay wallet: `POST /wallets/{id}` with `command=update`.
+//! Juspay wallet: `POST /wallets/{id}` with `command=update`; `GET /wallets/{id}` to read back.
 
 pub mod wire;
 
 use super::classify::{self, bad_success};
 use super::http::{self, basic_auth};
-use super::{JuspayConfig, ProviderAdapter, StepResult, endpoint, juspay_error, misrouted};
+use super::{
+    JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
+};
 use crate::domain::{StepRequest, Target};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -27,25 +29,24 @@ impl JuspayWallet {
         }
     }
 
-    async fn update(&self, wallet_id: &str, mobile_number: &str) -> StepResult {
-        let form = serde_urlencoded::to_string(wire::UpdateMobileForm {
-            command: "update",
-            mobile_number,
-        })
-        .map_err(|_| misrouted(TARGET))?;
-        let mut request = self
+    fn request(&self, method: reqwest::Method, wallet_id: &str) -> reqwest::RequestBuilder {
+        let url = endpoint(&self.config.base_url, &format!("/wallets/{wallet_id}"));
+        let request = self
             .client
-            .post(endpoint(
-                &self.config.base_url,
-                &format!("/wallets/{wallet_id}"),
-            ))
+            .request(method, url)
             .header(AUTHORIZATION, self.authorization.clone())
-            .header("version", &self.config.version)
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form);
-        if let Some(m) = &self.config.merchant_id {
-            request = request.header("x-merchantid", m);
+            .header("version", &self.config.version);
+        match &self.config.merchant_id {
+            Some(m) => request.header("x-merchantid", m),
+            None => request,
         }
+    }
+
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+        wallet_id: &str,
+    ) -> Result<(u16, Option<String>), StepError> {
         let response = http::send(request, self.config.timeout)
             .await
             .map_err(|e| classify::transport_failure(TARGET, e))?;
@@ -68,15 +69,37 @@ impl JuspayWallet {
                 "it names another wallet",
             ));
         }
-        let echoed = account.metadata.and_then(|m| m.mobile_number);
+        Ok((
+            response.status,
+            account.metadata.and_then(|m| m.mobile_number),
+        ))
+    }
+
+    async fn update(&self, wallet_id: &str, mobile_number: &str) -> StepResult {
+        let form = serde_urlencoded::to_string(wire::UpdateMobileForm {
+            command: "update",
+            mobile_number,
+        })
+        .map_err(|_| misrouted(TARGET))?;
+        let request = self
+            .request(reqwest::Method::POST, wallet_id)
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form);
+        let (status, echoed) = self.fetch(request, wallet_id).await?;
         if echoed.as_deref() != Some(mobile_number) {
             return Err(bad_success(
                 TARGET,
-                response.status,
+                status,
                 "its metadata.mobile_number is not the number sent",
             ));
         }
         Ok(())
+    }
+
+    async fn holds(&self, wallet_id: &str, mobile_number: &str) -> Result<bool, StepError> {
+        let request = self.request(reqwest::Method::GET, wallet_id);
+        let (_, current) = self.fetch(request, wallet_id).await?;
+        Ok(current.as_deref() == Some(mobile_number))
     }
 }
 
@@ -92,6 +115,18 @@ impl ProviderAdapter for JuspayWallet {
                     wallet_id,
                     mobile_number,
                 } => self.update(wallet_id, mobile_number.as_str()).await,
+                _ => Err(misrouted(TARGET)),
+            }
+        })
+    }
+
+    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+        Box::pin(async move {
+            match request {
+                StepRequest::JuspayWallet {
+                    wallet_id,
+                    mobile_number,
+                } => self.holds(wallet_id, mobile_number.as_str()).await,
                 _ => Err(misrouted(TARGET)),
             }
         })

@@ -4,7 +4,7 @@ pub mod wire;
 
 use super::classify::{self, ErrorFacts, bad_success, safe_code, says_not_found};
 use super::http::{self, basic_auth};
-use super::{ProviderAdapter, RazorpayConfig, StepResult, endpoint, misrouted};
+use super::{ProviderAdapter, RazorpayConfig, StepError, StepResult, endpoint, misrouted};
 use crate::domain::{StepRequest, Target, UpiChange};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -29,6 +29,57 @@ impl RazorpayUpi {
         }
     }
 
+    /// Every TPAP call carries the credentials and the end user's device headers.
+    fn request(
+        &self,
+        method: reqwest::Method,
+        customer_reference: &str,
+        upi: &UpiChange,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(
+                method,
+                endpoint(&self.config.base_url, "/v1/upi/tpap/upi_number"),
+            )
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header("x-device-fingerprint", upi.device_fingerprint.as_str())
+            .header(
+                "x-device-fingerprint-timestamp",
+                upi.fingerprint_timestamp.to_string(),
+            )
+            .header("x-customer-reference", customer_reference)
+    }
+
+    async fn holds(&self, customer_reference: &str, upi: &UpiChange) -> Result<bool, StepError> {
+        let request = self.request(reqwest::Method::GET, customer_reference, upi);
+        let response = http::send(request, self.config.timeout)
+            .await
+            .map_err(|e| classify::transport_failure(TARGET, e))?;
+        if !response.is_success() {
+            return Err(classify::http_failure(
+                TARGET,
+                response.status,
+                response.retry_after,
+                facts(&response.body),
+            ));
+        }
+        let list: wire::UpiNumberList = serde_json::from_slice(&response.body).map_err(|_| {
+            bad_success(TARGET, response.status, "its body is not a UPI number list")
+        })?;
+        let found = list
+            .upi_numbers
+            .unwrap_or_default()
+            .into_iter()
+            .find(|n| n.number.as_deref() == Some(upi.upi_number.as_str()));
+        Ok(found.is_some_and(|n| {
+            n.status.as_deref() == Some(upi.action.expected_status())
+                && (upi.action != crate::domain::UpiAction::ChangeVpa
+                    || n.vpa
+                        .as_deref()
+                        .is_some_and(|v| v.eq_ignore_ascii_case(upi.vpa.as_str())))
+        }))
+    }
+
     async fn update(&self, customer_reference: &str, upi: &UpiChange) -> StepResult {
         let body = wire::UpdateUpiNumber {
             upi_number: upi.upi_number.as_str(),
@@ -37,16 +88,8 @@ impl RazorpayUpi {
             consent: true,
         };
         let request = self
-            .client
-            .patch(endpoint(&self.config.base_url, "/v1/upi/tpap/upi_number"))
-            .header(AUTHORIZATION, self.authorization.clone())
+            .request(reqwest::Method::PATCH, customer_reference, upi)
             .header(CONTENT_TYPE, "application/json")
-            .header("x-device-fingerprint", upi.device_fingerprint.as_str())
-            .header(
-                "x-device-fingerprint-timestamp",
-                upi.fingerprint_timestamp.to_string(),
-            )
-            .header("x-customer-reference", customer_reference)
             .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
         let response = http::send(request, self.config.timeout)
             .await
@@ -131,6 +174,18 @@ impl ProviderAdapter for RazorpayUpi {
                     customer_reference,
                     upi,
                 } => self.update(customer_reference, upi).await,
+                _ => Err(misrouted(TARGET)),
+            }
+        })
+    }
+
+    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+        Box::pin(async move {
+            match request {
+                StepRequest::RazorpayUpi {
+                    customer_reference,
+                    upi,
+                } => self.holds(customer_reference, upi).await,
                 _ => Err(misrouted(TARGET)),
             }
         })

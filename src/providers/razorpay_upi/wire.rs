@@ -31,3 +31,16 @@ pub struct ErrorBody {
     pub field: Option<serde_json::Value>,
     pub reason: Option<serde_json::Value>,
 }
+
+/// `GET /v1/upi/tpap/upi_number`: the customer's UPI numbers.
+#[derive(Debug, Deserialize)]
+pub struct UpiNumberList {
+    pub upi_numbers: Option<Vec<ListedUpiNumber>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListedUpiNumber {
+    pub number: Option<String>,
+    pub vpa: Option<String>,
+    pub status: Option<String>,
+}
