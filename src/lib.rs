@@ -5,6 +5,7 @@ pub mod crypto;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod failpoint;
 pub mod providers;
 pub mod routes;
 pub mod sandbox;

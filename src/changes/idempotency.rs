@@ -59,20 +59,37 @@ mod tests {
         assert_eq!(parse_key(Some(k)).unwrap(), k);
         assert_eq!(parse_key(None), Err(KeyError::Missing));
         assert_eq!(parse_key(Some("short")), Err(KeyError::Malformed));
-        assert_eq!(parse_key(Some("\"unterminated-key-123")), Err(KeyError::Malformed));
-        assert_eq!(parse_key(Some("has space in the key 123")), Err(KeyError::Malformed));
+        assert_eq!(
+            parse_key(Some("\"unterminated-key-123")),
+            Err(KeyError::Malformed)
+        );
+        assert_eq!(
+            parse_key(Some("has space in the key 123")),
+            Err(KeyError::Malformed)
+        );
         assert_eq!(parse_key(Some(&"a".repeat(256))), Err(KeyError::Malformed));
     }
 
     #[test]
     fn fingerprint_ignores_key_order_and_spacing() {
-        let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 3}}"#).unwrap();
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"y": 2, "x": 3}}"#).unwrap();
         let b: serde_json::Value = serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).unwrap();
-        assert_eq!(fingerprint("PATCH", "/profile/u", &a), fingerprint("PATCH", "/profile/u", &b));
-        assert_ne!(fingerprint("PATCH", "/profile/u", &a), fingerprint("PATCH", "/profile/v", &a));
+        assert_eq!(
+            fingerprint("PATCH", "/profile/u", &a),
+            fingerprint("PATCH", "/profile/u", &b)
+        );
         assert_ne!(
             fingerprint("PATCH", "/profile/u", &a),
-            fingerprint("PATCH", "/profile/u", &json!({"b": 2, "a": {"x": 3, "y": 2}}))
+            fingerprint("PATCH", "/profile/v", &a)
+        );
+        assert_ne!(
+            fingerprint("PATCH", "/profile/u", &a),
+            fingerprint(
+                "PATCH",
+                "/profile/u",
+                &json!({"b": 2, "a": {"x": 3, "y": 2}})
+            )
         );
     }
 }

@@ -56,6 +56,7 @@ pub enum SubmitError {
     /// The key's first request is still being answered.
     KeyInFlight,
     Db(sqlx::Error),
+    Internal(String),
 }
 
 impl From<sqlx::Error> for SubmitError {
@@ -111,7 +112,23 @@ enum Halt {
 impl ChangeService {
     /// Validates the change against the user's links, records it with its steps, the audit event
     /// and the idempotency key in one transaction, then drives it until done or the deadline.
+    /// Runs as its own task: a client hanging up mid-way cancels nothing.
     pub async fn submit(
+        self: &Arc<Self>,
+        user: UserId,
+        patch: ProfilePatch,
+        ctx: AuditContext,
+        key: IdempotencyKey,
+    ) -> Result<Submitted, SubmitError> {
+        let service = Arc::clone(self);
+        let task = self
+            .tracker
+            .spawn(async move { service.submit_here(user, patch, ctx, key).await });
+        task.await
+            .unwrap_or_else(|e| Err(SubmitError::Internal(format!("submit task failed: {e}"))))
+    }
+
+    async fn submit_here(
         self: &Arc<Self>,
         user: UserId,
         patch: ProfilePatch,
@@ -203,16 +220,25 @@ impl ChangeService {
     }
 
     /// Re-drives a change that failed finally (operator action), as the latest change of its user.
-    pub async fn retry(self: &Arc<Self>, change_id: Uuid, ctx: AuditContext) -> Result<Option<Submitted>, sqlx::Error> {
+    pub async fn retry(
+        self: &Arc<Self>,
+        change_id: Uuid,
+        ctx: AuditContext,
+    ) -> Result<Option<Submitted>, sqlx::Error> {
         let user = match store::changes::load(&self.pool, change_id).await? {
             Some(v) => v.user,
             None => return Ok(None),
         };
         let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
         event.change_id = Some(change_id);
-        let Some(claimed) =
-            store::changes::reopen(&self.pool, change_id, &self.instance_id, self.limits.lease, &event)
-                .await?
+        let Some(claimed) = store::changes::reopen(
+            &self.pool,
+            change_id,
+            &self.instance_id,
+            self.limits.lease,
+            &event,
+        )
+        .await?
         else {
             return Ok(None);
         };
@@ -377,9 +403,15 @@ impl ChangeService {
     }
 
     async fn finish(&self, ch: Running) -> Submitted {
+        crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
-        let mut event = AuditEvent::new(&ch.ctx, ch.user.as_str(), "change_completed", status.as_str());
+        let mut event = AuditEvent::new(
+            &ch.ctx,
+            ch.user.as_str(),
+            "change_completed",
+            status.as_str(),
+        );
         event.change_id = Some(ch.id);
         event.fields = ch.fields.clone();
         match store::changes::finish(
@@ -475,7 +507,8 @@ impl ChangeService {
                 } else {
                     let read = if step.read_back_first {
                         let r = adapter.read_back(&request).await;
-                        self.resilience.record(target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
+                        self.resilience
+                            .record(target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
                         Some(r)
                     } else {
                         None
@@ -490,12 +523,18 @@ impl ChangeService {
                             e.outcome_unknown = true;
                             Err(e)
                         }
-                        Some(Ok(false)) | None => self.send(adapter.as_ref(), &request, target, step.attempts).await,
+                        Some(Ok(false)) | None => {
+                            self.send(adapter.as_ref(), &request, target, step.attempts)
+                                .await
+                        }
                     }
                 }
             }
             _ => Err(crate::providers::misrouted(target)),
         };
+        if !confirmed {
+            crate::failpoint::hit("after_upstream_write");
+        }
         let status = self.next_status(&result, attempts);
         let new_state = StepState {
             planned: step.planned.clone(),
@@ -505,7 +544,8 @@ impl ChangeService {
             read_back_first: status == StepStatus::Unknown,
         };
         let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
-        let mut event = AuditEvent::new(&ch.ctx, ch.user.as_str(), "step_attempted", status.as_str());
+        let mut event =
+            AuditEvent::new(&ch.ctx, ch.user.as_str(), "step_attempted", status.as_str());
         event.change_id = Some(ch.id);
         event.step_no = Some(step.planned.step_no);
         event.target = Some(target.as_str());

@@ -37,8 +37,12 @@ struct Budget {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// One probe is out; everyone else fails fast until it answers.
     HalfOpen,
 }
@@ -138,7 +142,9 @@ impl Resilience {
                 (BreakerState::HalfOpen, true) => BreakerState::Open {
                     until: Instant::now() + c.breaker_open,
                 },
-                (BreakerState::Closed { failures }, true) if failures + 1 >= c.breaker_threshold => {
+                (BreakerState::Closed { failures }, true)
+                    if failures + 1 >= c.breaker_threshold =>
+                {
                     tracing::warn!(target = target.as_str(), "circuit breaker opened");
                     BreakerState::Open {
                         until: Instant::now() + c.breaker_open,

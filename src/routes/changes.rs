@@ -3,12 +3,12 @@
 use super::{AppState, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
 use crate::changes::model::ChangeStatus;
-use crate::telemetry::RequestMeta;
-use axum::extract::Extension;
-use axum::response::Response;
 use crate::changes::model::ChangeView;
 use crate::error::ApiError;
+use crate::telemetry::RequestMeta;
+use axum::extract::Extension;
 use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -91,8 +91,12 @@ async fn retry_change(
         .await?
         .ok_or(ApiError::ChangeNotFound)?;
     match change.status {
-        ChangeStatus::Pending => return Err(ApiError::RetryConflict("the change is still in progress")),
-        ChangeStatus::Applied => return Err(ApiError::RetryConflict("the change is already applied")),
+        ChangeStatus::Pending => {
+            return Err(ApiError::RetryConflict("the change is still in progress"));
+        }
+        ChangeStatus::Applied => {
+            return Err(ApiError::RetryConflict("the change is already applied"));
+        }
         ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {}
     }
     if crate::store::changes::latest_seq(&state.pool, &change.user).await? != change.seq {

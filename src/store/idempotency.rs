@@ -20,10 +20,10 @@ pub async fn find(
     key: &str,
 ) -> Result<Option<Existing>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"select fingerprint, change_id,
-                  coalesce(in_flight_until > now(), false) as "in_flight!"
-             from idempotency_keys
-            where caller = $1 and user_id = $2 and idem_key = $3 and expires_at > now()"#,
+        r#"select k.fingerprint, k.change_id,
+                  coalesce(k.in_flight_until > now() and c.status = 'pending', false) as "in_flight!"
+             from idempotency_keys k join changes c on c.id = k.change_id
+            where k.caller = $1 and k.user_id = $2 and k.idem_key = $3 and k.expires_at > now()"#,
         caller,
         user,
         key

@@ -1,0 +1,722 @@
+//! Durable changes: idempotency keys, per-user order across replicas, retries that heal or end,
+//! read-back of unknown outcomes, operator retry, and completion after crashes.
+
+use crate::helpers::*;
+use profile_gateway::sandbox::{FaultSpec, JournalEntry};
+use profile_gateway::settings::Settings;
+use profile_gateway::startup::Application;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+fn db_url(app: &TestApp) -> String {
+    format!(
+        "{}/{}",
+        admin_url().rsplit_once('/').unwrap().0,
+        app.db_name
+    )
+}
+
+/// Another replica on the same database and upstreams; returns its base URL.
+async fn spawn_replica(app: &TestApp, tweak: impl FnOnce(&mut Settings)) -> String {
+    let mut settings = base_settings(&db_url(app), &app.sandbox.base_url());
+    tweak(&mut settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let replica = Application::build(&settings, listener).await.unwrap();
+    let base = format!("http://{}", replica.local_addr());
+    tokio::spawn(replica.run_until(std::future::pending()));
+    base
+}
+
+async fn wait_all_final(app: &TestApp, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let pending = app
+            .count("select count(*) from changes where status = 'pending'")
+            .await;
+        if pending == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{pending} changes still pending after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn updates<'a>(journal: &'a [JournalEntry], route: &str) -> Vec<&'a JournalEntry> {
+    journal
+        .iter()
+        .filter(|e| e.route.as_deref() == Some(route) && e.method != "GET")
+        .collect()
+}
+
+#[tokio::test]
+async fn idempotency_key_is_required_and_replays_the_change() {
+    let app = spawn_app().await;
+    let body = json!({"first_name": "Alicia"});
+    let url = app.url("/profile/alice");
+    let missing = app
+        .client
+        .patch(&url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (s, p) = problem(missing).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (400, Some("idempotency_key_missing"))
+    );
+    for bad in [
+        "short",
+        "\"has spaces in it, which is wrong\"",
+        &"k".repeat(256),
+    ] {
+        let resp = app.patch_with_key("alice", &body, bad).await;
+        let (s, p) = problem(resp).await;
+        assert_eq!(
+            (s, p["code"].as_str()),
+            (400, Some("idempotency_key_malformed")),
+            "{bad}"
+        );
+    }
+    assert!(app.journal().is_empty());
+
+    // The draft's quoted form and the bare token are the same key.
+    let first = app
+        .patch_with_key("alice", &body, "\"key-aaaaaaaaaaaaaaaa\"")
+        .await;
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = app
+        .client
+        .patch(&url)
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "key-aaaaaaaaaaaaaaaa")
+        .header("content-type", "application/json")
+        .body("{ \"first_name\" :\"Alicia\" }")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["change_id"], first["change_id"]);
+    assert_eq!(again["steps"], first["steps"]);
+    assert_eq!(app.journal().len(), 1, "the replay called no upstream");
+
+    let (s, p) = problem(
+        app.patch_with_key(
+            "alice",
+            &json!({"first_name": "Other"}),
+            "key-aaaaaaaaaaaaaaaa",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // Keys are scoped per user: the same key for another user is another change.
+    assert_eq!(
+        app.patch_with_key("bob", &body, "key-aaaaaaaaaaaaaaaa")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.count("select count(*) from changes").await, 2);
+    assert_eq!(
+        app.count(
+            "select count(*) from idempotency_keys where expires_at > now() + interval '23 hours'"
+        )
+        .await,
+        2,
+        "keys are kept at least 24 h"
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_duplicates_make_one_upstream_call_per_step() {
+    let app = spawn_app().await;
+    // Slow upstreams keep the first request in flight while the duplicates arrive.
+    app.sandbox.add_fault(FaultSpec::latency("*", 200));
+    let body = json!({"mobile_number": "9811111111"});
+    let key = "dup-key-0123456789abcdef";
+    let requests = (0..50).map(|_| app.patch_with_key("bob", &body, key));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut change_ids = std::collections::HashSet::new();
+    for r in responses {
+        let status = r.status().as_u16();
+        *statuses.entry(status).or_default() += 1;
+        if status == 409 {
+            assert!(r.headers().contains_key("retry-after"));
+            let (_, p) = problem(r).await;
+            assert_eq!(p["code"], "idempotency_key_in_flight");
+        } else {
+            assert_eq!(status, 200, "{}", r.text().await.unwrap());
+            let v: Value = r.json().await.unwrap();
+            change_ids.insert(v["change_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(change_ids.len(), 1, "{statuses:?}");
+    let j = app.journal();
+    assert_eq!(updates(&j, "juspay_customer_update").len(), 1);
+    assert_eq!(updates(&j, "juspay_wallet_update").len(), 1);
+    assert_eq!(app.count("select count(*) from changes").await, 1);
+    // After the first answered, a duplicate gets the stored outcome.
+    let late = app.patch_with_key("bob", &body, key).await;
+    assert_eq!(late.status(), 200);
+    assert_eq!(late.headers()["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn two_hundred_changes_for_one_user_through_three_replicas_apply_in_order() {
+    let app = spawn_app().await;
+    let b = spawn_replica(&app, |_| {}).await;
+    let c = spawn_replica(&app, |_| {}).await;
+    let bases = [app.base.clone(), b, c];
+    let n = 200;
+    let requests = (0..n).map(|i| {
+        let base = bases[i % 3].clone();
+        let client = app.client.clone();
+        async move {
+            let number = format!("97{:08}", i);
+            let resp = client
+                .patch(format!("{base}/profile/bob"))
+                .bearer_auth(TOKEN)
+                .header("idempotency-key", format!("order-key-{i:012}"))
+                .json(&json!({"mobile_number": number}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), number)
+        }
+    });
+    let results = futures_util::future::join_all(requests).await;
+    for (status, _) in &results {
+        assert!(*status == 200 || *status == 202, "{status}");
+    }
+    wait_all_final(&app, Duration::from_secs(60)).await;
+
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("select user_seq from changes where user_id = 'bob' order by user_seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=n as i64).collect::<Vec<_>>(),
+        "gap-free per-user sequence"
+    );
+    assert_eq!(
+        app.count("select count(*) from changes where status <> 'applied'")
+            .await,
+        0
+    );
+
+    // The order the upstream saw is the order the changes were accepted, one change at a time.
+    let key_to_seq: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "select k.idem_key, c.user_seq from idempotency_keys k join changes c on c.id = k.change_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let number_to_seq: HashMap<String, i64> = results
+        .iter()
+        .enumerate()
+        .map(|(i, (_, number))| {
+            (
+                format!("mobile_number={number}"),
+                key_to_seq[&format!("order-key-{i:012}")],
+            )
+        })
+        .collect();
+    let journal = app.journal();
+    let mut last_seq = 0;
+    for e in journal.iter().filter(|e| e.method == "POST") {
+        let number = e
+            .body
+            .split('&')
+            .find(|p| p.starts_with("mobile_number="))
+            .unwrap();
+        let seq = number_to_seq[number];
+        assert!(seq >= last_seq, "upstream saw seq {seq} after {last_seq}");
+        last_seq = seq;
+    }
+    assert_eq!(updates(&journal, "juspay_customer_update").len(), n);
+    assert_eq!(updates(&journal, "juspay_wallet_update").len(), n);
+
+    // The upstream state is the last accepted change's.
+    let last_number = results
+        .iter()
+        .enumerate()
+        .find(|(i, _)| key_to_seq[&format!("order-key-{i:012}")] == n as i64)
+        .unwrap()
+        .1
+        .1
+        .clone();
+    let state = serde_json::to_value(app.sandbox.state()).unwrap();
+    let bob = state["juspay_customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "cst_demo_bob")
+        .unwrap();
+    assert_eq!(bob["mobile_number"], last_number.as_str());
+    let wallet = state["juspay_wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "wlt_demo_bob_paytm")
+        .unwrap();
+    assert_eq!(wallet["mobile_number"], last_number.as_str());
+}
+
+#[tokio::test]
+async fn a_retryable_outage_that_heals_completes_without_the_caller() {
+    let app = spawn_app().await;
+    // Four failures: three in the request, then the completer's retries.
+    app.sandbox.add_fault(
+        FaultSpec::status(
+            "juspay_wallet_update",
+            503,
+            "<html>busy</html>",
+            Some("text/html"),
+        )
+        .times(4),
+    );
+    let resp = app
+        .patch("bob", &json!({"mobile_number": "9822222222"}))
+        .await;
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "pending");
+    assert_eq!(
+        location,
+        format!("/changes/{}", body["change_id"].as_str().unwrap())
+    );
+    wait_all_final(&app, Duration::from_secs(20)).await;
+    let done: Value = app.get(&location).await.json().await.unwrap();
+    assert_eq!(done["status"], "applied", "{done}");
+    let wallet = &done["steps"][1];
+    assert_eq!(
+        (wallet["status"].as_str(), wallet["attempts"].as_i64()),
+        (Some("applied"), Some(5))
+    );
+    assert!(wallet.get("error").is_none());
+    assert_eq!(updates(&app.journal(), "juspay_wallet_update").len(), 5);
+    // A retry with the same key now returns the final state.
+    let events = app.count("select count(*) from audit_events where event_type = 'step_attempted' and target = 'juspay_wallet'").await;
+    assert_eq!(events, 5, "every attempt is audited");
+}
+
+#[tokio::test]
+async fn an_outage_that_does_not_heal_ends_failed_after_the_budget() {
+    let app = spawn_app().await;
+    app.sandbox
+        .add_fault(FaultSpec::status("juspay_wallet_update", 503, "", None));
+    let resp = app
+        .patch("bob", &json!({"mobile_number": "9833333333"}))
+        .await;
+    assert_eq!(resp.status(), 202);
+    wait_all_final(&app, Duration::from_secs(20)).await;
+    let change: Value = app
+        .get("/profile/bob/changes")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["changes"][0]
+        .clone();
+    assert_eq!(change["status"], "partially_applied");
+    let wallet = &change["steps"][1];
+    assert_eq!(wallet["status"], "failed");
+    assert_eq!(wallet["attempts"], 5);
+    assert_eq!(wallet["error"]["code"], "upstream_unavailable");
+    assert_eq!(wallet["error"]["retryable"], true);
+    // Bounded: no sixth attempt however long we wait.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(updates(&app.journal(), "juspay_wallet_update").len(), 5);
+    assert_eq!(app.count("select count(*) from audit_events where event_type = 'change_completed' and outcome = 'partially_applied'").await, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_read_back_before_anything_is_resent() {
+    let app = spawn_app_with(|s| s.juspay.timeout_ms = 300).await;
+    // The wallet applies the update, then the answer never comes.
+    app.sandbox.add_fault(
+        FaultSpec::hang("juspay_wallet_update")
+            .after_apply()
+            .times(1),
+    );
+    let resp = app
+        .patch("bob", &json!({"mobile_number": "9844444444"}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let wallet = &body["steps"][1];
+    assert_eq!(
+        (wallet["status"].as_str(), wallet["attempts"].as_i64()),
+        (Some("applied"), Some(2))
+    );
+    let j = app.journal();
+    let wallet_calls: Vec<(&str, &str)> = j
+        .iter()
+        .filter(|e| e.path == "/wallets/wlt_demo_bob_paytm")
+        .map(|e| (e.method.as_str(), e.route.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        wallet_calls,
+        [
+            ("POST", "juspay_wallet_update"),
+            ("GET", "juspay_wallet_get")
+        ]
+    );
+    let confirmed: bool = sqlx::query_scalar(
+        "select confirmed_by_read_back from change_steps where target = 'juspay_wallet'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(confirmed);
+}
+
+#[tokio::test]
+async fn a_change_completes_when_the_client_hangs_up() {
+    let app = spawn_app().await;
+    app.sandbox.add_fault(FaultSpec::latency("*", 400));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .patch(app.url("/profile/bob"))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "hang-up-key-000000001")
+        .json(&json!({"email_address": "gone@example.org"}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up");
+    wait_all_final(&app, Duration::from_secs(5)).await;
+    assert_eq!(
+        app.count("select count(*) from changes where status = 'applied'")
+            .await,
+        1
+    );
+    let retry = app
+        .patch_with_key(
+            "bob",
+            &json!({"email_address": "gone@example.org"}),
+            "hang-up-key-000000001",
+        )
+        .await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+}
+
+#[tokio::test]
+async fn an_operator_can_retry_a_failed_change() {
+    let app = spawn_app().await;
+    app.sandbox.add_fault(FaultSpec::status(
+        "juspay_wallet_update",
+        400,
+        r#"{"status":"invalid_request_error","error_code":"invalid_input"}"#,
+        Some("application/json"),
+    ));
+    let (s, p) = problem(
+        app.patch("bob", &json!({"mobile_number": "9855555555"}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("upstream_rejected")));
+    let id = p["change_id"].as_str().unwrap().to_string();
+    let retry_url = app.url(&format!("/changes/{id}/retry"));
+
+    let reader = app
+        .client
+        .post(&retry_url)
+        .bearer_auth(READ_ONLY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reader.status(), 403);
+    app.sandbox.clear_faults();
+    app.sandbox.clear_journal();
+    let resp = app
+        .client
+        .post(&retry_url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["change_id"].as_str(), v["status"].as_str()),
+        (Some(id.as_str()), Some("applied"))
+    );
+    // Only the step that had failed was sent again.
+    let routes: Vec<String> = app
+        .journal()
+        .iter()
+        .filter_map(|e| e.route.clone())
+        .collect();
+    assert_eq!(routes, ["juspay_wallet_update"]);
+    assert_eq!(
+        app.count("select count(*) from audit_events where event_type = 'change_retried'")
+            .await,
+        1
+    );
+    let payload: Option<Vec<u8>> = sqlx::query_scalar("select payload_enc from changes")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(payload.is_none(), "erased once applied");
+
+    let (s, p) = problem(
+        app.client
+            .post(&retry_url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("change_not_retryable")));
+}
+
+/// The gateway as a real process, so it can be SIGKILLed.
+struct Gateway {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str) -> Gateway {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sandbox = app.sandbox.base_url();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "PROFILE_GATEWAY__SERVER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("PROFILE_GATEWAY__DATABASE__URL", db_url(app))
+        .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
+        .env("PROFILE_GATEWAY__JUSPAY__API_KEY", "sandbox_juspay_api_key")
+        .env("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID", "sandbox_merchant")
+        .env("PROFILE_GATEWAY__RAZORPAY__BASE_URL", &sandbox)
+        .env("PROFILE_GATEWAY__RAZORPAY__KEY_ID", "rzp_sandbox_key")
+        .env(
+            "PROFILE_GATEWAY__RAZORPAY__KEY_SECRET",
+            "rzp_sandbox_secret",
+        )
+        .env(
+            "PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env(
+            "PROFILE_GATEWAY__AUDIT__HMAC_KEY",
+            "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
+        )
+        .env("PROFILE_GATEWAY__CHANGES__LEASE_MS", "1000")
+        .env("PROFILE_GATEWAY__CHANGES__COMPLETER_INTERVAL_MS", "100")
+        .env("PROFILE_GATEWAY__CHANGES__RETRY_BASE_MS", "20")
+        .env("PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL", "error")
+        .env("PROFILE_GATEWAY_FAILPOINTS", failpoints)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while reqwest::get(format!("{base}/health/ready"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gateway did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Gateway { child, base }
+}
+
+#[tokio::test]
+async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.callers]]\nname = \"crash-test\"\ntoken_sha256 = \"{}\"\n",
+            profile_gateway::auth::token_sha256(TOKEN)
+        ),
+    )
+    .unwrap();
+    // Upstream latency keeps fan-outs in flight when the kill lands.
+    app.sandbox
+        .add_fault(FaultSpec::latency("*", 40).probability(0.5));
+    let rounds = 24;
+    let mut sent: Vec<(String, String)> = Vec::new(); // (idempotency key, mobile number)
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    for round in 0..rounds {
+        // Every third round dies at the worst moment: the first upstream answer arrives and the
+        // process aborts before recording it. The others are SIGKILLed at a random moment.
+        let at_worst_moment = round % 3 == 0;
+        let failpoints = if at_worst_moment {
+            "after_upstream_write=1"
+        } else {
+            ""
+        };
+        let mut gw = start_gateway(&app, &config, failpoints).await;
+        let mut inflight = Vec::new();
+        for k in 0..3 {
+            let key = format!("crash-{round:03}-{k}-padding-key");
+            let number = format!("96{round:04}{k:04}");
+            let user = if k % 2 == 0 { "alice" } else { "bob" };
+            sent.push((key.clone(), number.clone()));
+            let url = format!("{}/profile/{user}", gw.base);
+            let client = app.client.clone();
+            inflight.push(tokio::spawn(async move {
+                client
+                    .patch(url)
+                    .bearer_auth(TOKEN)
+                    .header("idempotency-key", key)
+                    .json(&json!({"mobile_number": number}))
+                    .send()
+                    .await
+            }));
+        }
+        if at_worst_moment {
+            let exited = tokio::time::timeout(Duration::from_secs(5), gw.child.wait()).await;
+            assert!(exited.is_ok(), "the failpoint aborted the gateway");
+        } else {
+            tokio::time::sleep(Duration::from_millis(next() % 120)).await;
+            gw.child.kill().await.unwrap();
+        }
+        for f in inflight {
+            let _ = f.await;
+        }
+    }
+    // A clean replica finishes whatever the dead ones left.
+    let survivor = start_gateway(&app, &config, "").await;
+    wait_all_final(&app, Duration::from_secs(60)).await;
+    drop(survivor);
+
+    let accepted: HashMap<String, (uuid::Uuid, String)> = sqlx::query_as::<_, (String, uuid::Uuid, String)>(
+        "select k.idem_key, c.id, c.status from idempotency_keys k join changes c on c.id = k.change_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(k, id, status)| (k, (id, status)))
+    .collect();
+    assert!(
+        accepted.len() >= rounds,
+        "most requests were accepted before the kill: {}",
+        accepted.len()
+    );
+    assert_eq!(
+        app.count("select count(*) from changes").await as usize,
+        accepted.len()
+    );
+
+    // Both kinds of crash happened: changes taken over from a dead replica, and steps whose
+    // upstream answer was lost with the process and had to be confirmed by reading back.
+    let taken_over = app
+        .count("select count(*) from changes where fence > 1")
+        .await;
+    let read_back = app
+        .count("select count(*) from change_steps where confirmed_by_read_back")
+        .await;
+    eprintln!(
+        "crash test: {rounds} kills, {} changes accepted, {taken_over} finished by a completer, {read_back} steps confirmed by read-back",
+        accepted.len()
+    );
+    assert!(taken_over > 0, "no change was taken over");
+
+    let journal = app.journal();
+    let applied_posts = |number: &str| -> Vec<&JournalEntry> {
+        journal
+            .iter()
+            .filter(|e| {
+                e.method == "POST"
+                    && e.status.is_some_and(|s| s < 300)
+                    && e.body.contains(&format!("mobile_number={number}"))
+            })
+            .collect()
+    };
+    for (key, number) in &sent {
+        let posts = applied_posts(number);
+        let Some((change_id, status)) = accepted.get(key) else {
+            assert!(
+                posts.is_empty(),
+                "{key}: an unrecorded change reached an upstream"
+            );
+            continue;
+        };
+        assert_eq!(status, "applied", "{key}");
+        let steps: Vec<(String, String, String)> = sqlx::query_as(
+            "select target, upstream_ref, status from change_steps where change_id = $1 order by step_no",
+        )
+        .bind(change_id)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        // Each step's effect reached its upstream exactly once...
+        for (target, upstream_ref, step_status) in &steps {
+            assert_eq!(step_status, "applied");
+            let path = if target == "juspay_customer" {
+                format!("/customers/{upstream_ref}")
+            } else {
+                format!("/wallets/{upstream_ref}")
+            };
+            let n = posts.iter().filter(|e| e.path == path).count();
+            assert_eq!(n, 1, "{key}: {target} {upstream_ref} applied {n} times");
+        }
+        assert_eq!(
+            posts.len(),
+            steps.len(),
+            "{key}: no write outside the recorded steps"
+        );
+        // ...and the audit trail says so: one applied attempt event per step, one final event.
+        let applied_events = app
+            .count(&format!(
+                "select count(*) from audit_events where change_id = '{change_id}' and event_type = 'step_attempted' and outcome = 'applied'"
+            ))
+            .await;
+        assert_eq!(applied_events as usize, steps.len(), "{key}");
+        let final_events = app
+            .count(&format!("select count(*) from audit_events where change_id = '{change_id}' and event_type = 'change_completed'"))
+            .await;
+        assert_eq!(final_events, 1, "{key}");
+    }
+    assert!(
+        read_back >= (rounds / 3) as i64,
+        "each abort after an upstream answer is confirmed by read-back: {read_back}"
+    );
+}

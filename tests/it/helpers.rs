@@ -157,7 +157,8 @@ impl TestApp {
 
     /// A PATCH with a fresh Idempotency-Key.
     pub async fn patch(&self, user: &str, body: &Value) -> reqwest::Response {
-        self.patch_with_key(user, body, &uuid::Uuid::new_v4().to_string()).await
+        self.patch_with_key(user, body, &uuid::Uuid::new_v4().to_string())
+            .await
     }
 
     pub async fn patch_with_key(&self, user: &str, body: &Value, key: &str) -> reqwest::Response {
