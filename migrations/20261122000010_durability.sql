@@ -7,7 +7,8 @@ create table idempotency_keys (
     user_id          text not null,
     idem_key         text not null,
     fingerprint      bytea not null,
-    change_id        uuid not null references changes (id),
+    -- Deferred: the key is written before the change row, so the audit chain head stays the last lock.
+    change_id        uuid not null references changes (id) deferrable initially deferred,
     -- Set while the first request is still being answered; a concurrent duplicate gets 409 until
     -- then. Bounded, so a replica that died mid-request does not block the key forever.
     in_flight_until  timestamptz,

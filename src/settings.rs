@@ -365,6 +365,12 @@ impl Settings {
                 bad(key, "must be 32 bytes, base64-encoded");
             }
         }
+        if self.audit.retention_months < 12 {
+            bad(
+                "audit.retention_months",
+                "must be at least 12 (PCI DSS 10.5.1 keeps a year of audit history)",
+            );
+        }
         let c = &self.changes;
         if c.max_attempts == 0 || c.in_request_attempts == 0 {
             bad("changes.max_attempts", "attempt limits must be at least 1");

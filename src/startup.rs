@@ -41,6 +41,7 @@ pub struct Application {
     pub changes: Arc<ChangeService>,
     grace: Duration,
     completer_interval: Duration,
+    audit_retention_months: u32,
 }
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
@@ -181,6 +182,7 @@ impl Application {
             changes,
             grace: Duration::from_millis(settings.server.shutdown_grace_ms),
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
+            audit_retention_months: settings.audit.retention_months,
         })
     }
 
@@ -203,6 +205,18 @@ impl Application {
                 .clone()
                 .listen(self.pool.clone(), background.clone()),
         );
+        let maintenance = crate::audit::maintenance_loop(
+            self.pool.clone(),
+            self.audit_retention_months,
+            Duration::from_secs(24 * 3600),
+        );
+        let stop = background.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = maintenance => {}
+            }
+        });
         tokio::spawn(completer::run(
             Arc::clone(&self.changes),
             self.completer_interval,

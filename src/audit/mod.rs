@@ -4,6 +4,7 @@
 use crate::crypto::PiiHasher;
 use crate::domain::ProfilePatch;
 pub mod cli;
+pub mod verify;
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -133,4 +134,79 @@ pub fn masked_values(patch: &ProfilePatch, hasher: &PiiHasher, only: Option<&[St
         );
     }
     Value::Object(out)
+}
+
+/// Monthly partitions created ahead of the current month by [`maintain`].
+pub const PARTITIONS_AHEAD: i32 = 2;
+
+/// PCI DSS 10.5.1: audit history is kept for at least 12 months.
+pub const MIN_RETENTION_MONTHS: u32 = 12;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    /// How many monthly partitions were created.
+    pub created: i32,
+    /// The partitions detached into the `audit_archive` schema.
+    pub detached: Vec<String>,
+}
+
+/// Creates the audit partitions of this month and the next [`PARTITIONS_AHEAD`] months, and
+/// detaches those older than `retention_months` (each detach is itself an audit event). Safe to
+/// run concurrently from every replica; the gateway's role may run it (the SQL functions are
+/// SECURITY DEFINER).
+pub async fn maintain(
+    pool: &sqlx::PgPool,
+    retention_months: u32,
+) -> Result<MaintainReport, sqlx::Error> {
+    if retention_months < MIN_RETENTION_MONTHS {
+        return Err(sqlx::Error::Configuration(
+            format!(
+                "audit.retention_months must be at least {MIN_RETENTION_MONTHS} (PCI DSS 10.5.1)"
+            )
+            .into(),
+        ));
+    }
+    let months = i32::try_from(retention_months).unwrap_or(i32::MAX);
+    let mut tx = pool.begin().await?;
+    // One maintainer at a time: replicas run this on the same schedule.
+    sqlx::query!("select pg_advisory_xact_lock(hashtext('profile_gateway.audit_maintain'))")
+        .execute(&mut *tx)
+        .await?;
+    let created = sqlx::query_scalar!(
+        r#"select audit_ensure_partitions($1) as "created!""#,
+        PARTITIONS_AHEAD
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let detached = sqlx::query_scalar!(
+        r#"select name as "name!" from audit_detach_expired($1) as name"#,
+        months
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(MaintainReport { created, detached })
+}
+
+/// Runs [`maintain`] now and then every `every` (a day in production), until the task is
+/// dropped. Failures are logged and retried at the next tick.
+pub async fn maintenance_loop(
+    pool: sqlx::PgPool,
+    retention_months: u32,
+    every: std::time::Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match maintain(&pool, retention_months).await {
+            Ok(r) if r.created > 0 || !r.detached.is_empty() => tracing::info!(
+                created = r.created,
+                detached = ?r.detached,
+                "audit partitions maintained"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit partition maintenance failed; will retry"),
+        }
+    }
 }

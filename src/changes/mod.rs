@@ -161,6 +161,18 @@ impl ChangeService {
         event.fields = fields.clone();
         event.values = audit::masked_values(&patch, &self.hasher, None);
         event.hmac_key_id = Some(self.hasher.key_id());
+        // The audit chain head is always the last lock a transaction takes; the key goes first.
+        store::idempotency::insert(
+            &mut tx,
+            &ctx.caller,
+            user.as_str(),
+            &key.key,
+            &key.fingerprint,
+            id,
+            self.limits.deadline + Duration::from_secs(5),
+            self.limits.idempotency_retention,
+        )
+        .await?;
         let created_at = store::changes::insert(
             &mut tx,
             &store::changes::NewChange {
@@ -175,17 +187,6 @@ impl ChangeService {
                 lease: self.limits.lease,
             },
             &event,
-        )
-        .await?;
-        store::idempotency::insert(
-            &mut tx,
-            &ctx.caller,
-            user.as_str(),
-            &key.key,
-            &key.fingerprint,
-            id,
-            self.limits.deadline + Duration::from_secs(5),
-            self.limits.idempotency_retention,
         )
         .await?;
         tx.commit().await?;
