@@ -40,6 +40,8 @@ pub struct DatabaseSettings {
     /// Apply pending migrations when `serve` starts. Off by default: in Kubernetes migrations run as
     /// a Job (`profile-gateway migrate`) before the rollout.
     pub migrate_on_start: bool,
+    /// Most changes one group-commit write carries (1 turns batching off).
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +153,7 @@ url = "postgres://postgres@127.0.0.1:5432/profile_gateway"
 max_connections = 16
 acquire_timeout_ms = 2000
 migrate_on_start = false
+max_batch = 64
 
 [upstream]
 connect_timeout_ms = 1000
@@ -365,6 +368,9 @@ impl Settings {
                 bad(key, "must be 32 bytes, base64-encoded");
             }
         }
+        if self.database.max_batch == 0 {
+            bad("database.max_batch", "must be at least 1");
+        }
         if self.audit.retention_months < 12 {
             bad(
                 "audit.retention_months",
@@ -438,6 +444,7 @@ const KNOWN_KEYS: &[&str] = &[
     "database.max_connections",
     "database.acquire_timeout_ms",
     "database.migrate_on_start",
+    "database.max_batch",
     "upstream.connect_timeout_ms",
     "upstream.request_deadline_ms",
     "juspay.base_url",
@@ -484,7 +491,8 @@ fn typed_value(key: &str, value: String) -> config::Value {
         || key.ends_with("_attempts")
         || key.ends_with("_hours")
         || key.ends_with("_months")
-        || key.ends_with("_threshold");
+        || key.ends_with("_threshold")
+        || key.ends_with("max_batch");
     if numeric && let Ok(n) = value.parse::<i64>() {
         return config::Value::from(n);
     }

@@ -3,7 +3,7 @@
 use crate::auth::Callers;
 use crate::changes::resilience::{Resilience, ResilienceConfig};
 use crate::changes::turns::Turns;
-use crate::changes::{ChangeService, Limits, completer};
+use crate::changes::{ChangeService, Limits, Writes, completer};
 use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
 use crate::providers::{self, JuspayConfig, RazorpayConfig};
 use crate::routes::{self, AppState};
@@ -142,22 +142,24 @@ impl Application {
         );
         let c = &settings.changes;
         let ms = Duration::from_millis;
+        let limits = Limits {
+            deadline: settings.request_deadline(),
+            lease: ms(c.lease_ms),
+            max_attempts: c.max_attempts,
+            in_request_attempts: c.in_request_attempts,
+            idempotency_retention: Duration::from_secs(c.idempotency_retention_hours * 3600),
+            failed_payload_retention: Duration::from_secs(c.failed_payload_retention_hours * 3600),
+        };
+        let instance_id = instance_id();
+        let writes = Writes::spawn(&pool, &limits, &instance_id, settings.database.max_batch);
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
             providers: providers::build(client, juspay, razorpay),
             cipher,
             hasher,
-            instance_id: instance_id(),
-            limits: Limits {
-                deadline: settings.request_deadline(),
-                lease: ms(c.lease_ms),
-                max_attempts: c.max_attempts,
-                in_request_attempts: c.in_request_attempts,
-                idempotency_retention: Duration::from_secs(c.idempotency_retention_hours * 3600),
-                failed_payload_retention: Duration::from_secs(
-                    c.failed_payload_retention_hours * 3600,
-                ),
-            },
+            instance_id,
+            limits,
+            writes,
             resilience: Resilience::new(ResilienceConfig {
                 retry_base: ms(c.retry_base_ms),
                 retry_cap: ms(c.retry_cap_ms),

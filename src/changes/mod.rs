@@ -3,6 +3,7 @@
 //! its own task so a client that hangs up does not stop a recorded change; a replica that dies
 //! leaves a lease that runs out, and any replica's completer resumes the change from its record.
 
+pub mod batcher;
 pub mod completer;
 pub mod idempotency;
 pub mod model;
@@ -14,6 +15,7 @@ use crate::crypto::{PayloadCipher, PiiHasher};
 use crate::domain::{FieldError, PlannedStep, ProfilePatch, Target, UserId, plan};
 use crate::providers::{Providers, StepError};
 use crate::store;
+use crate::store::batch;
 use idempotency::IdempotencyKey;
 use model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
 use resilience::{Admission, Resilience};
@@ -44,7 +46,74 @@ pub struct ChangeService {
     pub limits: Limits,
     pub resilience: Resilience,
     pub turns: turns::Turns,
+    pub writes: Writes,
     pub tracker: TaskTracker,
+}
+
+/// The group-commit writers of the hot path (see `batcher`).
+pub struct Writes {
+    pub links: batcher::Batcher<String, Option<batch::LinksRow>>,
+    pub record: batcher::Batcher<batch::NewChange, batch::Recorded>,
+    pub outcomes: batcher::Batcher<batch::Outcome, bool>,
+    pub finish: batcher::Batcher<batch::Finish, bool>,
+}
+
+impl Writes {
+    pub fn spawn(pool: &PgPool, limits: &Limits, owner: &str, max_batch: usize) -> Self {
+        let p = pool.clone();
+        let links = batcher::Batcher::spawn(max_batch, move |users: Vec<String>| {
+            let p = p.clone();
+            async move {
+                let found = batch::read_links(&p, &users).await?;
+                Ok(users.iter().map(|u| found.get(u).cloned()).collect())
+            }
+        });
+        let p = pool.clone();
+        let (owner, lease, in_flight, retention) = (
+            owner.to_string(),
+            limits.lease,
+            limits.deadline + Duration::from_secs(5),
+            limits.idempotency_retention,
+        );
+        let record = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::NewChange>| {
+            let (p, owner) = (p.clone(), owner.clone());
+            async move {
+                let params = batch::RecordParams {
+                    lease_owner: &owner,
+                    lease,
+                    key_in_flight: in_flight,
+                    key_retention: retention,
+                };
+                batch::record_changes(&p, &items, &params).await
+            }
+        });
+        let p = pool.clone();
+        let outcomes = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Outcome>| {
+            let p = p.clone();
+            async move { batch::record_outcomes(&p, &items).await }
+        });
+        let p = pool.clone();
+        let keep = limits.failed_payload_retention;
+        let finish = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Finish>| {
+            let p = p.clone();
+            async move { batch::finish_changes(&p, &items, keep).await }
+        });
+        Self {
+            links,
+            record,
+            outcomes,
+            finish,
+        }
+    }
+}
+
+fn origin(ctx: &AuditContext) -> batch::Origin {
+    batch::Origin {
+        caller: ctx.caller.clone(),
+        request_id: ctx.request_id.clone(),
+        trace_id: ctx.trace_id.clone(),
+        caller_addr: ctx.caller_addr.clone(),
+    }
 }
 
 #[derive(Debug)]
@@ -56,7 +125,19 @@ pub enum SubmitError {
     /// The key's first request is still being answered.
     KeyInFlight,
     Db(sqlx::Error),
+    /// The database could not take the record (nothing was sent anywhere).
+    Unavailable(String),
     Internal(String),
+}
+
+impl From<batcher::BatchError> for SubmitError {
+    fn from(e: batcher::BatchError) -> Self {
+        if e.unavailable {
+            SubmitError::Unavailable(e.message)
+        } else {
+            SubmitError::Internal(e.message)
+        }
+    }
 }
 
 impl From<sqlx::Error> for SubmitError {
@@ -92,6 +173,8 @@ struct Running {
     user: UserId,
     seq: i64,
     fence: i64,
+    /// The record said every earlier change of the user was final: no need to ask again.
+    turn_known: bool,
     fields: Vec<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     patch: ProfilePatch,
@@ -137,65 +220,57 @@ impl ChangeService {
     ) -> Result<Submitted, SubmitError> {
         let id = Uuid::new_v4();
         let fields: Vec<String> = patch.field_names().iter().map(|s| s.to_string()).collect();
-        let mut tx = self.pool.begin().await?;
-        let Some(locked) = store::changes::lock_user(&mut tx, &user).await? else {
-            return Err(SubmitError::UserNotFound);
-        };
-        if let Some(existing) =
-            store::idempotency::find(&mut tx, &ctx.caller, user.as_str(), &key.key).await?
-        {
-            drop(tx);
-            if existing.fingerprint != key.fingerprint {
-                return Err(SubmitError::KeyReused);
-            }
-            if existing.in_flight {
-                return Err(SubmitError::KeyInFlight);
-            }
-            let view = store::changes::load(&self.pool, existing.change_id).await?;
-            return view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight);
-        }
-        let steps = plan(&patch, &locked.links).map_err(SubmitError::MissingLink)?;
         let sealed = self.seal(id, &patch);
-        let mut event = AuditEvent::new(&ctx, user.as_str(), "change_requested", "accepted");
-        event.change_id = Some(id);
-        event.fields = fields.clone();
-        event.values = audit::masked_values(&patch, &self.hasher, None);
-        event.hmac_key_id = Some(self.hasher.key_id());
-        // The audit chain head is always the last lock a transaction takes; the key goes first.
-        store::idempotency::insert(
-            &mut tx,
-            &ctx.caller,
-            user.as_str(),
-            &key.key,
-            &key.fingerprint,
-            id,
-            self.limits.deadline + Duration::from_secs(5),
-            self.limits.idempotency_retention,
-        )
-        .await?;
-        let created_at = store::changes::insert(
-            &mut tx,
-            &store::changes::NewChange {
-                id,
-                user: &user,
-                seq: locked.seq,
-                fields: fields.clone(),
-                steps: &steps,
-                payload_key_id: self.cipher.key_id(),
-                payload_enc: sealed,
-                lease_owner: &self.instance_id,
-                lease: self.limits.lease,
-            },
-            &event,
-        )
-        .await?;
-        tx.commit().await?;
+        let audit_values = audit::masked_values(&patch, &self.hasher, None);
+        // Links are read, the change planned against them, and the record refused if the links
+        // changed in between (then read again): planning never holds a lock.
+        let mut tries = 0;
+        let (steps, seq, turn, created_at) = loop {
+            tries += 1;
+            let Some(links) = self.writes.links.submit(user.as_str().to_string()).await? else {
+                return Err(SubmitError::UserNotFound);
+            };
+            let steps = plan(&patch, &links.links).map_err(SubmitError::MissingLink)?;
+            let recorded = self
+                .writes
+                .record
+                .submit(batch::NewChange {
+                    id,
+                    user_id: user.as_str().to_string(),
+                    origin: origin(&ctx),
+                    fields: fields.clone(),
+                    steps: steps.clone(),
+                    payload_key_id: self.cipher.key_id().to_string(),
+                    payload_enc: sealed.clone(),
+                    idem_key: key.key.clone(),
+                    fingerprint: key.fingerprint.clone(),
+                    links_version: links.version,
+                    audit_values: audit_values.clone(),
+                    hmac_key_id: self.hasher.key_id().to_string(),
+                })
+                .await?;
+            match recorded {
+                batch::Recorded::Accepted {
+                    seq,
+                    turn,
+                    created_at,
+                } => break (steps, seq, turn, created_at),
+                batch::Recorded::DuplicateKey => return self.existing_key(&user, &ctx, &key).await,
+                batch::Recorded::StaleLinks if tries < 3 => continue,
+                batch::Recorded::StaleLinks => {
+                    return Err(SubmitError::Unavailable(
+                        "the user's links keep changing; retry".into(),
+                    ));
+                }
+            }
+        };
 
         let running = Running {
             id,
             user,
-            seq: locked.seq,
+            seq,
             fence: 1,
+            turn_known: turn,
             fields,
             created_at,
             steps: steps
@@ -212,12 +287,34 @@ impl ChangeService {
             ctx,
         };
         let outcome = self.drive_with_deadline(running).await;
-        if let Err(e) = store::idempotency::answered(&self.pool, id).await {
+        if matches!(outcome, Submitted::InProgress(_))
+            && let Err(e) = store::idempotency::answered(&self.pool, id).await
+        {
             // The key then stays "in flight" until its bound runs out: duplicates get 409 a little
             // longer, nothing worse.
             tracing::warn!(change_id = %id, error = %e, "could not mark the idempotency key answered");
         }
         Ok(outcome)
+    }
+
+    /// A request whose key is known: the same request replays the change, another is refused.
+    async fn existing_key(
+        &self,
+        user: &UserId,
+        ctx: &AuditContext,
+        key: &IdempotencyKey,
+    ) -> Result<Submitted, SubmitError> {
+        let existing = store::idempotency::find(&self.pool, &ctx.caller, user.as_str(), &key.key)
+            .await?
+            .ok_or(SubmitError::KeyInFlight)?;
+        if existing.fingerprint != key.fingerprint {
+            return Err(SubmitError::KeyReused);
+        }
+        if existing.in_flight {
+            return Err(SubmitError::KeyInFlight);
+        }
+        let view = store::changes::load(&self.pool, existing.change_id).await?;
+        view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight)
     }
 
     /// Re-drives a change that failed finally (operator action), as the latest change of its user.
@@ -323,6 +420,7 @@ impl ChangeService {
             user,
             seq: c.user_seq,
             fence: c.fence,
+            turn_known: false,
             fields: c.fields,
             created_at: c.created_at,
             patch,
@@ -407,24 +505,19 @@ impl ChangeService {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
-        let mut event = AuditEvent::new(
-            &ch.ctx,
-            ch.user.as_str(),
-            "change_completed",
-            status.as_str(),
-        );
-        event.change_id = Some(ch.id);
-        event.fields = ch.fields.clone();
-        match store::changes::finish(
-            &self.pool,
-            ch.id,
-            ch.fence,
-            status,
-            self.limits.failed_payload_retention,
-            &event,
-        )
-        .await
-        {
+        let finished = self
+            .writes
+            .finish
+            .submit(batch::Finish {
+                change_id: ch.id,
+                fence: ch.fence,
+                status,
+                user_id: ch.user.as_str().to_string(),
+                origin: origin(&ch.ctx),
+                fields: ch.fields.clone(),
+            })
+            .await;
+        match finished {
             Ok(true) => Submitted::Final(view(&ch, status, true)),
             Ok(false) => self.halted(&ch, Halt::LostLease).await,
             Err(e) => {
@@ -454,6 +547,9 @@ impl ChangeService {
 
     /// Waits until every earlier change of the user is final, renewing the lease meanwhile.
     async fn wait_turn(&self, ch: &Running) -> Result<(), Halt> {
+        if ch.turn_known {
+            return Ok(());
+        }
         let mut notifications = self.turns.subscribe();
         let mut renewed = Instant::now();
         loop {
@@ -496,7 +592,11 @@ impl ChangeService {
 
     /// One attempt of one step (read back first when an earlier send may have taken effect), and
     /// its record. Returns the step's new state and whether it was recorded.
-    async fn attempt(&self, ch: &Running, i: usize) -> (StepState, Result<bool, sqlx::Error>) {
+    async fn attempt(
+        &self,
+        ch: &Running,
+        i: usize,
+    ) -> (StepState, Result<bool, batcher::BatchError>) {
         let step = &ch.steps[i];
         let target = step.planned.target;
         let attempts = step.attempts + 1;
@@ -545,24 +645,25 @@ impl ChangeService {
             read_back_first: status == StepStatus::Unknown,
         };
         let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
-        let mut event =
-            AuditEvent::new(&ch.ctx, ch.user.as_str(), "step_attempted", status.as_str());
-        event.change_id = Some(ch.id);
-        event.step_no = Some(step.planned.step_no);
-        event.target = Some(target.as_str());
-        event.upstream_ref = Some(&step.planned.upstream_ref);
-        event.values = audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields));
-        event.hmac_key_id = Some(self.hasher.key_id());
-        event.fields = step_fields;
-        event.error_code = result.as_ref().err().map(|e: &StepError| e.code.as_str());
-        let record = store::changes::AttemptRecord {
-            step_no: step.planned.step_no,
-            status,
-            error: result.as_ref().err(),
-            confirmed_by_read_back: confirmed,
-        };
-        let recorded =
-            store::changes::record_attempt(&self.pool, ch.id, ch.fence, &record, &event).await;
+        let recorded = self
+            .writes
+            .outcomes
+            .submit(batch::Outcome {
+                change_id: ch.id,
+                fence: ch.fence,
+                step_no: step.planned.step_no,
+                status,
+                error: result.as_ref().err().cloned(),
+                confirmed_by_read_back: confirmed,
+                user_id: ch.user.as_str().to_string(),
+                origin: origin(&ch.ctx),
+                target: target.as_str().to_string(),
+                upstream_ref: step.planned.upstream_ref.clone(),
+                audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields)),
+                fields: step_fields,
+                hmac_key_id: self.hasher.key_id().to_string(),
+            })
+            .await;
         if let Err(e) = &recorded {
             tracing::warn!(change_id = %ch.id, step_no = step.planned.step_no, error = %e, "could not record a step outcome; a completer will resolve it");
         }

@@ -55,6 +55,7 @@ async fn patch_profile(
             SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
             SubmitError::KeyInFlight => ApiError::IdempotencyKeyInFlight,
             SubmitError::Db(e) => ApiError::from(e),
+            SubmitError::Unavailable(e) => ApiError::DatabaseUnavailable(e),
             SubmitError::Internal(e) => ApiError::Internal(e),
         })?;
     Ok(change_response(submitted))

@@ -4,208 +4,22 @@
 
 use crate::audit::{self, AuditEvent};
 use crate::changes::model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
-use crate::domain::{PlannedStep, ProfileLinks, Target, UserId};
-use crate::providers::{StepError, StepErrorCode};
+use crate::domain::{Target, UserId};
+use crate::providers::StepErrorCode;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// Postgres NOTIFY channel announcing "this user's change N is final" (payload `seq user_id`).
 pub const FINAL_CHANNEL: &str = "profile_gateway_change_final";
 
-/// The user's links, read under the row lock that also hands out the change's sequence number, so
-/// a user's changes are numbered in the order they were accepted and planned against current links.
-pub struct LockedUser {
-    pub links: ProfileLinks,
-    pub seq: i64,
-}
-
-pub async fn lock_user(
-    tx: &mut Transaction<'_, Postgres>,
-    user: &UserId,
-) -> Result<Option<LockedUser>, sqlx::Error> {
-    let row = sqlx::query!(
-        "update profile_links set last_change_seq = last_change_seq + 1
-          where user_id = $1
-      returning last_change_seq, juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference",
-        user.as_str()
-    )
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|r| LockedUser {
-        seq: r.last_change_seq,
-        links: ProfileLinks {
-            juspay_customer_id: r.juspay_customer_id,
-            juspay_wallet_ids: r.juspay_wallet_ids,
-            razorpay_customer_reference: r.razorpay_customer_reference,
-        },
-    }))
-}
-
-pub struct NewChange<'a> {
-    pub id: Uuid,
-    pub user: &'a UserId,
-    pub seq: i64,
-    pub fields: Vec<String>,
-    pub steps: &'a [PlannedStep],
-    pub payload_key_id: &'a str,
-    pub payload_enc: Vec<u8>,
-    pub lease_owner: &'a str,
-    pub lease: Duration,
-}
-
-pub async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
-    c: &NewChange<'_>,
-    event: &AuditEvent<'_>,
-) -> Result<DateTime<Utc>, sqlx::Error> {
-    let created_at = sqlx::query_scalar!(
-        "insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
-                              payload_key_id, payload_enc, lease_owner, lease_expires_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))
-         returning created_at",
-        c.id,
-        c.user.as_str(),
-        c.seq,
-        event.ctx.caller,
-        event.ctx.request_id,
-        event.ctx.trace_id,
-        event.ctx.caller_addr,
-        &c.fields,
-        c.payload_key_id,
-        c.payload_enc,
-        c.lease_owner,
-        c.lease.as_secs_f64(),
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    let step_nos: Vec<i32> = c.steps.iter().map(|s| s.step_no).collect();
-    let targets: Vec<String> = c
-        .steps
-        .iter()
-        .map(|s| s.target.as_str().to_string())
-        .collect();
-    let refs: Vec<String> = c.steps.iter().map(|s| s.upstream_ref.clone()).collect();
-    // Field lists are joined because Postgres cannot unnest a ragged two-dimensional array.
-    let fields: Vec<String> = c.steps.iter().map(|s| s.fields.join(",")).collect();
-    sqlx::query!(
-        "insert into change_steps (change_id, step_no, target, upstream_ref, fields)
-         select $1, s.step_no, s.target, s.upstream_ref, string_to_array(s.fields, ',')
-           from unnest($2::int[], $3::text[], $4::text[], $5::text[])
-                as s(step_no, target, upstream_ref, fields)",
-        c.id,
-        &step_nos,
-        &targets,
-        &refs,
-        &fields,
-    )
-    .execute(&mut **tx)
-    .await?;
-    audit::insert(&mut **tx, event).await?;
-    Ok(created_at)
-}
-
-/// What one attempt ended as, ready to record.
-pub struct AttemptRecord<'a> {
-    pub step_no: i32,
-    pub status: StepStatus,
-    pub error: Option<&'a StepError>,
-    pub confirmed_by_read_back: bool,
-}
-
-/// Records one attempt's outcome with its audit event. Returns false when this replica no longer
-/// holds the change (its fence was bumped by a takeover): the outcome is then not ours to record.
-pub async fn record_attempt(
-    pool: &PgPool,
-    change_id: Uuid,
-    fence: i64,
-    a: &AttemptRecord<'_>,
-    event: &AuditEvent<'_>,
-) -> Result<bool, sqlx::Error> {
-    let err = a.error;
-    let mut tx = pool.begin().await?;
-    let updated = sqlx::query!(
-        "update change_steps s
-            set status = $4, attempts = attempts + 1, error_code = $5, error_retryable = $6,
-                upstream_status = $7, upstream_code = $8, error_message = $9,
-                confirmed_by_read_back = $10, updated_at = now()
-          from changes c
-          where s.change_id = $1 and s.step_no = $2 and c.id = s.change_id and c.fence = $3
-            and c.status = 'pending'",
-        change_id,
-        a.step_no,
-        fence,
-        a.status.as_str(),
-        err.map(|e| e.code.as_str()),
-        err.map(|e| e.retryable),
-        err.and_then(|e| e.upstream_status.map(i32::from)),
-        err.and_then(|e| e.upstream_code.clone()),
-        err.map(|e| e.message.clone()),
-        a.confirmed_by_read_back,
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Ok(false);
-    }
-    audit::insert(&mut *tx, event).await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// Marks the change final, records the final audit event and wakes the user's next change. An
-/// applied change's sealed payload is erased now; a failed one keeps it until `keep_payload`
-/// runs out, for an operator retry.
-pub async fn finish(
-    pool: &PgPool,
-    change_id: Uuid,
-    fence: i64,
-    status: ChangeStatus,
-    keep_payload: Duration,
-    event: &AuditEvent<'_>,
-) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let keep = status != ChangeStatus::Applied && !keep_payload.is_zero();
-    let row = sqlx::query!(
-        "update changes
-            set status = $3, finished_at = now(), updated_at = now(),
-                payload_enc = case when $4 then payload_enc end,
-                payload_key_id = case when $4 then payload_key_id end,
-                payload_expires_at = case when $4 then now() + make_interval(secs => $5) end,
-                lease_owner = null, lease_expires_at = null
-          where id = $1 and fence = $2 and status = 'pending'
-      returning user_id, user_seq",
-        change_id,
-        fence,
-        status.as_str(),
-        keep,
-        keep_payload.as_secs_f64(),
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(row) = row else {
-        return Ok(false);
-    };
-    audit::insert(&mut *tx, event).await?;
-    sqlx::query!(
-        "select pg_notify($1, $2)",
-        FINAL_CHANNEL,
-        format!("{} {}", row.user_seq, row.user_id)
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(true)
-}
-
 /// True when no earlier change of the user is still unfinished: changes of one user run one at a
 /// time, in the order they were accepted.
 pub async fn is_turn(pool: &PgPool, user: &str, seq: i64) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"select not exists (select 1 from changes
-                              where user_id = $1 and user_seq < $2 and status = 'pending') as "turn!""#,
+        r#"select coalesce((select finished_seq >= $2::bigint - 1 from profile_links where user_id = $1), true)
+               as "turn!""#,
         user,
         seq
     )
@@ -287,9 +101,8 @@ pub async fn claim_expired(
                from changes c
               where c.status = 'pending'
                 and (c.lease_expires_at is null or c.lease_expires_at < now())
-                and not exists (select 1 from changes p
-                                 where p.user_id = c.user_id and p.status = 'pending'
-                                   and p.user_seq < c.user_seq)
+                and exists (select 1 from profile_links p
+                             where p.user_id = c.user_id and p.finished_seq >= c.user_seq - 1)
               order by c.lease_expires_at nulls first
               limit 1
                 for update skip locked)
@@ -350,6 +163,14 @@ pub async fn reopen(
     let Some(r) = row else {
         return Ok(None);
     };
+    // The change is the user's latest (checked by the caller); its turn comes back to it.
+    sqlx::query!(
+        "update profile_links set finished_seq = least(finished_seq, $2::bigint - 1) where user_id = $1",
+        r.user_id,
+        r.user_seq
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query!(
         "update change_steps set status = case when status = 'unknown' then 'unknown' else 'pending' end,
                 attempts = 0, updated_at = now()

@@ -1,8 +1,7 @@
 //! `idempotency_keys`: which change a caller's key created, and whether its first request is still
 //! being answered.
 
-use sqlx::{PgPool, Postgres, Transaction};
-use std::time::Duration;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 pub struct Existing {
@@ -11,10 +10,9 @@ pub struct Existing {
     pub in_flight: bool,
 }
 
-/// Looks the key up inside the transaction that would create the change. The caller holds the
-/// user's row lock, so two requests with one key cannot both miss.
+/// Looks a key up (after the record statement found it taken).
 pub async fn find(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     caller: &str,
     user: &str,
     key: &str,
@@ -28,47 +26,13 @@ pub async fn find(
         user,
         key
     )
-    .fetch_optional(&mut **tx)
+    .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| Existing {
         fingerprint: r.fingerprint,
         change_id: r.change_id,
         in_flight: r.in_flight,
     }))
-}
-
-#[allow(clippy::too_many_arguments)]
-pub async fn insert(
-    tx: &mut Transaction<'_, Postgres>,
-    caller: &str,
-    user: &str,
-    key: &str,
-    fingerprint: &[u8],
-    change_id: Uuid,
-    in_flight_for: Duration,
-    retention: Duration,
-) -> Result<(), sqlx::Error> {
-    // An expired row for the same key may still be there until the reaper runs; it is replaced.
-    sqlx::query!(
-        "insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
-                                       in_flight_until, expires_at)
-         values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), now() + make_interval(secs => $7))
-         on conflict (caller, user_id, idem_key) do update
-            set fingerprint = excluded.fingerprint, change_id = excluded.change_id,
-                in_flight_until = excluded.in_flight_until, created_at = now(),
-                expires_at = excluded.expires_at
-          where idempotency_keys.expires_at <= now()",
-        caller,
-        user,
-        key,
-        fingerprint,
-        change_id,
-        in_flight_for.as_secs_f64(),
-        retention.as_secs_f64()
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// The first request answered: duplicates now get the change's state instead of 409.

@@ -1,6 +1,7 @@
 //! SQL, one module per table group. Every statement is a checked `sqlx::query!` whose offline data
 //! lives in `.sqlx/` (regenerate with `scripts/sqlx-prepare`).
 
+pub mod batch;
 pub mod changes;
 pub mod idempotency;
 pub mod links;

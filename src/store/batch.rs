@@ -1,0 +1,477 @@
+//! The hot path's writes, each ONE statement for any number of changes, so the group-commit writer
+//! (`changes::batcher`) can record the work of many concurrent requests in one round trip and one
+//! WAL flush. A batch of one is the unbatched case: there is a single code path.
+//!
+//! Lock order, the same in every statement so concurrent batches cannot deadlock: `changes` rows,
+//! then `profile_links` rows sorted by user, then the audit chain heads (taken by the audit
+//! trigger) in user order.
+
+use crate::changes::model::{ChangeStatus, StepStatus};
+use crate::domain::{PlannedStep, ProfileLinks};
+use crate::providers::StepError;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where a request came from, as the audit rows need it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub caller: String,
+    pub request_id: String,
+    pub trace_id: Option<String>,
+    pub caller_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LinksRow {
+    pub links: ProfileLinks,
+    /// `updated_at`: the version the change is planned against.
+    pub version: DateTime<Utc>,
+}
+
+pub async fn read_links(
+    pool: &PgPool,
+    users: &[String],
+) -> Result<HashMap<String, LinksRow>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "select user_id, juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference, updated_at
+           from profile_links where user_id = any($1)",
+        users
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.user_id,
+                LinksRow {
+                    links: ProfileLinks {
+                        juspay_customer_id: r.juspay_customer_id,
+                        juspay_wallet_ids: r.juspay_wallet_ids,
+                        razorpay_customer_reference: r.razorpay_customer_reference,
+                    },
+                    version: r.updated_at,
+                },
+            )
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    pub id: Uuid,
+    pub user_id: String,
+    pub origin: Origin,
+    pub fields: Vec<String>,
+    pub steps: Vec<PlannedStep>,
+    pub payload_key_id: String,
+    pub payload_enc: Vec<u8>,
+    pub idem_key: String,
+    pub fingerprint: Vec<u8>,
+    pub links_version: DateTime<Utc>,
+    pub audit_values: Value,
+    pub hmac_key_id: String,
+}
+
+/// What became of one new change in a batch.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    Accepted {
+        seq: i64,
+        /// Every earlier change of the user is final: it may start at once.
+        turn: bool,
+        created_at: DateTime<Utc>,
+    },
+    /// The idempotency key exists: look it up (replay, 409 or 422).
+    DuplicateKey,
+    /// The links changed since they were read, or the user is gone: read again and replan.
+    StaleLinks,
+}
+
+pub struct RecordParams<'a> {
+    pub lease_owner: &'a str,
+    pub lease: Duration,
+    pub key_in_flight: Duration,
+    pub key_retention: Duration,
+}
+
+/// Records new changes with their steps, idempotency keys and "requested" audit events, and hands
+/// out each change's per-user sequence number, in one statement.
+pub async fn record_changes(
+    pool: &PgPool,
+    batch: &[NewChange],
+    p: &RecordParams<'_>,
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
+    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
+    let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
+    let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
+    let addrs: Vec<Option<String>> = batch.iter().map(|c| c.origin.caller_addr.clone()).collect();
+    let fields: Vec<String> = batch.iter().map(|c| c.fields.join(",")).collect();
+    let key_ids: Vec<String> = batch.iter().map(|c| c.payload_key_id.clone()).collect();
+    let payloads: Vec<Vec<u8>> = batch.iter().map(|c| c.payload_enc.clone()).collect();
+    let keys: Vec<String> = batch.iter().map(|c| c.idem_key.clone()).collect();
+    let fingerprints: Vec<Vec<u8>> = batch.iter().map(|c| c.fingerprint.clone()).collect();
+    let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
+    let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
+    let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
+    let mut step_change = Vec::new();
+    let mut step_no = Vec::new();
+    let mut step_target = Vec::new();
+    let mut step_ref = Vec::new();
+    let mut step_fields = Vec::new();
+    for c in batch {
+        for s in &c.steps {
+            step_change.push(c.id);
+            step_no.push(s.step_no);
+            step_target.push(s.target.as_str().to_string());
+            step_ref.push(s.upstream_ref.clone());
+            // Joined because Postgres cannot unnest a ragged two-dimensional array.
+            step_fields.push(s.fields.join(","));
+        }
+    }
+    let rows = sqlx::query!(
+        r#"with input as (
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
+                                  $12::timestamptz[], $13::jsonb[], $14::text[])
+                 with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
+                                      payload_key_id, payload_enc, idem_key, fingerprint, links_version,
+                                      audit_values, hmac_key_id, ord)
+           ),
+           locked as (
+             select p.user_id, p.updated_at
+               from profile_links p
+              where p.user_id in (select user_id from input)
+              order by p.user_id
+                for update
+           ),
+           fresh as (
+             select i.* from input i join locked l on l.user_id = i.user_id and l.updated_at = i.links_version
+           ),
+           keys as (
+             insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
+                                           in_flight_until, expires_at)
+             select caller, user_id, idem_key, fingerprint, id,
+                    now() + make_interval(secs => $15), now() + make_interval(secs => $16)
+               from fresh
+             on conflict (caller, user_id, idem_key) do update
+                set fingerprint = excluded.fingerprint, change_id = excluded.change_id,
+                    in_flight_until = excluded.in_flight_until, created_at = now(),
+                    expires_at = excluded.expires_at
+              where idempotency_keys.expires_at <= now()
+             returning change_id
+           ),
+           counts as (
+             select f.user_id, count(*) as n from fresh f join keys k on k.change_id = f.id group by f.user_id
+           ),
+           seqs as (
+             update profile_links p set last_change_seq = p.last_change_seq + c.n
+               from counts c
+              where p.user_id = c.user_id
+          returning p.user_id, p.last_change_seq as last, p.finished_seq, c.n
+           ),
+           numbered as (
+             select f.*, s.last - s.n + row_number() over (partition by f.user_id order by f.ord) as seq,
+                    s.finished_seq
+               from fresh f join keys k on k.change_id = f.id join seqs s on s.user_id = f.user_id
+           ),
+           ch as (
+             insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
+                                  payload_key_id, payload_enc, lease_owner, lease_expires_at)
+             select id, user_id, seq, caller, request_id, trace_id, caller_addr,
+                    string_to_array(fields, ','), payload_key_id, payload_enc, $17,
+                    now() + make_interval(secs => $18)
+               from numbered
+             returning id, created_at
+           ),
+           st as (
+             insert into change_steps (change_id, step_no, target, upstream_ref, fields)
+             select s.change_id, s.step_no, s.target, s.upstream_ref, string_to_array(s.fields, ',')
+               from unnest($19::uuid[], $20::int[], $21::text[], $22::text[], $23::text[])
+                    as s(change_id, step_no, target, upstream_ref, fields)
+               join ch on ch.id = s.change_id
+             returning change_id
+           ),
+           au as (
+             insert into audit_events (user_id, event_type, caller, outcome, change_id, fields, "values",
+                                       hmac_key_id, request_id, trace_id, caller_addr)
+             select n.user_id, 'change_requested', n.caller, 'accepted', n.id, string_to_array(n.fields, ','),
+                    n.audit_values, n.hmac_key_id, n.request_id, n.trace_id, n.caller_addr
+               from numbered n join ch on ch.id = n.id
+              order by n.user_id, n.ord
+             returning change_id
+           )
+           select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
+                  ch.created_at as "created_at?", (f.id is not null) as "fresh!",
+                  (select count(*) from au) + (select count(*) from st) as "written!"
+             from input i
+             left join fresh f on f.id = i.id
+             left join numbered n on n.id = i.id
+             left join ch on ch.id = i.id
+            order by i.ord"#,
+        &ids,
+        &users,
+        &callers,
+        &request_ids,
+        &trace_ids as &[Option<String>],
+        &addrs as &[Option<String>],
+        &fields,
+        &key_ids,
+        &payloads,
+        &keys,
+        &fingerprints,
+        &versions,
+        &audit_values,
+        &hmac_key_ids,
+        p.key_in_flight.as_secs_f64(),
+        p.key_retention.as_secs_f64(),
+        p.lease_owner,
+        p.lease.as_secs_f64(),
+        &step_change,
+        &step_no,
+        &step_target,
+        &step_ref,
+        &step_fields,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| match (r.seq, r.created_at) {
+            (Some(seq), Some(created_at)) => Recorded::Accepted {
+                seq,
+                turn: r.finished_seq.is_some_and(|f| seq <= f + 1),
+                created_at,
+            },
+            _ if r.fresh => Recorded::DuplicateKey,
+            _ => Recorded::StaleLinks,
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub change_id: Uuid,
+    pub fence: i64,
+    pub step_no: i32,
+    pub status: StepStatus,
+    pub error: Option<StepError>,
+    pub confirmed_by_read_back: bool,
+    pub user_id: String,
+    pub origin: Origin,
+    pub target: String,
+    pub upstream_ref: String,
+    pub fields: Vec<String>,
+    pub audit_values: Value,
+    pub hmac_key_id: String,
+}
+
+/// Records step attempt outcomes with their audit events. Returns, per input, whether it was
+/// recorded (false: the change's lease generation moved on, the outcome is not ours to write).
+pub async fn record_outcomes(pool: &PgPool, batch: &[Outcome]) -> Result<Vec<bool>, sqlx::Error> {
+    let change_ids: Vec<Uuid> = batch.iter().map(|o| o.change_id).collect();
+    let fences: Vec<i64> = batch.iter().map(|o| o.fence).collect();
+    let step_nos: Vec<i32> = batch.iter().map(|o| o.step_no).collect();
+    let statuses: Vec<String> = batch
+        .iter()
+        .map(|o| o.status.as_str().to_string())
+        .collect();
+    let err = |f: &dyn Fn(&StepError) -> Option<String>| -> Vec<Option<String>> {
+        batch.iter().map(|o| o.error.as_ref().and_then(f)).collect()
+    };
+    let codes = err(&|e| Some(e.code.as_str().to_string()));
+    let upstream_codes = err(&|e| e.upstream_code.clone());
+    let messages = err(&|e| Some(e.message.clone()));
+    let retryable: Vec<Option<bool>> = batch
+        .iter()
+        .map(|o| o.error.as_ref().map(|e| e.retryable))
+        .collect();
+    let upstream_status: Vec<Option<i32>> = batch
+        .iter()
+        .map(|o| {
+            o.error
+                .as_ref()
+                .and_then(|e| e.upstream_status.map(i32::from))
+        })
+        .collect();
+    let confirmed: Vec<bool> = batch.iter().map(|o| o.confirmed_by_read_back).collect();
+    let users: Vec<String> = batch.iter().map(|o| o.user_id.clone()).collect();
+    let callers: Vec<String> = batch.iter().map(|o| o.origin.caller.clone()).collect();
+    let targets: Vec<String> = batch.iter().map(|o| o.target.clone()).collect();
+    let refs: Vec<String> = batch.iter().map(|o| o.upstream_ref.clone()).collect();
+    let fields: Vec<String> = batch.iter().map(|o| o.fields.join(",")).collect();
+    let values: Vec<Value> = batch.iter().map(|o| o.audit_values.clone()).collect();
+    let hmac_key_ids: Vec<String> = batch.iter().map(|o| o.hmac_key_id.clone()).collect();
+    let request_ids: Vec<String> = batch.iter().map(|o| o.origin.request_id.clone()).collect();
+    let trace_ids: Vec<Option<String>> = batch.iter().map(|o| o.origin.trace_id.clone()).collect();
+    let addrs: Vec<Option<String>> = batch.iter().map(|o| o.origin.caller_addr.clone()).collect();
+    let rows = sqlx::query!(
+        r#"with o as (
+             select * from unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[],
+                                  $7::int[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[],
+                                  $13::text[], $14::text[], $15::text[], $16::jsonb[], $17::text[],
+                                  $18::text[], $19::text[], $20::text[])
+                 with ordinality as t(change_id, fence, step_no, status, error_code, error_retryable,
+                                      upstream_status, upstream_code, error_message, confirmed, user_id,
+                                      caller, target, upstream_ref, fields, audit_values, hmac_key_id,
+                                      request_id, trace_id, caller_addr, ord)
+           ),
+           held as (
+             select c.id, c.fence from changes c
+              where (c.id, c.fence) in (select change_id, fence from o) and c.status = 'pending'
+              order by c.id
+                for share
+           ),
+           upd as (
+             update change_steps s
+                set status = o.status, attempts = s.attempts + 1, error_code = o.error_code,
+                    error_retryable = o.error_retryable, upstream_status = o.upstream_status,
+                    upstream_code = o.upstream_code, error_message = o.error_message,
+                    confirmed_by_read_back = o.confirmed, updated_at = now()
+               from o join held h on h.id = o.change_id and h.fence = o.fence
+              where s.change_id = o.change_id and s.step_no = o.step_no
+          returning s.change_id, s.step_no
+           ),
+           au as (
+             insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no, target,
+                                       upstream_ref, fields, "values", hmac_key_id, error_code,
+                                       request_id, trace_id, caller_addr)
+             select o.user_id, 'step_attempted', o.caller, o.status, o.change_id, o.step_no, o.target,
+                    o.upstream_ref, string_to_array(o.fields, ','), o.audit_values, o.hmac_key_id,
+                    o.error_code, o.request_id, o.trace_id, o.caller_addr
+               from o join upd u on u.change_id = o.change_id and u.step_no = o.step_no
+              order by o.user_id, o.ord
+             returning 1
+           )
+           select o.change_id as "change_id!", o.step_no as "step_no!", (u.change_id is not null) as "recorded!",
+                  (select count(*) from au) as "audited!"
+             from o left join upd u on u.change_id = o.change_id and u.step_no = o.step_no
+            order by o.ord"#,
+        &change_ids,
+        &fences,
+        &step_nos,
+        &statuses,
+        &codes as &[Option<String>],
+        &retryable as &[Option<bool>],
+        &upstream_status as &[Option<i32>],
+        &upstream_codes as &[Option<String>],
+        &messages as &[Option<String>],
+        &confirmed,
+        &users,
+        &callers,
+        &targets,
+        &refs,
+        &fields,
+        &values,
+        &hmac_key_ids,
+        &request_ids,
+        &trace_ids as &[Option<String>],
+        &addrs as &[Option<String>],
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.recorded).collect())
+}
+
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub change_id: Uuid,
+    pub fence: i64,
+    pub status: ChangeStatus,
+    pub user_id: String,
+    pub origin: Origin,
+    pub fields: Vec<String>,
+}
+
+/// Marks changes final (erasing an applied change's payload, keeping a failed one's for the retry
+/// window), advances each user's `finished_seq`, releases the idempotency keys, writes the final
+/// audit events and wakes the users' next changes (NOTIFY, delivered at commit).
+pub async fn finish_changes(
+    pool: &PgPool,
+    batch: &[Finish],
+    keep_failed_payload: Duration,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|f| f.change_id).collect();
+    let fences: Vec<i64> = batch.iter().map(|f| f.fence).collect();
+    let statuses: Vec<String> = batch
+        .iter()
+        .map(|f| f.status.as_str().to_string())
+        .collect();
+    let callers: Vec<String> = batch.iter().map(|f| f.origin.caller.clone()).collect();
+    let fields: Vec<String> = batch.iter().map(|f| f.fields.join(",")).collect();
+    let request_ids: Vec<String> = batch.iter().map(|f| f.origin.request_id.clone()).collect();
+    let trace_ids: Vec<Option<String>> = batch.iter().map(|f| f.origin.trace_id.clone()).collect();
+    let addrs: Vec<Option<String>> = batch.iter().map(|f| f.origin.caller_addr.clone()).collect();
+    let keep_secs = keep_failed_payload.as_secs_f64();
+    let rows = sqlx::query!(
+        r#"with f as (
+             select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[])
+                 with ordinality as t(id, fence, status, caller, fields, request_id, trace_id, caller_addr, ord)
+           ),
+           upd as (
+             update changes c
+                set status = f.status, finished_at = now(), updated_at = now(),
+                    payload_enc = case when f.status <> 'applied' and $9::float8 > 0 then c.payload_enc end,
+                    payload_key_id = case when f.status <> 'applied' and $9::float8 > 0 then c.payload_key_id end,
+                    payload_expires_at = case when f.status <> 'applied' and $9::float8 > 0
+                                              then now() + make_interval(secs => $9::float8) end,
+                    lease_owner = null, lease_expires_at = null
+               from f
+              where c.id = f.id and c.fence = f.fence and c.status = 'pending'
+          returning c.id, c.user_id, c.user_seq
+           ),
+           locked as (
+             select p.user_id from profile_links p
+              where p.user_id in (select user_id from upd)
+              order by p.user_id
+                for update
+           ),
+           turns as (
+             update profile_links p set finished_seq = greatest(p.finished_seq, x.seq)
+               from (select u.user_id, max(u.user_seq) as seq from upd u join locked l using (user_id)
+                      group by u.user_id) x
+              where p.user_id = x.user_id
+          returning p.user_id
+           ),
+           keys as (
+             update idempotency_keys k set in_flight_until = null
+               from upd where k.change_id = upd.id and k.in_flight_until is not null
+          returning 1
+           ),
+           au as (
+             insert into audit_events (user_id, event_type, caller, outcome, change_id, fields,
+                                       request_id, trace_id, caller_addr)
+             select u.user_id, 'change_completed', f.caller, f.status, f.id, string_to_array(f.fields, ','),
+                    f.request_id, f.trace_id, f.caller_addr
+               from f join upd u on u.id = f.id join turns t on t.user_id = u.user_id
+              order by u.user_id, f.ord
+             returning 1
+           ),
+           notes as (
+             select pg_notify('profile_gateway_change_final', u.user_seq::text || ' ' || u.user_id) from upd u
+           )
+           select f.id as "id!", (u.id is not null) as "finished!",
+                  (select count(*) from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
+             from f left join upd u on u.id = f.id
+            order by f.ord"#,
+        &ids,
+        &fences,
+        &statuses,
+        &callers,
+        &fields,
+        &request_ids,
+        &trace_ids as &[Option<String>],
+        &addrs as &[Option<String>],
+        keep_secs,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.finished).collect())
+}
