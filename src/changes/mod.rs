@@ -713,7 +713,8 @@ fn view(ch: &Running, status: ChangeStatus, finished: bool) -> ChangeView {
         status,
         fields: ch.fields.clone(),
         created_at: ch.created_at,
-        finished_at: finished.then(chrono::Utc::now),
+        // Microseconds, as Postgres keeps it, so a replay shows the same value.
+        finished_at: finished.then(|| chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)),
         steps: ch
             .steps
             .iter()
