@@ -349,6 +349,7 @@ impl ChangeService {
     /// Spawns the drive and waits for it up to the deadline.
     async fn drive_with_deadline(self: &Arc<Self>, running: Running) -> Submitted {
         let id = running.id;
+        let fallback = view(&running, ChangeStatus::Pending, false);
         let service = Arc::clone(self);
         let answer_by = Some(Instant::now() + self.limits.deadline);
         let task = self
@@ -358,7 +359,8 @@ impl ChangeService {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) | Err(_) => match store::changes::load(&self.pool, id).await {
                 Ok(Some(view)) => Submitted::InProgress(view),
-                Ok(None) | Err(_) => Submitted::InProgress(pending_view(id)),
+                // Recorded, but unreadable now: what this replica knows of it.
+                Ok(None) | Err(_) => Submitted::InProgress(fallback),
             },
         }
     }
@@ -728,20 +730,6 @@ fn view(ch: &Running, status: ChangeStatus, finished: bool) -> ChangeView {
                 error: s.error.clone(),
             })
             .collect(),
-    }
-}
-
-fn pending_view(id: Uuid) -> ChangeView {
-    ChangeView {
-        change_id: id,
-        user: String::new(),
-        seq: 0,
-        caller: String::new(),
-        status: ChangeStatus::Pending,
-        fields: Vec::new(),
-        created_at: chrono::Utc::now(),
-        finished_at: None,
-        steps: Vec::new(),
     }
 }
 

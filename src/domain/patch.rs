@@ -236,6 +236,13 @@ fn parse_device(c: &mut Collector, v: &Value) -> Option<(DeviceFingerprint, u64)
     let fp = c.parsed(obj, "/upi/device", "fingerprint", DeviceFingerprint::parse);
     let ts = match obj.get("fingerprint_timestamp") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|t| t > 0) => n.as_u64(),
+        // JSON has one number type: 1767225600000.0 is the same integer.
+        Some(Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|f| f > 0.0 && f.fract() == 0.0 && f < 9.0e15) =>
+        {
+            n.as_f64().map(|f| f as u64)
+        }
         Some(_) => {
             c.push(
                 "/upi/device/fingerprint_timestamp",
@@ -282,6 +289,18 @@ mod tests {
             ]
         );
         assert_eq!(p.upi.unwrap().fingerprint_timestamp, 1496918882000);
+        let mut body = json!({"upi": {"upi_number": "9876543210", "vpa": "ann@okaxis", "action": "activate",
+            "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 450.0}}});
+        assert_eq!(
+            ProfilePatch::parse(&body)
+                .unwrap()
+                .upi
+                .unwrap()
+                .fingerprint_timestamp,
+            450
+        );
+        body["upi"]["device"]["fingerprint_timestamp"] = json!(450.5);
+        assert!(ProfilePatch::parse(&body).is_err());
     }
 
     #[test]

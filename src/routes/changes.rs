@@ -1,13 +1,13 @@
 //! Recorded changes: one by id, or a user's history.
 
-use super::{AppState, user_param};
+use super::{AppState, PathParam, QueryParams, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
 use crate::changes::model::ChangeStatus;
 use crate::changes::model::ChangeView;
 use crate::error::ApiError;
 use crate::telemetry::RequestMeta;
 use axum::extract::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,7 +25,7 @@ pub fn router() -> Router<AppState> {
 async fn get_change(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<ChangeView>, ApiError> {
     caller.require(SCOPE_READ)?;
     let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
@@ -44,8 +44,8 @@ struct Page {
 async fn list_changes(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
-    Query(page): Query<Page>,
+    PathParam(raw): PathParam,
+    QueryParams(page): QueryParams<Page>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(SCOPE_READ)?;
     let user = user_param(&raw)?;
@@ -83,7 +83,7 @@ async fn retry_change(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
     caller: Caller,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Response, ApiError> {
     caller.require(SCOPE_OPERATE)?;
     let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;

@@ -92,3 +92,39 @@ pub(crate) fn audit_context(
         caller_addr: meta.caller_addr.clone(),
     }
 }
+
+/// A path segment as a string; a segment axum cannot decode (not UTF-8) is a problem like any other.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParam(p.0))
+            .map_err(|_| ApiError::InvalidPath("a path segment"))
+    }
+}
+
+/// Query parameters; a query that does not decode (a repeated or malformed parameter) is a problem.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for QueryParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|_| ApiError::InvalidQuery("the query string"))
+    }
+}

@@ -1,6 +1,6 @@
 //! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
 
-use super::{AppState, JsonBody, audit_context, user_param};
+use super::{AppState, JsonBody, PathParam, audit_context, user_param};
 use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
 use crate::changes::model::ChangeStatus;
@@ -8,7 +8,7 @@ use crate::changes::{SubmitError, Submitted};
 use crate::domain::{ProfileLinks, ProfilePatch};
 use crate::error::ApiError;
 use crate::telemetry::RequestMeta;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
@@ -24,7 +24,7 @@ async fn patch_profile(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
     caller: Caller,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
@@ -94,7 +94,7 @@ pub(crate) fn change_response(submitted: Submitted) -> Response {
 async fn get_links(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> Result<Json<ProfileLinks>, ApiError> {
     caller.require(SCOPE_READ)?;
     let user = user_param(&raw)?;
@@ -108,7 +108,7 @@ async fn put_links(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
     caller: Caller,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     caller.require(SCOPE_WRITE)?;

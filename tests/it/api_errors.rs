@@ -183,6 +183,25 @@ async fn protocol_errors_are_problems_too() {
         (400, Some("invalid_query_parameter"))
     );
 
+    let (s, p) = problem(app.get("/profile/%FF/links").await).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (400, Some("invalid_path_parameter"))
+    );
+    let (s, p) = problem(app.get("/profile/alice/changes?limit=1&limit=2").await).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (400, Some("invalid_query_parameter"))
+    );
+    // The auth scheme name is case-insensitive.
+    let lower = c
+        .get(app.url("/profile/alice/links"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
+
     // A caller-supplied request id is kept and echoed.
     let resp = c
         .get(app.url("/nowhere"))
