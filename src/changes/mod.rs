@@ -471,18 +471,8 @@ impl ChangeService {
                     };
                 }
                 tokio::time::sleep(resilience::backoff(self.resilience.config(), round)).await;
-                match store::changes::renew_lease(
-                    &self.pool,
-                    ch.id,
-                    ch.fence,
-                    &self.instance_id,
-                    self.limits.lease,
-                )
-                .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => return self.halted(&ch, Halt::LostLease).await,
-                    Err(_) => return self.halted(&ch, Halt::DbDown).await,
+                if let Err(halt) = self.renew(&ch).await {
+                    return self.halted(&ch, halt).await;
                 }
             }
             let attempts = due.iter().map(|i| self.attempt(&ch, *i));
@@ -547,6 +537,23 @@ impl ChangeService {
         }
     }
 
+    /// Extends this replica's lease on the change, or says why it cannot go on.
+    async fn renew(&self, ch: &Running) -> Result<(), Halt> {
+        match store::changes::renew_lease(
+            &self.pool,
+            ch.id,
+            ch.fence,
+            &self.instance_id,
+            self.limits.lease,
+        )
+        .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Halt::LostLease),
+            Err(_) => Err(Halt::DbDown),
+        }
+    }
+
     /// Waits until every earlier change of the user is final, renewing the lease meanwhile.
     async fn wait_turn(&self, ch: &Running) -> Result<(), Halt> {
         if ch.turn_known {
@@ -561,19 +568,8 @@ impl ChangeService {
                 Err(_) => return Err(Halt::DbDown),
             }
             if renewed.elapsed() > self.limits.lease / 3 {
-                match store::changes::renew_lease(
-                    &self.pool,
-                    ch.id,
-                    ch.fence,
-                    &self.instance_id,
-                    self.limits.lease,
-                )
-                .await
-                {
-                    Ok(true) => renewed = Instant::now(),
-                    Ok(false) => return Err(Halt::LostLease),
-                    Err(_) => return Err(Halt::DbDown),
-                }
+                self.renew(ch).await?;
+                renewed = Instant::now();
             }
             // Only the immediate predecessor's end can make this change's turn come.
             let wait = async {

@@ -133,6 +133,29 @@ pub fn build(client: reqwest::Client, juspay: JuspayConfig, razorpay: RazorpayCo
         .with(Arc::new(razorpay_upi::RazorpayUpi::new(client, razorpay)))
 }
 
+/// Sends a request and returns the answer when it is a 2xx; every other outcome becomes the step
+/// error `classify` says, with `facts` reading the provider's error envelope.
+pub(crate) async fn exchange(
+    target: Target,
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+    facts: fn(&[u8]) -> classify::ErrorFacts,
+) -> Result<http::UpstreamResponse, StepError> {
+    let response = http::send(request, timeout)
+        .await
+        .map_err(|e| classify::transport_failure(target, e))?;
+    if response.is_success() {
+        Ok(response)
+    } else {
+        Err(classify::http_failure(
+            target,
+            response.status,
+            response.retry_after,
+            facts(&response.body),
+        ))
+    }
+}
+
 /// Joins a configured base URL and a path whose dynamic segments were already validated as
 /// URL-safe ids.
 pub(crate) fn endpoint(base_url: &str, path: &str) -> String {

@@ -2,8 +2,8 @@
 
 pub mod wire;
 
-use super::classify::{self, bad_success};
-use super::http::{self, basic_auth};
+use super::classify::bad_success;
+use super::http::basic_auth;
 use super::{
     JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
 };
@@ -49,17 +49,8 @@ impl JuspayCustomer {
         request: reqwest::RequestBuilder,
         customer_id: &str,
     ) -> Result<(u16, wire::Customer), StepError> {
-        let response = http::send(request, self.config.timeout)
-            .await
-            .map_err(|e| classify::transport_failure(TARGET, e))?;
-        if !response.is_success() {
-            return Err(classify::http_failure(
-                TARGET,
-                response.status,
-                response.retry_after,
-                juspay_error::facts(&response.body),
-            ));
-        }
+        let response =
+            super::exchange(TARGET, request, self.config.timeout, juspay_error::facts).await?;
         let customer: wire::Customer = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a customer"))?;
         let names_other = customer.id.as_deref().is_some_and(|id| id != customer_id)

@@ -2,8 +2,8 @@
 
 pub mod wire;
 
-use super::classify::{self, bad_success};
-use super::http::{self, basic_auth};
+use super::classify::bad_success;
+use super::http::basic_auth;
 use super::{
     JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
 };
@@ -47,17 +47,8 @@ impl JuspayWallet {
         request: reqwest::RequestBuilder,
         wallet_id: &str,
     ) -> Result<(u16, Option<String>), StepError> {
-        let response = http::send(request, self.config.timeout)
-            .await
-            .map_err(|e| classify::transport_failure(TARGET, e))?;
-        if !response.is_success() {
-            return Err(classify::http_failure(
-                TARGET,
-                response.status,
-                response.retry_after,
-                juspay_error::facts(&response.body),
-            ));
-        }
+        let response =
+            super::exchange(TARGET, request, self.config.timeout, juspay_error::facts).await?;
         let account: wire::WalletAccount =
             serde_json::from_slice(&response.body).map_err(|_| {
                 bad_success(TARGET, response.status, "its body is not a wallet account")

@@ -2,8 +2,8 @@
 
 pub mod wire;
 
-use super::classify::{self, ErrorFacts, bad_success, safe_code, says_not_found};
-use super::http::{self, basic_auth};
+use super::classify::{ErrorFacts, bad_success, safe_code, says_not_found};
+use super::http::basic_auth;
 use super::{ProviderAdapter, RazorpayConfig, StepError, StepResult, endpoint, misrouted};
 use crate::domain::{StepRequest, Target, UpiChange};
 use futures_util::future::BoxFuture;
@@ -52,17 +52,7 @@ impl RazorpayUpi {
 
     async fn holds(&self, customer_reference: &str, upi: &UpiChange) -> Result<bool, StepError> {
         let request = self.request(reqwest::Method::GET, customer_reference, upi);
-        let response = http::send(request, self.config.timeout)
-            .await
-            .map_err(|e| classify::transport_failure(TARGET, e))?;
-        if !response.is_success() {
-            return Err(classify::http_failure(
-                TARGET,
-                response.status,
-                response.retry_after,
-                facts(&response.body),
-            ));
-        }
+        let response = super::exchange(TARGET, request, self.config.timeout, facts).await?;
         let list: wire::UpiNumberList = serde_json::from_slice(&response.body).map_err(|_| {
             bad_success(TARGET, response.status, "its body is not a UPI number list")
         })?;
@@ -91,17 +81,7 @@ impl RazorpayUpi {
             .request(reqwest::Method::PATCH, customer_reference, upi)
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
-        let response = http::send(request, self.config.timeout)
-            .await
-            .map_err(|e| classify::transport_failure(TARGET, e))?;
-        if !response.is_success() {
-            return Err(classify::http_failure(
-                TARGET,
-                response.status,
-                response.retry_after,
-                facts(&response.body),
-            ));
-        }
+        let response = super::exchange(TARGET, request, self.config.timeout, facts).await?;
         let entity: wire::UpiNumberEntity = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a UPI number"))?;
         if entity.upi_number.as_deref() != Some(upi.upi_number.as_str()) {
