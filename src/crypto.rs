@@ -180,6 +180,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_key_still_opens_what_it_sealed() {
+        let old = PayloadCipher::new("k1", [1u8; 32]);
+        let sealed = old.seal(b"pending values", b"change-9");
+        let keys = parse_key_list(&Secret::new(format!(
+            "k1:{}",
+            base64::engine::general_purpose::STANDARD.encode([1u8; 32])
+        )))
+        .unwrap();
+        let rotated = PayloadCipher::new("k2", [2u8; 32]).with_previous(keys);
+        assert_eq!(rotated.key_id(), "k2", "new payloads use the new key");
+        assert_eq!(
+            rotated.open("k1", &sealed, b"change-9").unwrap(),
+            b"pending values"
+        );
+        let fresh = rotated.seal(b"x", b"c");
+        assert!(old.open("k2", &fresh, b"c").is_err());
+        assert!(parse_key_list(&Secret::new("k1:not-base64")).is_err());
+    }
+
+    #[test]
     fn hmac_matches_rfc4231_case_2() {
         assert_eq!(
             hmac_hex(b"Jefe", "what do ya want for nothing?"),

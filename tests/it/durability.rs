@@ -141,6 +141,36 @@ async fn idempotency_key_is_required_and_replays_the_change() {
 }
 
 #[tokio::test]
+async fn expired_keys_are_reaped_and_then_start_a_new_change() {
+    let app = spawn_app().await;
+    let body = json!({"first_name": "Reaped"});
+    assert_eq!(
+        app.patch_with_key("alice", &body, "reap-key-0000000001")
+            .await
+            .status(),
+        200
+    );
+    sqlx::query("update idempotency_keys set expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        profile_gateway::store::idempotency::reap(&app.pool)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(app.count("select count(*) from idempotency_keys").await, 0);
+    // Past its retention the key is a new key: a new change, not a replay.
+    let again = app
+        .patch_with_key("alice", &body, "reap-key-0000000001")
+        .await;
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.count("select count(*) from changes").await, 2);
+}
+
+#[tokio::test]
 async fn fifty_concurrent_duplicates_make_one_upstream_call_per_step() {
     let app = spawn_app().await;
     // Slow upstreams keep the first request in flight while the duplicates arrive.
