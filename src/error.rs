@@ -129,13 +129,15 @@ fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static st
             summary,
         );
     }
-    let code = match errors.first() {
-        Some(C::UpstreamAuthFailed) => "upstream_auth_failed",
-        Some(C::UpstreamRateLimited) if errors.iter().all(|c| *c == C::UpstreamRateLimited) => {
-            "upstream_rate_limited"
-        }
-        Some(C::UpstreamBadResponse) => "upstream_bad_response",
-        _ => "upstream_unavailable",
+    // The failure that most changes what the caller or an operator does comes first.
+    let code = if errors.contains(&C::UpstreamAuthFailed) {
+        "upstream_auth_failed"
+    } else if errors.contains(&C::UpstreamBadResponse) {
+        "upstream_bad_response"
+    } else if !errors.is_empty() && errors.iter().all(|c| *c == C::UpstreamRateLimited) {
+        "upstream_rate_limited"
+    } else {
+        "upstream_unavailable"
     };
     (StatusCode::BAD_GATEWAY, code, "An upstream failed", summary)
 }

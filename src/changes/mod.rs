@@ -12,7 +12,7 @@ pub mod turns;
 
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::crypto::{PayloadCipher, PiiHasher};
-use crate::domain::{FieldError, PlannedStep, ProfilePatch, Target, UserId, plan};
+use crate::domain::{FieldError, PlannedStep, ProfilePatch, UserId, plan};
 use crate::providers::{Providers, StepError};
 use crate::store;
 use crate::store::batch;
@@ -84,7 +84,32 @@ impl Writes {
                     key_in_flight: in_flight,
                     key_retention: retention,
                 };
-                batch::record_changes(&p, &items, &params).await
+                // Two requests with one key in one batch: one statement cannot insert a key twice,
+                // so the later copies are answered as duplicates of the first.
+                let mut seen = std::collections::HashSet::new();
+                let mut unique = Vec::with_capacity(items.len());
+                let mut slot = Vec::with_capacity(items.len());
+                for item in items {
+                    let key = (
+                        item.origin.caller.clone(),
+                        item.user_id.clone(),
+                        item.idem_key.clone(),
+                    );
+                    if seen.insert(key) {
+                        slot.push(Some(unique.len()));
+                        unique.push(item);
+                    } else {
+                        slot.push(None);
+                    }
+                }
+                let recorded = batch::record_changes(&p, &unique, &params).await?;
+                Ok(slot
+                    .into_iter()
+                    .map(|s| match s {
+                        Some(i) => recorded[i].clone(),
+                        None => batch::Recorded::DuplicateKey,
+                    })
+                    .collect())
             }
         });
         let p = pool.clone();
@@ -144,6 +169,15 @@ impl From<sqlx::Error> for SubmitError {
     fn from(e: sqlx::Error) -> Self {
         SubmitError::Db(e)
     }
+}
+
+/// What an operator retry did.
+pub enum RetryOutcome {
+    Driven(Submitted),
+    NotFound,
+    NotLatest,
+    NotRetryable,
+    CannotOpen,
 }
 
 /// How a change stands when the request has to answer.
@@ -322,27 +356,40 @@ impl ChangeService {
         self: &Arc<Self>,
         change_id: Uuid,
         ctx: AuditContext,
-    ) -> Result<Option<Submitted>, sqlx::Error> {
+    ) -> Result<RetryOutcome, sqlx::Error> {
         let user = match store::changes::load(&self.pool, change_id).await? {
             Some(v) => v.user,
-            None => return Ok(None),
+            None => return Ok(RetryOutcome::NotFound),
         };
         let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
         event.change_id = Some(change_id);
-        let Some(claimed) = store::changes::reopen(
+        let can_open = |key_id: &str, sealed: &[u8]| {
+            self.cipher
+                .open(key_id, sealed, change_id.as_bytes())
+                .is_ok()
+        };
+        let reopened = store::changes::reopen(
             &self.pool,
             change_id,
             &self.instance_id,
             self.limits.lease,
             &event,
+            can_open,
         )
-        .await?
-        else {
-            return Ok(None);
+        .await?;
+        let claimed = match reopened {
+            store::changes::Reopen::Reopened(c) => *c,
+            store::changes::Reopen::NotLatest => return Ok(RetryOutcome::NotLatest),
+            store::changes::Reopen::NotRetryable => return Ok(RetryOutcome::NotRetryable),
+            store::changes::Reopen::CannotOpen => return Ok(RetryOutcome::CannotOpen),
         };
         match self.resume(claimed, Some(ctx)).await? {
-            Some(running) => Ok(Some(self.drive_with_deadline(running).await)),
-            None => Ok(None),
+            Some(running) => Ok(RetryOutcome::Driven(
+                self.drive_with_deadline(running).await,
+            )),
+            // Opened a moment ago under the same keys: only a corrupt record gets here. The change
+            // stays pending and the completer reports it.
+            None => Ok(RetryOutcome::CannotOpen),
         }
     }
 
@@ -601,33 +648,8 @@ impl ChangeService {
         let mut confirmed = false;
         let result = match (self.providers.get(target), step.planned.request(&ch.patch)) {
             (Some(adapter), Some(request)) => {
-                if self.resilience.admit(target) == Admission::FailFast {
-                    Err(resilience::breaker_open(target))
-                } else {
-                    let read = if step.read_back_first {
-                        let r = adapter.read_back(&request).await;
-                        self.resilience
-                            .record(target, &r.as_ref().map(|_| ()).map_err(Clone::clone));
-                        Some(r)
-                    } else {
-                        None
-                    };
-                    match read {
-                        Some(Ok(true)) => {
-                            confirmed = true;
-                            Ok(())
-                        }
-                        Some(Err(mut e)) => {
-                            // Still not known whether the earlier send took effect.
-                            e.outcome_unknown = true;
-                            Err(e)
-                        }
-                        Some(Ok(false)) | None => {
-                            self.send(adapter.as_ref(), &request, target, step.attempts)
-                                .await
-                        }
-                    }
-                }
+                self.call(adapter.as_ref(), &request, step, &mut confirmed)
+                    .await
             }
             _ => Err(crate::providers::misrouted(target)),
         };
@@ -668,20 +690,49 @@ impl ChangeService {
         (new_state, recorded)
     }
 
-    /// Sends once; a retry must be allowed by the provider's retry budget.
-    async fn send(
+    /// One attempt's upstream work: the retry budget, then the breaker, then (when an earlier send
+    /// may have taken effect) a read-back, then the write. The budget is asked first so a breaker
+    /// that just went half-open always gets its probe's outcome.
+    async fn call(
         &self,
         adapter: &dyn crate::providers::ProviderAdapter,
         request: &crate::domain::StepRequest,
-        target: Target,
-        previous_attempts: u32,
+        step: &StepState,
+        confirmed: &mut bool,
     ) -> Result<(), StepError> {
-        if previous_attempts == 0 {
+        let target = step.planned.target;
+        let not_sent = |mut e: StepError| {
+            // Nothing reached the upstream: what was unknown stays unknown (and is read back
+            // next time) rather than becoming "not applied".
+            e.outcome_unknown = step.read_back_first;
+            Err(e)
+        };
+        if step.attempts == 0 {
             self.resilience.first_attempt(target);
         } else if !self.resilience.try_retry(target) {
             let mut e = resilience::breaker_open(target);
             e.message = format!("{} retry budget exhausted; retrying later", target.as_str());
-            return Err(e);
+            return not_sent(e);
+        }
+        if self.resilience.admit(target) == Admission::FailFast {
+            return not_sent(resilience::breaker_open(target));
+        }
+        if step.read_back_first {
+            let read = adapter.read_back(request).await;
+            self.resilience
+                .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
+            match read {
+                Ok(true) => {
+                    *confirmed = true;
+                    return Ok(());
+                }
+                Err(mut e) => {
+                    // Still not known whether the earlier send took effect.
+                    e.outcome_unknown = true;
+                    return Err(e);
+                }
+                Ok(false) => {}
+            }
         }
         let result = adapter.apply(request).await;
         self.resilience.record(target, &result);

@@ -2,6 +2,7 @@
 
 use super::{AppState, PathParam, QueryParams, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
+use crate::changes::RetryOutcome;
 use crate::changes::model::ChangeStatus;
 use crate::changes::model::ChangeView;
 use crate::error::ApiError;
@@ -99,18 +100,25 @@ async fn retry_change(
         }
         ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {}
     }
-    if crate::store::changes::latest_seq(&state.pool, &change.user).await? != change.seq {
-        return Err(ApiError::RetryConflict(
-            "a later change of this user exists; retrying this one would overwrite it",
-        ));
-    }
     let ctx = super::audit_context(&caller, &meta);
-    let submitted = state
-        .changes
-        .retry(id, ctx)
-        .await?
-        .ok_or(ApiError::RetryConflict(
-            "the change's values were erased after the retry window (changes.failed_payload_retention_hours)",
-        ))?;
+    let submitted = match state.changes.retry(id, ctx).await? {
+        RetryOutcome::Driven(submitted) => submitted,
+        RetryOutcome::NotFound => return Err(ApiError::ChangeNotFound),
+        RetryOutcome::NotLatest => {
+            return Err(ApiError::RetryConflict(
+                "a later change of this user exists; retrying this one would overwrite it",
+            ));
+        }
+        RetryOutcome::NotRetryable => {
+            return Err(ApiError::RetryConflict(
+                "the change is no longer failed, or its values were erased after the retry window (changes.failed_payload_retention_hours)",
+            ));
+        }
+        RetryOutcome::CannotOpen => {
+            return Err(ApiError::RetryConflict(
+                "the change's sealed values do not open with the configured keys (changes.previous_encryption_keys)",
+            ));
+        }
+    };
     Ok(super::profile::change_response(submitted))
 }

@@ -136,16 +136,43 @@ pub async fn claim_expired(
     }))
 }
 
+pub enum Reopen {
+    Reopened(Box<Claimed>),
+    /// A later change of the user exists: re-applying this one would overwrite it.
+    NotLatest,
+    /// Not failed or partially applied, or its values were erased.
+    NotRetryable,
+    /// The sealed values do not open with this replica's keys.
+    CannotOpen,
+}
+
 /// Re-opens a change that failed finally, for an operator retry: a new lease generation, every
-/// step that did not apply back to pending with a fresh attempt count.
+/// step that did not apply back to pending with a fresh attempt count. Under the user's row lock,
+/// so no new change can slip in between the "is it the latest?" check and the reopening; and only
+/// if `can_open` accepts the sealed values, so a change that could not be driven is never reopened.
 pub async fn reopen(
     pool: &PgPool,
     change_id: Uuid,
     owner: &str,
     lease: Duration,
     event: &AuditEvent<'_>,
-) -> Result<Option<Claimed>, sqlx::Error> {
+    can_open: impl Fn(&str, &[u8]) -> bool,
+) -> Result<Reopen, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let latest = sqlx::query!(
+        "select c.user_seq, p.last_change_seq
+           from changes c join profile_links p on p.user_id = c.user_id
+          where c.id = $1
+            for update of p",
+        change_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match latest {
+        Some(l) if l.user_seq == l.last_change_seq => {}
+        Some(_) => return Ok(Reopen::NotLatest),
+        None => return Ok(Reopen::NotRetryable),
+    }
     let row = sqlx::query!(
         r#"update changes
               set status = 'pending', finished_at = null, lease_owner = $2,
@@ -161,9 +188,13 @@ pub async fn reopen(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(r) = row else {
-        return Ok(None);
+        return Ok(Reopen::NotRetryable);
     };
-    // The change is the user's latest (checked by the caller); its turn comes back to it.
+    let opens = matches!((&r.payload_key_id, &r.payload_enc), (Some(k), Some(p)) if can_open(k, p));
+    if !opens {
+        return Ok(Reopen::CannotOpen);
+    }
+    // The change is the user's latest (checked above, under the lock); its turn comes back to it.
     sqlx::query!(
         "update profile_links set finished_seq = least(finished_seq, $2::bigint - 1) where user_id = $1",
         r.user_id,
@@ -181,7 +212,7 @@ pub async fn reopen(
     .await?;
     audit::insert(&mut *tx, event).await?;
     tx.commit().await?;
-    Ok(Some(Claimed {
+    Ok(Reopen::Reopened(Box::new(Claimed {
         id: r.id,
         user_id: r.user_id,
         user_seq: r.user_seq,
@@ -195,18 +226,7 @@ pub async fn reopen(
         payload_key_id: r.payload_key_id,
         payload_enc: r.payload_enc,
         previous_owner: None,
-    }))
-}
-
-/// The latest sequence number handed out for a user (an operator retry is only safe on it).
-pub async fn latest_seq(pool: &PgPool, user: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        "select last_change_seq from profile_links where user_id = $1",
-        user
-    )
-    .fetch_optional(pool)
-    .await
-    .map(|v| v.unwrap_or(0))
+    })))
 }
 
 /// Erases sealed payloads of failed changes whose retry window closed.

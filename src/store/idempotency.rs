@@ -46,13 +46,20 @@ pub async fn answered(pool: &PgPool, change_id: Uuid) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// Deletes keys past their retention, a batch at a time.
+/// Deletes keys past their retention, 1,000 at a time (short transactions) until none is left.
 pub async fn reap(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!(
-        "delete from idempotency_keys
-          where ctid in (select ctid from idempotency_keys where expires_at < now() limit 1000)"
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
+    let mut total = 0;
+    loop {
+        let n = sqlx::query!(
+            "delete from idempotency_keys
+              where ctid in (select ctid from idempotency_keys where expires_at < now() limit 1000)"
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += n;
+        if n < 1000 {
+            return Ok(total);
+        }
+    }
 }

@@ -420,6 +420,43 @@ async fn an_unknown_outcome_is_read_back_before_anything_is_resent() {
 }
 
 #[tokio::test]
+async fn an_open_breaker_keeps_an_unknown_outcome_unknown() {
+    let app = spawn_app_with(|s| {
+        s.juspay.timeout_ms = 300;
+        s.changes.max_attempts = 2;
+        s.changes.in_request_attempts = 2;
+        s.changes.breaker_failure_threshold = 1;
+        s.changes.breaker_open_ms = 60_000;
+    })
+    .await;
+    // The first wallet write times out (its outcome is unknown) and opens the breaker; the second
+    // attempt is not let out. Nothing proved the write did not happen: the step must stay unknown.
+    app.sandbox
+        .add_fault(FaultSpec::hang("juspay_wallet_update").times(1));
+    let (status, p) = problem(
+        app.patch("bob", &json!({"mobile_number": "9866666666"}))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (502, Some("upstream_unavailable")),
+        "{p}"
+    );
+    let wallet = &p["steps"][1];
+    assert_eq!(
+        (wallet["status"].as_str(), wallet["attempts"].as_i64()),
+        (Some("unknown"), Some(2)),
+        "{p}"
+    );
+    assert_eq!(
+        updates(&app.journal(), "juspay_wallet_update").len(),
+        1,
+        "the breaker sent nothing more"
+    );
+}
+
+#[tokio::test]
 async fn a_change_completes_when_the_client_hangs_up() {
     let app = spawn_app().await;
     app.sandbox.add_fault(FaultSpec::latency("*", 400));

@@ -89,7 +89,10 @@ impl JuspayCustomer {
     ) -> Result<bool, StepError> {
         let request = self.request(reqwest::Method::GET, customer_id);
         let (_, customer) = self.fetch(request, customer_id).await?;
-        Ok(mismatch(&form, &customer).is_none())
+        // Confirming a write needs positive evidence: the object is the one asked for and every
+        // sent field is present with the sent value (absent is "not held", unlike in an echo).
+        let identified = customer.id.is_some() || customer.object_reference_id.is_some();
+        Ok(identified && holds_all(&form, &customer))
     }
 }
 
@@ -121,6 +124,21 @@ fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&
             (Some(sent), Some(got)) if !sent.eq_ignore_ascii_case(got) => Some(name),
             _ => None,
         })
+}
+
+fn holds_all(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> bool {
+    let pairs = [
+        (form.mobile_number, c.mobile_number.as_deref()),
+        (form.mobile_country_code, c.mobile_country_code.as_deref()),
+        (form.email_address, c.email_address.as_deref()),
+        (form.first_name, c.first_name.as_deref()),
+        (form.last_name, c.last_name.as_deref()),
+    ];
+    pairs.into_iter().all(|(sent, got)| match (sent, got) {
+        (None, _) => true,
+        (Some(sent), Some(got)) => sent.eq_ignore_ascii_case(got),
+        (Some(_), None) => false,
+    })
 }
 
 fn form(request: &StepRequest) -> Option<(&str, wire::UpdateCustomerForm<'_>)> {
@@ -164,5 +182,36 @@ impl ProviderAdapter for JuspayCustomer {
             let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
             self.holds(id, form).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(email: Option<&str>) -> wire::Customer {
+        wire::Customer {
+            id: Some("cst_1".into()),
+            object_reference_id: None,
+            mobile_number: Some("9876543210".into()),
+            mobile_country_code: None,
+            email_address: email.map(str::to_string),
+            first_name: None,
+            last_name: None,
+        }
+    }
+
+    #[test]
+    fn read_back_needs_every_sent_field_present_and_equal() {
+        let form = wire::UpdateCustomerForm {
+            email_address: Some("new@example.com"),
+            ..Default::default()
+        };
+        assert!(holds_all(&form, &customer(Some("NEW@example.com"))));
+        assert!(!holds_all(&form, &customer(Some("old@example.com"))));
+        // An absent field is not evidence that the write happened.
+        assert!(!holds_all(&form, &customer(None)));
+        // The POST's echo is lenient about fields an older response schema omits.
+        assert_eq!(mismatch(&form, &customer(None)), None);
     }
 }
