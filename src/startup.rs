@@ -46,7 +46,12 @@ pub struct Application {
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
     PgConnectOptions::from_str(settings.database.url.expose())
-        .map(|o| o.application_name("profile-gateway"))
+        .map(|o| {
+            o.application_name("profile-gateway")
+                // The hot-path statements take arrays of any length; one generic plan per
+                // statement spares re-planning the CTEs on every small batch.
+                .options([("plan_cache_mode", "force_generic_plan")])
+        })
         .map_err(|e| StartupError::DatabaseUrl(e.to_string()))
 }
 
