@@ -70,6 +70,28 @@ pub async fn park(
     Ok(n == 1)
 }
 
+/// Builds a `Claimed` from a `query!` record with the change's columns (each query has its own
+/// record type, hence a macro rather than a function).
+macro_rules! claimed {
+    ($r:ident, $previous_owner:expr) => {
+        Claimed {
+            previous_owner: $previous_owner,
+            id: $r.id,
+            user_id: $r.user_id,
+            user_seq: $r.user_seq,
+            fence: $r.fence,
+            fields: $r.fields,
+            created_at: $r.created_at,
+            caller: $r.caller,
+            request_id: $r.request_id,
+            trace_id: $r.trace_id,
+            caller_addr: $r.caller_addr,
+            payload_key_id: $r.payload_key_id,
+            payload_enc: $r.payload_enc,
+        }
+    };
+}
+
 /// A change claimed for driving, with what is needed to resume it.
 pub struct Claimed {
     pub id: Uuid,
@@ -119,21 +141,7 @@ pub async fn claim_expired(
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        user_id: r.user_id,
-        user_seq: r.user_seq,
-        fence: r.fence,
-        fields: r.fields,
-        created_at: r.created_at,
-        caller: r.caller,
-        request_id: r.request_id,
-        trace_id: r.trace_id,
-        caller_addr: r.caller_addr,
-        payload_key_id: r.payload_key_id,
-        payload_enc: r.payload_enc,
-        previous_owner: r.previous_owner,
-    }))
+    Ok(row.map(|r| claimed!(r, r.previous_owner)))
 }
 
 pub enum Reopen {
@@ -212,21 +220,7 @@ pub async fn reopen(
     .await?;
     audit::insert(&mut *tx, event).await?;
     tx.commit().await?;
-    Ok(Reopen::Reopened(Box::new(Claimed {
-        id: r.id,
-        user_id: r.user_id,
-        user_seq: r.user_seq,
-        fence: r.fence,
-        fields: r.fields,
-        created_at: r.created_at,
-        caller: r.caller,
-        request_id: r.request_id,
-        trace_id: r.trace_id,
-        caller_addr: r.caller_addr,
-        payload_key_id: r.payload_key_id,
-        payload_enc: r.payload_enc,
-        previous_owner: None,
-    })))
+    Ok(Reopen::Reopened(Box::new(claimed!(r, None))))
 }
 
 /// Erases sealed payloads of failed changes whose retry window closed.
