@@ -1,7 +1,8 @@
 //! The change lifecycle: record the change before any upstream call, wait for the user's turn,
-//! fan out, record each outcome as it arrives, retry what may be retried, finish. Driving runs in
-//! its own task so a client that hangs up does not stop a recorded change; a replica that dies
-//! leaves a lease that runs out, and any replica's completer resumes the change from its record.
+//! fan out, record each round's outcomes (with the final state when they make it final), retry what
+//! may be retried. Driving runs in its own task so a client that hangs up does not stop a recorded
+//! change; a replica that dies leaves a lease that runs out, and any replica's completer resumes the
+//! change from its record.
 
 pub mod batcher;
 pub mod completer;
@@ -54,8 +55,7 @@ pub struct ChangeService {
 pub struct Writes {
     pub links: batcher::Batcher<String, Option<batch::LinksRow>>,
     pub record: batcher::Batcher<batch::NewChange, batch::Recorded>,
-    pub outcomes: batcher::Batcher<batch::Outcome, bool>,
-    pub finish: batcher::Batcher<batch::Finish, bool>,
+    pub settle: batcher::Batcher<batch::Settle, bool>,
 }
 
 impl Writes {
@@ -113,21 +113,15 @@ impl Writes {
             }
         });
         let p = pool.clone();
-        let outcomes = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Outcome>| {
-            let p = p.clone();
-            async move { batch::record_outcomes(&p, &items).await }
-        });
-        let p = pool.clone();
         let keep = limits.failed_payload_retention;
-        let finish = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Finish>| {
+        let settle = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Settle>| {
             let p = p.clone();
-            async move { batch::finish_changes(&p, &items, keep).await }
+            async move { batch::settle_changes(&p, &items, keep).await }
         });
         Self {
             links,
             record,
-            outcomes,
-            finish,
+            settle,
         }
     }
 }
@@ -494,6 +488,11 @@ impl ChangeService {
     /// Waits for the user's turn, then runs rounds of attempts until every step is final, the
     /// in-request attempts are spent (then parks), or the lease is lost. `answer_by` is the
     /// caller's deadline; a completer's drive has none and makes one round per claim.
+    ///
+    /// A round's outcomes are recorded together once all its attempts have answered, and with the
+    /// final state when they make the change final: one write per round. A crash before that
+    /// write leaves the steps as they were recorded; the completer that takes the change over reads
+    /// them back before sending anything again.
     async fn drive(self: Arc<Self>, mut ch: Running, answer_by: Option<Instant>) -> Submitted {
         if let Err(halt) = self.wait_turn(&ch).await {
             return self.halted(&ch, halt).await;
@@ -504,7 +503,7 @@ impl ChangeService {
                 .filter(|i| !self.is_final(&ch.steps[*i]))
                 .collect();
             if due.is_empty() {
-                break;
+                return self.settle(ch, Vec::new()).await;
             }
             if round > 0 {
                 let within_request = answer_by.is_some_and(|t| Instant::now() < t);
@@ -523,38 +522,61 @@ impl ChangeService {
                 }
             }
             let attempts = due.iter().map(|i| self.attempt(&ch, *i));
-            let outcomes = futures_util::future::join_all(attempts).await;
-            let mut halt = None;
-            for (i, (state, recorded)) in due.into_iter().zip(outcomes) {
-                match recorded {
-                    Ok(true) => ch.steps[i] = state,
-                    Ok(false) => halt = Some(Halt::LostLease),
-                    Err(_) => halt = halt.or(Some(Halt::DbDown)),
-                }
+            let results = futures_util::future::join_all(attempts).await;
+            let mut outcomes = Vec::with_capacity(results.len());
+            for (i, (state, outcome)) in due.into_iter().zip(results) {
+                ch.steps[i] = state;
+                outcomes.push(outcome);
             }
-            if let Some(h) = halt {
-                return self.halted(&ch, h).await;
+            if ch.steps.iter().all(|s| self.is_final(s)) {
+                return self.settle(ch, outcomes).await;
+            }
+            let recorded = self
+                .writes
+                .settle
+                .submit(self.settlement(&ch, outcomes, None))
+                .await;
+            match recorded {
+                Ok(true) => {}
+                Ok(false) => return self.halted(&ch, Halt::LostLease).await,
+                Err(e) => {
+                    tracing::warn!(change_id = %ch.id, error = %e, "could not record step outcomes; a completer will resolve them");
+                    return self.halted(&ch, Halt::DbDown).await;
+                }
             }
             round += 1;
         }
-        self.finish(ch).await
     }
 
-    async fn finish(&self, ch: Running) -> Submitted {
+    fn settlement(
+        &self,
+        ch: &Running,
+        outcomes: Vec<batch::StepOutcome>,
+        finish: Option<batch::Finish>,
+    ) -> batch::Settle {
+        batch::Settle {
+            change_id: ch.id,
+            fence: ch.fence,
+            user_id: ch.user.as_str().to_string(),
+            origin: origin(&ch.ctx),
+            outcomes,
+            finish,
+        }
+    }
+
+    /// Records the last round's outcomes and the final state in one write.
+    async fn settle(&self, ch: Running, outcomes: Vec<batch::StepOutcome>) -> Submitted {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
+        let finish = batch::Finish {
+            status,
+            fields: ch.fields.clone(),
+        };
         let finished = self
             .writes
-            .finish
-            .submit(batch::Finish {
-                change_id: ch.id,
-                fence: ch.fence,
-                status,
-                user_id: ch.user.as_str().to_string(),
-                origin: origin(&ch.ctx),
-                fields: ch.fields.clone(),
-            })
+            .settle
+            .submit(self.settlement(&ch, outcomes, Some(finish)))
             .await;
         match finished {
             Ok(true) => Submitted::Final(view(&ch, status, true)),
@@ -635,13 +657,9 @@ impl ChangeService {
         }
     }
 
-    /// One attempt of one step (read back first when an earlier send may have taken effect), and
-    /// its record. Returns the step's new state and whether it was recorded.
-    async fn attempt(
-        &self,
-        ch: &Running,
-        i: usize,
-    ) -> (StepState, Result<bool, batcher::BatchError>) {
+    /// One attempt of one step (read back first when an earlier send may have taken effect).
+    /// Returns the step's new state and the outcome to record.
+    async fn attempt(&self, ch: &Running, i: usize) -> (StepState, batch::StepOutcome) {
         let step = &ch.steps[i];
         let target = step.planned.target;
         let attempts = step.attempts + 1;
@@ -665,29 +683,18 @@ impl ChangeService {
             read_back_first: status == StepStatus::Unknown,
         };
         let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
-        let recorded = self
-            .writes
-            .outcomes
-            .submit(batch::Outcome {
-                change_id: ch.id,
-                fence: ch.fence,
-                step_no: step.planned.step_no,
-                status,
-                error: result.as_ref().err().cloned(),
-                confirmed_by_read_back: confirmed,
-                user_id: ch.user.as_str().to_string(),
-                origin: origin(&ch.ctx),
-                target: target.as_str().to_string(),
-                upstream_ref: step.planned.upstream_ref.clone(),
-                audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields)),
-                fields: step_fields,
-                hmac_key_id: self.hasher.key_id().to_string(),
-            })
-            .await;
-        if let Err(e) = &recorded {
-            tracing::warn!(change_id = %ch.id, step_no = step.planned.step_no, error = %e, "could not record a step outcome; a completer will resolve it");
-        }
-        (new_state, recorded)
+        let outcome = batch::StepOutcome {
+            step_no: step.planned.step_no,
+            status,
+            error: result.err(),
+            confirmed_by_read_back: confirmed,
+            target: target.as_str().to_string(),
+            upstream_ref: step.planned.upstream_ref.clone(),
+            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields)),
+            fields: step_fields,
+            hmac_key_id: self.hasher.key_id().to_string(),
+        };
+        (new_state, outcome)
     }
 
     /// One attempt's upstream work: the retry budget, then the breaker, then (when an earlier send

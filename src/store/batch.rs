@@ -255,16 +255,13 @@ pub async fn record_changes(
         .collect())
 }
 
+/// One step attempt's outcome, as a settle records it.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    pub change_id: Uuid,
-    pub fence: i64,
+pub struct StepOutcome {
     pub step_no: i32,
     pub status: StepStatus,
     pub error: Option<StepError>,
     pub confirmed_by_read_back: bool,
-    pub user_id: String,
-    pub origin: Origin,
     pub target: String,
     pub upstream_ref: String,
     pub fields: Vec<String>,
@@ -272,61 +269,93 @@ pub struct Outcome {
     pub hmac_key_id: String,
 }
 
-/// Records step attempt outcomes with their audit events. Returns, per input, whether it was
-/// recorded (false: the change's lease generation moved on, the outcome is not ours to write).
-pub async fn record_outcomes(pool: &PgPool, batch: &[Outcome]) -> Result<Vec<bool>, sqlx::Error> {
-    let change_ids: Vec<Uuid> = batch.iter().map(|o| o.change_id).collect();
-    let fences: Vec<i64> = batch.iter().map(|o| o.fence).collect();
-    let step_nos: Vec<i32> = batch.iter().map(|o| o.step_no).collect();
-    let statuses: Vec<String> = batch
+/// What one change's round of attempts came to: the outcomes of the steps it attempted and, when
+/// every step is final, the change's final state.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub change_id: Uuid,
+    pub fence: i64,
+    pub user_id: String,
+    pub origin: Origin,
+    pub outcomes: Vec<StepOutcome>,
+    pub finish: Option<Finish>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub status: ChangeStatus,
+    pub fields: Vec<String>,
+}
+
+/// Records step outcomes with their audit events and, for the changes that are final, the final
+/// state in the same statement: it erases an applied change's payload (a failed one's is kept for
+/// the retry window), advances the user's `finished_seq`, releases the idempotency key, writes the
+/// final audit event after the step events and wakes the user's next change (NOTIFY, delivered at
+/// commit). Returns, per change, whether it was recorded: false when the change's lease generation
+/// moved on (nothing of it is written then).
+pub async fn settle_changes(
+    pool: &PgPool,
+    batch: &[Settle],
+    keep_failed_payload: Duration,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|c| c.change_id).collect();
+    let fences: Vec<i64> = batch.iter().map(|c| c.fence).collect();
+    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
+    let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
+    let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
+    let addrs: Vec<Option<String>> = batch.iter().map(|c| c.origin.caller_addr.clone()).collect();
+    let final_statuses: Vec<Option<String>> = batch
         .iter()
-        .map(|o| o.status.as_str().to_string())
+        .map(|c| c.finish.as_ref().map(|f| f.status.as_str().to_string()))
         .collect();
+    let final_fields: Vec<String> = batch
+        .iter()
+        .map(|c| c.finish.as_ref().map(|f| f.fields.join(",")).unwrap_or_default())
+        .collect();
+    let outcomes = || batch.iter().flat_map(|c| c.outcomes.iter().map(move |o| (c, o)));
+    let o_change: Vec<Uuid> = outcomes().map(|(c, _)| c.change_id).collect();
+    let o_step: Vec<i32> = outcomes().map(|(_, o)| o.step_no).collect();
+    let o_status: Vec<String> = outcomes().map(|(_, o)| o.status.as_str().to_string()).collect();
     let err = |f: &dyn Fn(&StepError) -> Option<String>| -> Vec<Option<String>> {
-        batch.iter().map(|o| o.error.as_ref().and_then(f)).collect()
+        outcomes().map(|(_, o)| o.error.as_ref().and_then(f)).collect()
     };
     let codes = err(&|e| Some(e.code.as_str().to_string()));
     let upstream_codes = err(&|e| e.upstream_code.clone());
     let messages = err(&|e| Some(e.message.clone()));
-    let retryable: Vec<Option<bool>> = batch
-        .iter()
-        .map(|o| o.error.as_ref().map(|e| e.retryable))
+    let retryable: Vec<Option<bool>> = outcomes()
+        .map(|(_, o)| o.error.as_ref().map(|e| e.retryable))
         .collect();
-    let upstream_status: Vec<Option<i32>> = batch
-        .iter()
-        .map(|o| {
-            o.error
-                .as_ref()
-                .and_then(|e| e.upstream_status.map(i32::from))
-        })
+    let upstream_status: Vec<Option<i32>> = outcomes()
+        .map(|(_, o)| o.error.as_ref().and_then(|e| e.upstream_status.map(i32::from)))
         .collect();
-    let confirmed: Vec<bool> = batch.iter().map(|o| o.confirmed_by_read_back).collect();
-    let users: Vec<String> = batch.iter().map(|o| o.user_id.clone()).collect();
-    let callers: Vec<String> = batch.iter().map(|o| o.origin.caller.clone()).collect();
-    let targets: Vec<String> = batch.iter().map(|o| o.target.clone()).collect();
-    let refs: Vec<String> = batch.iter().map(|o| o.upstream_ref.clone()).collect();
-    let fields: Vec<String> = batch.iter().map(|o| o.fields.join(",")).collect();
-    let values: Vec<Value> = batch.iter().map(|o| o.audit_values.clone()).collect();
-    let hmac_key_ids: Vec<String> = batch.iter().map(|o| o.hmac_key_id.clone()).collect();
-    let request_ids: Vec<String> = batch.iter().map(|o| o.origin.request_id.clone()).collect();
-    let trace_ids: Vec<Option<String>> = batch.iter().map(|o| o.origin.trace_id.clone()).collect();
-    let addrs: Vec<Option<String>> = batch.iter().map(|o| o.origin.caller_addr.clone()).collect();
+    let confirmed: Vec<bool> = outcomes().map(|(_, o)| o.confirmed_by_read_back).collect();
+    let targets: Vec<String> = outcomes().map(|(_, o)| o.target.clone()).collect();
+    let refs: Vec<String> = outcomes().map(|(_, o)| o.upstream_ref.clone()).collect();
+    let o_fields: Vec<String> = outcomes().map(|(_, o)| o.fields.join(",")).collect();
+    let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
+    let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
+    let keep_secs = keep_failed_payload.as_secs_f64();
     let rows = sqlx::query!(
-        r#"with o as (
-             select * from unnest($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::bool[],
-                                  $7::int[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::text[],
-                                  $13::text[], $14::text[], $15::text[], $16::jsonb[], $17::text[],
-                                  $18::text[], $19::text[], $20::text[])
-                 with ordinality as t(change_id, fence, step_no, status, error_code, error_retryable,
-                                      upstream_status, upstream_code, error_message, confirmed, user_id,
-                                      caller, target, upstream_ref, fields, audit_values, hmac_key_id,
-                                      request_id, trace_id, caller_addr, ord)
+        r#"with c as (
+             select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::text[])
+                 with ordinality as t(id, fence, user_id, caller, request_id, trace_id, caller_addr,
+                                      final_status, final_fields, ord)
+           ),
+           o as (
+             select * from unnest($10::uuid[], $11::int[], $12::text[], $13::text[], $14::bool[],
+                                  $15::int[], $16::text[], $17::text[], $18::bool[], $19::text[],
+                                  $20::text[], $21::text[], $22::jsonb[], $23::text[])
+                 with ordinality as t(change_id, step_no, status, error_code, error_retryable,
+                                      upstream_status, upstream_code, error_message, confirmed, target,
+                                      upstream_ref, fields, audit_values, hmac_key_id, ord)
            ),
            held as (
-             select c.id, c.fence from changes c
-              where (c.id, c.fence) in (select change_id, fence from o) and c.status = 'pending'
-              order by c.id
-                for share
+             select ch.id from changes ch join c on c.id = ch.id and c.fence = ch.fence
+              where ch.status = 'pending'
+              order by ch.id
+                for no key update of ch
            ),
            upd as (
              update change_steps s
@@ -334,144 +363,96 @@ pub async fn record_outcomes(pool: &PgPool, batch: &[Outcome]) -> Result<Vec<boo
                     error_retryable = o.error_retryable, upstream_status = o.upstream_status,
                     upstream_code = o.upstream_code, error_message = o.error_message,
                     confirmed_by_read_back = o.confirmed, updated_at = now()
-               from o join held h on h.id = o.change_id and h.fence = o.fence
+               from o join held h on h.id = o.change_id
               where s.change_id = o.change_id and s.step_no = o.step_no
           returning s.change_id, s.step_no
+           ),
+           fin as (
+             update changes ch
+                set status = c.final_status, finished_at = now(), updated_at = now(),
+                    payload_enc = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_enc end,
+                    payload_key_id = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_key_id end,
+                    payload_expires_at = case when c.final_status <> 'applied' and $24::float8 > 0
+                                              then now() + make_interval(secs => $24::float8) end,
+                    lease_owner = null, lease_expires_at = null
+               from c join held h on h.id = c.id
+              where ch.id = c.id and c.final_status is not null
+          returning ch.id, ch.user_id, ch.user_seq
+           ),
+           locked as (
+             select p.user_id from profile_links p
+              where p.user_id in (select user_id from fin)
+              order by p.user_id
+                for update
+           ),
+           turns as (
+             update profile_links p set finished_seq = greatest(p.finished_seq, x.seq)
+               from (select f.user_id, max(f.user_seq) as seq from fin f join locked l using (user_id)
+                      group by f.user_id) x
+              where p.user_id = x.user_id
+          returning p.user_id
+           ),
+           keys as (
+             update idempotency_keys k set in_flight_until = null
+               from fin where k.change_id = fin.id and k.in_flight_until is not null
+          returning 1
+           ),
+           events as (
+             select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, o.change_id,
+                    o.step_no, o.target, o.upstream_ref, string_to_array(o.fields, ',') as fields,
+                    o.audit_values as "values", o.hmac_key_id, o.error_code, c.request_id, c.trace_id,
+                    c.caller_addr, 0 as phase, o.ord
+               from o join c on c.id = o.change_id
+               join upd u on u.change_id = o.change_id and u.step_no = o.step_no
+             union all
+             select c.user_id, 'change_completed', c.caller, c.final_status, c.id, null, null, null,
+                    string_to_array(c.final_fields, ','), '{}'::jsonb, null, null, c.request_id, c.trace_id,
+                    c.caller_addr, 1, c.ord
+               from c join fin f on f.id = c.id join turns t on t.user_id = f.user_id
            ),
            au as (
              insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no, target,
                                        upstream_ref, fields, "values", hmac_key_id, error_code,
                                        request_id, trace_id, caller_addr)
-             select o.user_id, 'step_attempted', o.caller, o.status, o.change_id, o.step_no, o.target,
-                    o.upstream_ref, string_to_array(o.fields, ','), o.audit_values, o.hmac_key_id,
-                    o.error_code, o.request_id, o.trace_id, o.caller_addr
-               from o join upd u on u.change_id = o.change_id and u.step_no = o.step_no
-              order by o.user_id, o.ord
+             select user_id, event_type, caller, outcome, change_id, step_no, target, upstream_ref, fields,
+                    "values", hmac_key_id, error_code, request_id, trace_id, caller_addr
+               from events
+              order by user_id, phase, ord
              returning 1
+           ),
+           notes as (
+             select pg_notify('profile_gateway_change_final', f.user_seq::text || ' ' || f.user_id) from fin f
            )
-           select o.change_id as "change_id!", o.step_no as "step_no!", (u.change_id is not null) as "recorded!",
-                  (select count(*) from au) as "audited!"
-             from o left join upd u on u.change_id = o.change_id and u.step_no = o.step_no
-            order by o.ord"#,
-        &change_ids,
+           select c.id as "id!", (h.id is not null) as "settled!",
+                  (select count(*) from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
+             from c left join held h on h.id = c.id
+            order by c.ord"#,
+        &ids,
         &fences,
-        &step_nos,
-        &statuses,
+        &users,
+        &callers,
+        &request_ids,
+        &trace_ids as &[Option<String>],
+        &addrs as &[Option<String>],
+        &final_statuses as &[Option<String>],
+        &final_fields,
+        &o_change,
+        &o_step,
+        &o_status,
         &codes as &[Option<String>],
         &retryable as &[Option<bool>],
         &upstream_status as &[Option<i32>],
         &upstream_codes as &[Option<String>],
         &messages as &[Option<String>],
         &confirmed,
-        &users,
-        &callers,
         &targets,
         &refs,
-        &fields,
+        &o_fields,
         &values,
         &hmac_key_ids,
-        &request_ids,
-        &trace_ids as &[Option<String>],
-        &addrs as &[Option<String>],
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.recorded).collect())
-}
-
-#[derive(Debug, Clone)]
-pub struct Finish {
-    pub change_id: Uuid,
-    pub fence: i64,
-    pub status: ChangeStatus,
-    pub user_id: String,
-    pub origin: Origin,
-    pub fields: Vec<String>,
-}
-
-/// Marks changes final (erasing an applied change's payload, keeping a failed one's for the retry
-/// window), advances each user's `finished_seq`, releases the idempotency keys, writes the final
-/// audit events and wakes the users' next changes (NOTIFY, delivered at commit).
-pub async fn finish_changes(
-    pool: &PgPool,
-    batch: &[Finish],
-    keep_failed_payload: Duration,
-) -> Result<Vec<bool>, sqlx::Error> {
-    let ids: Vec<Uuid> = batch.iter().map(|f| f.change_id).collect();
-    let fences: Vec<i64> = batch.iter().map(|f| f.fence).collect();
-    let statuses: Vec<String> = batch
-        .iter()
-        .map(|f| f.status.as_str().to_string())
-        .collect();
-    let callers: Vec<String> = batch.iter().map(|f| f.origin.caller.clone()).collect();
-    let fields: Vec<String> = batch.iter().map(|f| f.fields.join(",")).collect();
-    let request_ids: Vec<String> = batch.iter().map(|f| f.origin.request_id.clone()).collect();
-    let trace_ids: Vec<Option<String>> = batch.iter().map(|f| f.origin.trace_id.clone()).collect();
-    let addrs: Vec<Option<String>> = batch.iter().map(|f| f.origin.caller_addr.clone()).collect();
-    let keep_secs = keep_failed_payload.as_secs_f64();
-    let rows = sqlx::query!(
-        r#"with f as (
-             select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[])
-                 with ordinality as t(id, fence, status, caller, fields, request_id, trace_id, caller_addr, ord)
-           ),
-           upd as (
-             update changes c
-                set status = f.status, finished_at = now(), updated_at = now(),
-                    payload_enc = case when f.status <> 'applied' and $9::float8 > 0 then c.payload_enc end,
-                    payload_key_id = case when f.status <> 'applied' and $9::float8 > 0 then c.payload_key_id end,
-                    payload_expires_at = case when f.status <> 'applied' and $9::float8 > 0
-                                              then now() + make_interval(secs => $9::float8) end,
-                    lease_owner = null, lease_expires_at = null
-               from f
-              where c.id = f.id and c.fence = f.fence and c.status = 'pending'
-          returning c.id, c.user_id, c.user_seq
-           ),
-           locked as (
-             select p.user_id from profile_links p
-              where p.user_id in (select user_id from upd)
-              order by p.user_id
-                for update
-           ),
-           turns as (
-             update profile_links p set finished_seq = greatest(p.finished_seq, x.seq)
-               from (select u.user_id, max(u.user_seq) as seq from upd u join locked l using (user_id)
-                      group by u.user_id) x
-              where p.user_id = x.user_id
-          returning p.user_id
-           ),
-           keys as (
-             update idempotency_keys k set in_flight_until = null
-               from upd where k.change_id = upd.id and k.in_flight_until is not null
-          returning 1
-           ),
-           au as (
-             insert into audit_events (user_id, event_type, caller, outcome, change_id, fields,
-                                       request_id, trace_id, caller_addr)
-             select u.user_id, 'change_completed', f.caller, f.status, f.id, string_to_array(f.fields, ','),
-                    f.request_id, f.trace_id, f.caller_addr
-               from f join upd u on u.id = f.id join turns t on t.user_id = u.user_id
-              order by u.user_id, f.ord
-             returning 1
-           ),
-           notes as (
-             select pg_notify('profile_gateway_change_final', u.user_seq::text || ' ' || u.user_id) from upd u
-           )
-           select f.id as "id!", (u.id is not null) as "finished!",
-                  (select count(*) from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
-             from f left join upd u on u.id = f.id
-            order by f.ord"#,
-        &ids,
-        &fences,
-        &statuses,
-        &callers,
-        &fields,
-        &request_ids,
-        &trace_ids as &[Option<String>],
-        &addrs as &[Option<String>],
         keep_secs,
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| r.finished).collect())
+    Ok(rows.into_iter().map(|r| r.settled).collect())
 }
