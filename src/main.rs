@@ -4,6 +4,10 @@ use profile_gateway::{demo, sandbox, startup, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// glibc's malloc and free were a fifth of the gateway's CPU under the benchmark (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "profile-gateway",

@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod completer;
 pub mod idempotency;
+pub mod links_cache;
 pub mod model;
 pub mod resilience;
 pub mod turns;
@@ -54,6 +55,7 @@ pub struct ChangeService {
 /// The group-commit writers of the hot path (see `batcher`).
 pub struct Writes {
     pub links: batcher::Batcher<String, Option<batch::LinksRow>>,
+    pub links_cache: links_cache::LinksCache,
     pub record: batcher::Batcher<batch::NewChange, batch::Recorded>,
     pub settle: batcher::Batcher<batch::Settle, bool>,
 }
@@ -120,6 +122,7 @@ impl Writes {
         });
         Self {
             links,
+            links_cache: links_cache::LinksCache::default(),
             record,
             settle,
         }
@@ -250,15 +253,34 @@ impl ChangeService {
         let fields: Vec<String> = patch.field_names().iter().map(|s| s.to_string()).collect();
         let sealed = self.seal(id, &patch);
         let audit_values = audit::masked_values(&patch, &self.hasher, None);
-        // Links are read, the change planned against them, and the record refused if the links
-        // changed in between (then read again): planning never holds a lock.
+        // Links are read (or taken from this replica's cache), the change planned against them,
+        // and the record refused if the links changed in between (then read again): planning
+        // never holds a lock.
         let mut tries = 0;
+        let mut cached = self.writes.links_cache.get(user.as_str());
         let (steps, seq, turn, created_at) = loop {
             tries += 1;
-            let Some(links) = self.writes.links.submit(user.as_str().to_string()).await? else {
-                return Err(SubmitError::UserNotFound);
+            let (links, from_cache) = match cached.take() {
+                Some(links) => (links, true),
+                None => {
+                    let Some(links) = self.writes.links.submit(user.as_str().to_string()).await?
+                    else {
+                        self.writes.links_cache.forget(user.as_str());
+                        return Err(SubmitError::UserNotFound);
+                    };
+                    self.writes.links_cache.put(user.as_str(), links.clone());
+                    (links, false)
+                }
             };
-            let steps = plan(&patch, &links.links).map_err(SubmitError::MissingLink)?;
+            let steps = match plan(&patch, &links.links) {
+                Ok(steps) => steps,
+                // A link added through another replica since this one cached them.
+                Err(_) if from_cache => {
+                    self.writes.links_cache.forget(user.as_str());
+                    continue;
+                }
+                Err(missing) => return Err(SubmitError::MissingLink(missing)),
+            };
             let recorded = self
                 .writes
                 .record
@@ -284,7 +306,10 @@ impl ChangeService {
                     created_at,
                 } => break (steps, seq, turn, created_at),
                 batch::Recorded::DuplicateKey => return self.existing_key(&user, &ctx, &key).await,
-                batch::Recorded::StaleLinks if tries < 3 => continue,
+                batch::Recorded::StaleLinks if tries < 3 => {
+                    self.writes.links_cache.forget(user.as_str());
+                    continue;
+                }
                 batch::Recorded::StaleLinks => {
                     return Err(SubmitError::Unavailable(
                         "the user's links keep changing; retry".into(),

@@ -117,6 +117,8 @@ async fn put_links(
     let created =
         crate::store::links::put(&state.pool, &user, &links, &audit_context(&caller, &meta))
             .await?;
+    // This replica plans the user's next change from the new links without a refused write first.
+    state.changes.writes.links_cache.forget(user.as_str());
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -311,14 +311,27 @@ pub async fn settle_changes(
         .collect();
     let final_fields: Vec<String> = batch
         .iter()
-        .map(|c| c.finish.as_ref().map(|f| f.fields.join(",")).unwrap_or_default())
+        .map(|c| {
+            c.finish
+                .as_ref()
+                .map(|f| f.fields.join(","))
+                .unwrap_or_default()
+        })
         .collect();
-    let outcomes = || batch.iter().flat_map(|c| c.outcomes.iter().map(move |o| (c, o)));
+    let outcomes = || {
+        batch
+            .iter()
+            .flat_map(|c| c.outcomes.iter().map(move |o| (c, o)))
+    };
     let o_change: Vec<Uuid> = outcomes().map(|(c, _)| c.change_id).collect();
     let o_step: Vec<i32> = outcomes().map(|(_, o)| o.step_no).collect();
-    let o_status: Vec<String> = outcomes().map(|(_, o)| o.status.as_str().to_string()).collect();
+    let o_status: Vec<String> = outcomes()
+        .map(|(_, o)| o.status.as_str().to_string())
+        .collect();
     let err = |f: &dyn Fn(&StepError) -> Option<String>| -> Vec<Option<String>> {
-        outcomes().map(|(_, o)| o.error.as_ref().and_then(f)).collect()
+        outcomes()
+            .map(|(_, o)| o.error.as_ref().and_then(f))
+            .collect()
     };
     let codes = err(&|e| Some(e.code.as_str().to_string()));
     let upstream_codes = err(&|e| e.upstream_code.clone());
@@ -327,7 +340,11 @@ pub async fn settle_changes(
         .map(|(_, o)| o.error.as_ref().map(|e| e.retryable))
         .collect();
     let upstream_status: Vec<Option<i32>> = outcomes()
-        .map(|(_, o)| o.error.as_ref().and_then(|e| e.upstream_status.map(i32::from)))
+        .map(|(_, o)| {
+            o.error
+                .as_ref()
+                .and_then(|e| e.upstream_status.map(i32::from))
+        })
         .collect();
     let confirmed: Vec<bool> = outcomes().map(|(_, o)| o.confirmed_by_read_back).collect();
     let targets: Vec<String> = outcomes().map(|(_, o)| o.target.clone()).collect();

@@ -787,3 +787,74 @@ async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
         "each abort after an upstream answer is confirmed by read-back: {read_back}"
     );
 }
+
+/// Each replica remembers the links it planned against; links changed through another replica
+/// must still be what the next change is planned against (the stale plan is refused and redone).
+#[tokio::test]
+async fn a_change_is_planned_against_links_changed_through_another_replica() {
+    let app = spawn_app().await;
+    let b = spawn_replica(&app, |_| {}).await;
+    let put_links_via_b = |user: &'static str, links: Value| {
+        let client = app.client.clone();
+        let b = b.clone();
+        async move {
+            let resp = client
+                .put(format!("{b}/profile/{user}/links"))
+                .bearer_auth(TOKEN)
+                .json(&links)
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+        }
+    };
+
+    // This replica plans alice's change (and remembers her links) ...
+    let resp = app.patch("alice", &json!({"first_name": "Alice"})).await;
+    assert_eq!(resp.status(), 200);
+    // ... then her customer link moves through the other replica.
+    put_links_via_b(
+        "alice",
+        json!({"juspay_customer_id": "cst_demo_bob", "juspay_wallet_ids": [],
+               "razorpay_customer_reference": "cref_demo_alice"}),
+    )
+    .await;
+    app.sandbox.clear_journal();
+    let resp = app.patch("alice", &json!({"first_name": "Alicia"})).await;
+    assert_eq!(resp.status(), 200);
+    let sent: Vec<String> = app.journal().iter().map(|e| e.path.clone()).collect();
+    assert_eq!(sent, vec!["/customers/cst_demo_bob".to_string()]);
+    let refs: Vec<String> = sqlx::query_scalar(
+        "select s.upstream_ref from change_steps s join changes c on c.id = s.change_id
+          where c.user_id = 'alice' order by c.user_seq desc, s.step_no limit 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(refs, vec!["cst_demo_bob".to_string()]);
+
+    // A link added through the other replica: not a 422 from the links this one remembered.
+    put_links_via_b("carol", json!({"juspay_customer_id": "cst_demo_bob"})).await;
+    let resp = app.patch("carol", &json!({"first_name": "Carol"})).await;
+    assert_eq!(resp.status(), 200);
+    put_links_via_b(
+        "carol",
+        json!({"juspay_customer_id": "cst_demo_bob", "razorpay_customer_reference": "cref_demo_bob"}),
+    )
+    .await;
+    app.sandbox.clear_journal();
+    let resp = app
+        .patch(
+            "carol",
+            &json!({"upi": upi_body("carol@okaxis", "change_vpa")}),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    // Planned and sent to the new link (the simulator's bob has another UPI number, so it refuses
+    // the update itself; what matters is that it was asked, instead of a 422 missing_link).
+    assert_ne!(body["code"], "missing_link", "{body}");
+    assert_eq!(body["steps"][0]["target"], "razorpay_upi", "{body}");
+    assert_eq!(body["steps"][0]["ref"], "cref_demo_bob", "{body}");
+    let sent: Vec<String> = app.journal().iter().map(|e| e.path.clone()).collect();
+    assert_eq!(sent, vec!["/v1/upi/tpap/upi_number".to_string()]);
+}

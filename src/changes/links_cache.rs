@@ -1,0 +1,83 @@
+//! The links each change is planned against, remembered per replica so the hot path does not read
+//! them from the database for every change. A cached entry is only a guess: the statement that
+//! records the change compares its version (`profile_links.updated_at`) under the user's row lock
+//! and refuses a stale one, and the change is then planned again from a fresh read. A stale entry
+//! (links changed through another replica) therefore costs one refused write, never a wrong plan.
+
+use crate::store::batch::LinksRow;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Bound on remembered users. Full means forget everything: the next change of each user reads
+/// once more, which is cheaper to reason about than an eviction order.
+const MAX_ENTRIES: usize = 65_536;
+
+#[derive(Default)]
+pub struct LinksCache {
+    entries: Mutex<HashMap<String, LinksRow>>,
+}
+
+impl LinksCache {
+    pub fn get(&self, user: &str) -> Option<LinksRow> {
+        self.lock().get(user).cloned()
+    }
+
+    pub fn put(&self, user: &str, row: LinksRow) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(user) {
+            entries.clear();
+        }
+        entries.insert(user.to_string(), row);
+    }
+
+    pub fn forget(&self, user: &str) {
+        self.lock().remove(user);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LinksRow>> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that matters:
+        // every entry is re-checked by the database anyway.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ProfileLinks;
+
+    fn row(customer: &str) -> LinksRow {
+        LinksRow {
+            links: ProfileLinks {
+                juspay_customer_id: Some(customer.to_string()),
+                juspay_wallet_ids: vec![],
+                razorpay_customer_reference: None,
+            },
+            version: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn remembers_replaces_and_forgets() {
+        let cache = LinksCache::default();
+        assert!(cache.get("alice").is_none());
+        cache.put("alice", row("cst_1"));
+        cache.put("alice", row("cst_2"));
+        let got = cache.get("alice").unwrap();
+        assert_eq!(got.links.juspay_customer_id.as_deref(), Some("cst_2"));
+        cache.forget("alice");
+        assert!(cache.get("alice").is_none());
+    }
+
+    #[test]
+    fn a_full_cache_starts_over_instead_of_growing() {
+        let cache = LinksCache::default();
+        for i in 0..MAX_ENTRIES {
+            cache.put(&format!("u{i}"), row("c"));
+        }
+        cache.put("one-more", row("c"));
+        assert_eq!(cache.lock().len(), 1);
+        assert!(cache.get("one-more").is_some());
+        assert!(cache.get("u0").is_none());
+    }
+}
