@@ -42,6 +42,9 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
     /// Most changes one group-commit write carries (1 turns batching off).
     pub max_batch: usize,
+    /// How long a group-commit write waits for more changes to join it once it has one (0: it
+    /// goes at once and the next batch gathers while it runs).
+    pub batch_linger_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +157,7 @@ max_connections = 16
 acquire_timeout_ms = 2000
 migrate_on_start = false
 max_batch = 64
+batch_linger_ms = 1
 
 [upstream]
 connect_timeout_ms = 1000
@@ -445,6 +449,7 @@ const KNOWN_KEYS: &[&str] = &[
     "database.acquire_timeout_ms",
     "database.migrate_on_start",
     "database.max_batch",
+    "database.batch_linger_ms",
     "upstream.connect_timeout_ms",
     "upstream.request_deadline_ms",
     "juspay.base_url",

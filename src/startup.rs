@@ -156,7 +156,13 @@ impl Application {
             failed_payload_retention: Duration::from_secs(c.failed_payload_retention_hours * 3600),
         };
         let instance_id = instance_id();
-        let writes = Writes::spawn(&pool, &limits, &instance_id, settings.database.max_batch);
+        let writes = Writes::spawn(
+            &pool,
+            &limits,
+            &instance_id,
+            settings.database.max_batch,
+            Duration::from_millis(settings.database.batch_linger_ms),
+        );
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
             providers: providers::build(client, juspay, razorpay),
@@ -232,7 +238,13 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        // Small responses must not wait for the client's delayed ACK (Nagle).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         // No new claims from here on; what runs may finish within the grace period.

@@ -1,10 +1,13 @@
 //! Group commit: one task per kind of write collects what concurrent requests want written and
-//! runs it as one statement. Nothing waits for a timer: while a batch is in the database, the next
-//! one gathers, so an idle gateway writes each item at once and a busy one amortizes round trips
-//! and WAL flushes over many changes. Every caller still waits for its own item to be durable.
+//! runs it as one statement. While a batch is in the database, the next one gathers; under
+//! concurrency a batch also waits up to `database.batch_linger_ms` for more items, because each
+//! statement has a fixed cost in PostgreSQL (executor setup, the audit trigger's per-transaction
+//! state, a WAL flush) that small batches pay per change. An idle gateway writes each item at once.
+//! Every caller still waits for its own item to be durable.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// A write that failed; `unavailable` means the database could not be reached (the caller's
@@ -44,35 +47,46 @@ impl<I, O> Clone for Batcher<I, O> {
     }
 }
 
-impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
+impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the writer task. `exec` writes a whole batch and returns one output per input, in
     /// order. If a batch fails, its items are retried one by one, so one bad item fails alone.
-    pub fn spawn<F, Fut>(max_batch: usize, exec: F) -> Self
+    /// The batch is shared, not copied: only the retry of a failed batch clones its items.
+    pub fn spawn<F, Fut>(max_batch: usize, linger: Duration, exec: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<[I]>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, sqlx::Error>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max_batch.max(1) * 8);
         let exec = Arc::new(exec);
         tokio::spawn(async move {
+            // Lingering pays only under concurrency: after a batch of one (an idle gateway), the
+            // next write goes at once and adds no latency.
+            let mut concurrent = false;
             while let Some(first) = rx.recv().await {
                 let mut items = vec![first];
+                let until = tokio::time::Instant::now() + linger;
                 while items.len() < max_batch.max(1) {
                     match rx.try_recv() {
                         Ok(item) => items.push(item),
-                        Err(_) => break,
+                        Err(_) if linger.is_zero() || !concurrent => break,
+                        Err(_) => match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(item)) => items.push(item),
+                            _ => break,
+                        },
                     }
                 }
+                concurrent = items.len() > 1;
                 let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = items.into_iter().unzip();
-                match exec(inputs.clone()).await {
+                let inputs: Arc<[I]> = inputs.into();
+                match exec(Arc::clone(&inputs)).await {
                     Ok(outputs) if outputs.len() == replies.len() => {
                         for (reply, out) in replies.into_iter().zip(outputs) {
                             let _ = reply.send(Ok(out));
                         }
                     }
                     result if replies.len() > 1 && !is_unavailable(&result) => {
-                        for (input, reply) in inputs.into_iter().zip(replies) {
-                            let out = match exec(vec![input]).await {
+                        for (input, reply) in inputs.iter().zip(replies) {
+                            let out = match exec(Arc::from([input.clone()])).await {
                                 Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
                                 Ok(_) => Err(mismatch()),
                                 Err(e) => Err(BatchError::from(&e)),
@@ -117,5 +131,52 @@ fn stopped() -> BatchError {
     BatchError {
         unavailable: true,
         message: "the writer stopped".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn recording(linger: Duration) -> (Batcher<u32, u32>, Batches) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let batcher = Batcher::spawn(64, linger, move |items: Arc<[u32]>| {
+            let log = Arc::clone(&log);
+            async move {
+                log.lock().unwrap().push(items.to_vec());
+                Ok(items.iter().map(|i| i * 10).collect())
+            }
+        });
+        (batcher, seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_does_not_linger() {
+        let (batcher, seen) = recording(Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        assert_eq!(batcher.submit(1).await.unwrap(), 10);
+        assert_eq!(batcher.submit(2).await.unwrap(), 20);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(*seen.lock().unwrap(), vec![vec![1], vec![2]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_concurrency_a_batch_waits_for_more_items() {
+        let (batcher, seen) = recording(Duration::from_secs(10));
+        // Two at once: a batch of two, written at once.
+        let (a, b) = tokio::join!(batcher.submit(1), batcher.submit(2));
+        assert_eq!((a.unwrap(), b.unwrap()), (10, 20));
+        // Now the writer lingers: an item 5 s after the first joins its batch.
+        let late = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            batcher.submit(4).await
+        };
+        let (c, d) = tokio::join!(batcher.submit(3), late);
+        assert_eq!((c.unwrap(), d.unwrap()), (30, 40));
+        assert_eq!(*seen.lock().unwrap(), vec![vec![1, 2], vec![3, 4]]);
     }
 }

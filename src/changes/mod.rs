@@ -61,9 +61,15 @@ pub struct Writes {
 }
 
 impl Writes {
-    pub fn spawn(pool: &PgPool, limits: &Limits, owner: &str, max_batch: usize) -> Self {
+    pub fn spawn(
+        pool: &PgPool,
+        limits: &Limits,
+        owner: &str,
+        max_batch: usize,
+        linger: Duration,
+    ) -> Self {
         let p = pool.clone();
-        let links = batcher::Batcher::spawn(max_batch, move |users: Vec<String>| {
+        let links = batcher::Batcher::spawn(max_batch, linger, move |users: Arc<[String]>| {
             let p = p.clone();
             async move {
                 let found = batch::read_links(&p, &users).await?;
@@ -77,49 +83,51 @@ impl Writes {
             limits.deadline + Duration::from_secs(5),
             limits.idempotency_retention,
         );
-        let record = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::NewChange>| {
-            let (p, owner) = (p.clone(), owner.clone());
-            async move {
-                let params = batch::RecordParams {
-                    lease_owner: &owner,
-                    lease,
-                    key_in_flight: in_flight,
-                    key_retention: retention,
-                };
-                // Two requests with one key in one batch: one statement cannot insert a key twice,
-                // so the later copies are answered as duplicates of the first.
-                let mut seen = std::collections::HashSet::new();
-                let mut unique = Vec::with_capacity(items.len());
-                let mut slot = Vec::with_capacity(items.len());
-                for item in items {
-                    let key = (
-                        item.origin.caller.clone(),
-                        item.user_id.clone(),
-                        item.idem_key.clone(),
-                    );
-                    if seen.insert(key) {
-                        slot.push(Some(unique.len()));
-                        unique.push(item);
-                    } else {
-                        slot.push(None);
+        let record =
+            batcher::Batcher::spawn(max_batch, linger, move |items: Arc<[batch::NewChange]>| {
+                let (p, owner) = (p.clone(), owner.clone());
+                async move {
+                    let params = batch::RecordParams {
+                        lease_owner: &owner,
+                        lease,
+                        key_in_flight: in_flight,
+                        key_retention: retention,
+                    };
+                    // Two requests with one key in one batch: one statement cannot insert a key twice,
+                    // so the later copies are answered as duplicates of the first.
+                    let mut seen = std::collections::HashSet::new();
+                    let mut unique = Vec::with_capacity(items.len());
+                    let mut slot = Vec::with_capacity(items.len());
+                    for item in items.iter() {
+                        let key = (
+                            item.origin.caller.as_str(),
+                            item.user_id.as_str(),
+                            item.idem_key.as_str(),
+                        );
+                        if seen.insert(key) {
+                            slot.push(Some(unique.len()));
+                            unique.push(item);
+                        } else {
+                            slot.push(None);
+                        }
                     }
+                    let recorded = batch::record_changes(&p, &unique, &params).await?;
+                    Ok(slot
+                        .into_iter()
+                        .map(|s| match s {
+                            Some(i) => recorded[i].clone(),
+                            None => batch::Recorded::DuplicateKey,
+                        })
+                        .collect())
                 }
-                let recorded = batch::record_changes(&p, &unique, &params).await?;
-                Ok(slot
-                    .into_iter()
-                    .map(|s| match s {
-                        Some(i) => recorded[i].clone(),
-                        None => batch::Recorded::DuplicateKey,
-                    })
-                    .collect())
-            }
-        });
+            });
         let p = pool.clone();
         let keep = limits.failed_payload_retention;
-        let settle = batcher::Batcher::spawn(max_batch, move |items: Vec<batch::Settle>| {
-            let p = p.clone();
-            async move { batch::settle_changes(&p, &items, keep).await }
-        });
+        let settle =
+            batcher::Batcher::spawn(max_batch, linger, move |items: Arc<[batch::Settle]>| {
+                let p = p.clone();
+                async move { batch::settle_changes(&p, &items, keep).await }
+            });
         Self {
             links,
             links_cache: links_cache::LinksCache::default(),

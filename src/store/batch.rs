@@ -103,7 +103,7 @@ pub struct RecordParams<'a> {
 /// out each change's per-user sequence number, in one statement.
 pub async fn record_changes(
     pool: &PgPool,
-    batch: &[NewChange],
+    batch: &[&NewChange],
     p: &RecordParams<'_>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
