@@ -127,6 +127,8 @@ def report(runs_path, meta_path, results_path):
     cap5 = pick("capacity5", "gateway")
     pairs = list(zip(gw, ng))
     lat_pairs = list(zip(lat_gw, lat_direct))
+    low_gw, low_direct = pick("latency_low", "gateway"), pick("latency_low", "direct")
+    low_pairs = list(zip(low_gw, low_direct))
 
     fig = {}
     fig["throughput_ratio"] = summary([g["facts"]["rps"] / n["facts"]["rps"] for g, n in pairs
@@ -153,6 +155,9 @@ def report(runs_path, meta_path, results_path):
         "direct_p50_ms_5ms": summary([d["facts"]["p50_ms"] for d in lat_direct]),
         "direct_p99_ms_5ms": summary([d["facts"]["p99_ms"] for d in lat_direct]),
         "gateway_wrk_p50_ms_0ms": summary([g["facts"]["p50_ms"] for g in gw]),
+        "low_rate_rps": meta.get("settings", {}).get("low_rate_rps"),
+        "added_latency_p50_ms_low_rate": summary([g["facts"]["p50_ms"] - d["facts"]["p50_ms"] for g, d in low_pairs]),
+        "added_latency_p99_ms_low_rate": summary([g["facts"]["p99_ms"] - d["facts"]["p99_ms"] for g, d in low_pairs]),
         "postgres_cpu_us_per_change": summary([g["postgres_cpu_ticks"] / g["tick_hz"] * 1e6 / g["db"]["changes"]
                                                for g in gw if g.get("db") and g["db"]["changes"]
                                                and g.get("postgres_cpu_ticks") is not None]),
@@ -174,6 +179,7 @@ def report(runs_path, meta_path, results_path):
         "capacity5_gateway": cores(cap5),
         "latency_gateway": cores(lat_gw),
         "latency_direct": cores(lat_direct),
+        "latency_low_gateway": cores(low_gw),
     }
 
     targets = {
@@ -245,6 +251,10 @@ def report(runs_path, meta_path, results_path):
     p(f"  gateway capacity with the 5 ms upstream: {fmt(absolute['gateway_capacity_rps_5ms'], 0)} req/s -> open loop at {absolute['latency_rate_rps']} req/s")
     p(f"  p50: gateway {fmt(absolute['gateway_p50_ms_5ms'])} ms, direct upstream {fmt(absolute['direct_p50_ms_5ms'])} ms")
     p(f"  p99: gateway {fmt(absolute['gateway_p99_ms_5ms'])} ms, direct upstream {fmt(absolute['direct_p99_ms_5ms'])} ms")
+    if absolute.get("added_latency_p50_ms_low_rate"):
+        p(f"  at a low rate ({absolute['low_rate_rps']} req/s, core 1 far from saturated; not a figure of the issue): "
+          f"added p50 {fmt(absolute['added_latency_p50_ms_low_rate'])} ms, "
+          f"p99 {fmt(absolute['added_latency_p99_ms_low_rate'])} ms")
     p(f"  database transactions per change: {fmt(fig['db_transactions_per_change'])}; "
       f"PostgreSQL CPU per change: {fmt(absolute['postgres_cpu_us_per_change'], 0)} us (on core 1)")
     p()
