@@ -50,7 +50,6 @@ declare
     prev_key text;
     v_scope text;
     scoped jsonb;
-    lv jsonb;
     vals jsonb;
     changed boolean := false;
     applied jsonb := '{}';
@@ -68,28 +67,33 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
 
+    -- The scope whose last values this event reads: '' (any target) for a request, the target and
+    -- upstream object for a step; none for other events.
+    if new.event_type in ('change_requested', 'step_attempted')
+       and jsonb_typeof(new."values") = 'object' then
+        v_scope := case when new.event_type = 'change_requested' then ''
+                      else coalesce(new.target, '') || ':' || coalesce(new.upstream_ref, '') end;
+    end if;
+
     -- Take the user's chain head lock (creating the head on the first event). This must stay the
     -- last lock of the transaction: callers lock profile_links / changes / change_steps first.
-    select h.seq, h.hash, h.last_values into head
+    -- Only the one scope is read out of last_values (nothing when v_scope is null: `->` is strict).
+    select h.seq, h.hash, h.last_values -> v_scope as scoped into head
       from audit_chain_heads h where h.user_id = new.user_id for update;
     if not found then
         insert into audit_chain_heads (user_id, seq, hash)
         values (new.user_id, 0, repeat('0', 64))
         on conflict (user_id) do nothing;
-        select h.seq, h.hash, h.last_values into head
+        select h.seq, h.hash, h.last_values -> v_scope as scoped into head
           from audit_chain_heads h where h.user_id = new.user_id for update;
     end if;
 
     new.seq := head.seq + 1;
-    lv := head.last_values;
 
     -- Old values: for each masked field without one, the last value the gateway applied for this
     -- user (at the same target and upstream object for a step; at any target for a request).
-    if new.event_type in ('change_requested', 'step_attempted')
-       and jsonb_typeof(new."values") = 'object' then
-        v_scope := case when new.event_type = 'change_requested' then ''
-                      else coalesce(new.target, '') || ':' || coalesce(new.upstream_ref, '') end;
-        scoped := lv -> v_scope;
+    if v_scope is not null then
+        scoped := head.scoped;
         vals := new."values";
         for k, v in select e.key, e.value from jsonb_each(vals) as e loop
             continue when jsonb_typeof(v) <> 'object' or not (v ? 'new');
@@ -118,11 +122,6 @@ begin
         end loop;
         if changed then
             new."values" := vals;
-        end if;
-        if applied <> '{}' then
-            lv := lv || jsonb_build_object(
-                '', coalesce(lv -> '', '{}') || applied,
-                v_scope, coalesce(scoped, '{}') || applied);
         end if;
     end if;
 
@@ -159,8 +158,19 @@ begin
         || audit_f(new.trace_id)
         || audit_f(new.caller_addr),
         'UTF8')), 'hex');
-    update audit_chain_heads set seq = new.seq, hash = new.hash, updated_at = now(), last_values = lv
-     where user_id = new.user_id;
+    -- Only an applied step changes last_values, computed from the row itself: the trigger never
+    -- holds the user's whole last values, only the scope it reads.
+    if applied <> '{}' then
+        update audit_chain_heads h
+           set seq = new.seq, hash = new.hash, updated_at = now(),
+               last_values = h.last_values || jsonb_build_object(
+                   '', coalesce(h.last_values -> '', '{}') || applied,
+                   v_scope, coalesce(h.last_values -> v_scope, '{}') || applied)
+         where h.user_id = new.user_id;
+    else
+        update audit_chain_heads set seq = new.seq, hash = new.hash, updated_at = now()
+         where user_id = new.user_id;
+    end if;
     return new;
 end
 $$;
