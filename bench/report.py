@@ -236,6 +236,8 @@ def report(runs_path, meta_path, results_path):
       f"{s['rounds']} alternating rounds; wrk -t1 -c{s['wrk_connections']} -d{s['wrk_duration_s']}s; "
       f"open loop {s['latency_rate_rps']} req/s x {s['latency_duration_s']} s; {s['users']} users")
     p()
+    if s.get("what_if_sql"):
+        p(f"WHAT-IF RUN (diagnosis, not the service as shipped): {s['what_if_sql']}")
     w1 = max(len(r[0]) for r in rows) + 2
     p(f"{'figure (same run, ratios)':<{w1}}{'measured median [min-max]':<32}{'target':<18}met")
     p("-" * (w1 + 32 + 18 + 3))

@@ -1315,3 +1315,107 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     );
     tx.rollback().await.unwrap();
 }
+
+/// The chaining trigger's old-value rules, event by event: the last applied value per target
+/// object and at any target, its keyed hash, the key id when the HMAC key rotated, an old value
+/// the writer gave itself, and non-masked entries left alone.
+#[tokio::test]
+async fn old_values_follow_applied_steps_per_scope_and_name_a_rotated_key() {
+    let app = spawn_app().await;
+    let step = |no: i32, target: &str, reference: &str, outcome: &str, values: Value, key: &str| {
+        format!(
+            "insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no, target,
+                                       upstream_ref, fields, \"values\", hmac_key_id)
+             values ('eve', 'step_attempted', 'c', '{outcome}', gen_random_uuid(), {no}, '{target}',
+                     '{reference}', '{{mobile_number}}', '{values}', '{key}')"
+        )
+    };
+    let request = |values: Value, key: &str| {
+        format!(
+            "insert into audit_events (user_id, event_type, caller, outcome, change_id, fields, \"values\", hmac_key_id)
+             values ('eve', 'change_requested', 'c', 'accepted', gen_random_uuid(), '{{mobile_number}}',
+                     '{values}', '{key}')"
+        )
+    };
+    let m = |new: &str, hmac: Option<&str>| match hmac {
+        Some(h) => json!({"mobile_number": {"new": new, "new_hmac": h}}),
+        None => json!({"mobile_number": {"new": new}}),
+    };
+    let statements = [
+        request(m("******1111", Some("aa")), "k1"),
+        step(
+            0,
+            "juspay_customer",
+            "cst1",
+            "applied",
+            m("******1111", Some("aa")),
+            "k1",
+        ),
+        step(
+            1,
+            "juspay_wallet",
+            "w1",
+            "failed",
+            m("******1111", Some("aa")),
+            "k1",
+        ),
+        // The HMAC key rotated; the writer gave one old value itself; "note" is not a masked value.
+        request(
+            json!({"mobile_number": {"new": "******2222", "new_hmac": "cc"},
+                   "email_address": {"new": "b***@x.com", "new_hmac": "dd", "old": "given"},
+                   "note": "x"}),
+            "k2",
+        ),
+        step(
+            0,
+            "juspay_customer",
+            "cst1",
+            "applied",
+            m("******2222", Some("cc")),
+            "k2",
+        ),
+        step(
+            1,
+            "juspay_wallet",
+            "w1",
+            "applied",
+            m("******2222", None),
+            "k2",
+        ),
+        request(m("******3333", Some("ee")), "k2"),
+        step(
+            1,
+            "juspay_wallet",
+            "w1",
+            "applied",
+            m("******3333", Some("ee")),
+            "k2",
+        ),
+    ];
+    for sql in &statements {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let values: Vec<Value> = sqlx::query_scalar(
+        "select \"values\" from audit_events where user_id = 'eve' order by seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [
+        m("******1111", Some("aa")),
+        m("******1111", Some("aa")),
+        // Nothing was ever applied at this wallet: no old value, although the customer had one.
+        m("******1111", Some("aa")),
+        json!({"mobile_number": {"new": "******2222", "new_hmac": "cc",
+                                 "old": "******1111", "old_hmac": "aa", "old_hmac_key_id": "k1"},
+               "email_address": {"new": "b***@x.com", "new_hmac": "dd", "old": "given"},
+               "note": "x"}),
+        json!({"mobile_number": {"new": "******2222", "new_hmac": "cc",
+                                 "old": "******1111", "old_hmac": "aa", "old_hmac_key_id": "k1"}}),
+        m("******2222", None),
+        // The last applied value at any target carried no keyed hash: no old_hmac either.
+        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}}),
+        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}}),
+    ];
+    assert_eq!(values, expected);
+}
