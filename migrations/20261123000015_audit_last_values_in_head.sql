@@ -9,6 +9,10 @@
 -- with the same scopes as before ('' for any target, '<target>:<upstream ref>' for one object).
 -- It is derived state like audit_last_values was: the events stay the record, and their hashes
 -- cover the old values they were given. Encoding, locks and old-value rules are unchanged.
+--
+-- Deploy: run it as the pre-rollout migration Job (or with the gateway stopped). It holds an
+-- exclusive lock on audit_chain_heads while it backfills, and an event being written by the old
+-- trigger at that moment fails (its change stays pending and a completer finishes it).
 
 alter table audit_chain_heads add column last_values jsonb not null default '{}';
 

@@ -282,9 +282,11 @@ impl ChangeService {
             };
             let steps = match plan(&patch, &links.links) {
                 Ok(steps) => steps,
-                // A link added through another replica since this one cached them.
+                // A link added through another replica since this one cached them. A guess from
+                // the cache does not count as one of the tries.
                 Err(_) if from_cache => {
                     self.writes.links_cache.forget(user.as_str());
+                    tries -= 1;
                     continue;
                 }
                 Err(missing) => return Err(SubmitError::MissingLink(missing)),
@@ -314,8 +316,11 @@ impl ChangeService {
                     created_at,
                 } => break (steps, seq, turn, created_at),
                 batch::Recorded::DuplicateKey => return self.existing_key(&user, &ctx, &key).await,
-                batch::Recorded::StaleLinks if tries < 3 => {
+                batch::Recorded::StaleLinks if from_cache || tries < 3 => {
                     self.writes.links_cache.forget(user.as_str());
+                    if from_cache {
+                        tries -= 1;
+                    }
                     continue;
                 }
                 batch::Recorded::StaleLinks => {

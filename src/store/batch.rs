@@ -318,12 +318,15 @@ pub async fn settle_changes(
                 .unwrap_or_default()
         })
         .collect();
+    // Each outcome names its settle by position, not by change id: one batch may hold a stale
+    // drive's settle (its lease was taken over) and the current one for the same change.
     let outcomes = || {
         batch
             .iter()
-            .flat_map(|c| c.outcomes.iter().map(move |o| (c, o)))
+            .enumerate()
+            .flat_map(|(i, c)| c.outcomes.iter().map(move |o| (i as i64 + 1, o)))
     };
-    let o_change: Vec<Uuid> = outcomes().map(|(c, _)| c.change_id).collect();
+    let o_parent: Vec<i64> = outcomes().map(|(i, _)| i).collect();
     let o_step: Vec<i32> = outcomes().map(|(_, o)| o.step_no).collect();
     let o_status: Vec<String> = outcomes()
         .map(|(_, o)| o.status.as_str().to_string())
@@ -361,15 +364,15 @@ pub async fn settle_changes(
                                       final_status, final_fields, ord)
            ),
            o as (
-             select * from unnest($10::uuid[], $11::int[], $12::text[], $13::text[], $14::bool[],
+             select * from unnest($10::bigint[], $11::int[], $12::text[], $13::text[], $14::bool[],
                                   $15::int[], $16::text[], $17::text[], $18::bool[], $19::text[],
                                   $20::text[], $21::text[], $22::jsonb[], $23::text[])
-                 with ordinality as t(change_id, step_no, status, error_code, error_retryable,
+                 with ordinality as t(parent, step_no, status, error_code, error_retryable,
                                       upstream_status, upstream_code, error_message, confirmed, target,
                                       upstream_ref, fields, audit_values, hmac_key_id, ord)
            ),
            held as (
-             select ch.id from changes ch join c on c.id = ch.id and c.fence = ch.fence
+             select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
               where ch.status = 'pending'
               order by ch.id
                 for no key update of ch
@@ -380,9 +383,9 @@ pub async fn settle_changes(
                     error_retryable = o.error_retryable, upstream_status = o.upstream_status,
                     upstream_code = o.upstream_code, error_message = o.error_message,
                     confirmed_by_read_back = o.confirmed, updated_at = now()
-               from o join held h on h.id = o.change_id
-              where s.change_id = o.change_id and s.step_no = o.step_no
-          returning s.change_id, s.step_no
+               from o join held h on h.ord = o.parent
+              where s.change_id = h.id and s.step_no = o.step_no
+          returning o.parent, s.step_no
            ),
            fin as (
              update changes ch
@@ -392,9 +395,9 @@ pub async fn settle_changes(
                     payload_expires_at = case when c.final_status <> 'applied' and $24::float8 > 0
                                               then now() + make_interval(secs => $24::float8) end,
                     lease_owner = null, lease_expires_at = null
-               from c join held h on h.id = c.id
+               from c join held h on h.ord = c.ord
               where ch.id = c.id and c.final_status is not null
-          returning ch.id, ch.user_id, ch.user_seq
+          returning ch.id, ch.user_id, ch.user_seq, c.ord
            ),
            locked as (
              select p.user_id from profile_links p
@@ -415,17 +418,17 @@ pub async fn settle_changes(
           returning 1
            ),
            events as (
-             select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, o.change_id,
+             select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, c.id as change_id,
                     o.step_no, o.target, o.upstream_ref, string_to_array(o.fields, ',') as fields,
                     o.audit_values as "values", o.hmac_key_id, o.error_code, c.request_id, c.trace_id,
                     c.caller_addr, 0 as phase, o.ord
-               from o join c on c.id = o.change_id
-               join upd u on u.change_id = o.change_id and u.step_no = o.step_no
+               from o join c on c.ord = o.parent
+               join upd u on u.parent = o.parent and u.step_no = o.step_no
              union all
              select c.user_id, 'change_completed', c.caller, c.final_status, c.id, null, null, null,
                     string_to_array(c.final_fields, ','), '{}'::jsonb, null, null, c.request_id, c.trace_id,
                     c.caller_addr, 1, c.ord
-               from c join fin f on f.id = c.id join turns t on t.user_id = f.user_id
+               from c join fin f on f.ord = c.ord join turns t on t.user_id = f.user_id
            ),
            au as (
              insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no, target,
@@ -442,7 +445,7 @@ pub async fn settle_changes(
            )
            select c.id as "id!", (h.id is not null) as "settled!",
                   (select count(*) from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
-             from c left join held h on h.id = c.id
+             from c left join held h on h.ord = c.ord
             order by c.ord"#,
         &ids,
         &fences,
@@ -453,7 +456,7 @@ pub async fn settle_changes(
         &addrs as &[Option<String>],
         &final_statuses as &[Option<String>],
         &final_fields,
-        &o_change,
+        &o_parent,
         &o_step,
         &o_status,
         &codes as &[Option<String>],

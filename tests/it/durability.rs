@@ -858,3 +858,89 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
     let sent: Vec<String> = app.journal().iter().map(|e| e.path.clone()).collect();
     assert_eq!(sent, vec!["/v1/upi/tpap/upi_number".to_string()]);
 }
+
+/// A drive whose lease was taken over may still send its settle, and it may land in the same
+/// batch as the current owner's settle for the same change: only the current one is written.
+#[tokio::test]
+async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
+    use profile_gateway::changes::model::{ChangeStatus, StepStatus};
+    use profile_gateway::store::batch::{Finish, Origin, Settle, StepOutcome, settle_changes};
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4();
+    for sql in [
+        "update profile_links set last_change_seq = 1 where user_id = 'alice'".to_string(),
+        format!(
+            "insert into changes (id, user_id, user_seq, caller, request_id, fields, fence,
+                                  payload_key_id, payload_enc)
+             values ('{id}', 'alice', 1, 'c', 'r', '{{first_name}}', 2, 'k1', '\\x00')"
+        ),
+        format!(
+            "insert into change_steps (change_id, step_no, target, upstream_ref, fields)
+             values ('{id}', 0, 'juspay_customer', 'cst_demo_alice', '{{first_name}}')"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&app.pool).await.unwrap();
+    }
+    let settle = |fence: i64, step: StepStatus, status: ChangeStatus| Settle {
+        change_id: id,
+        fence,
+        user_id: "alice".into(),
+        origin: Origin {
+            caller: "c".into(),
+            request_id: format!("fence-{fence}"),
+            trace_id: None,
+            caller_addr: None,
+        },
+        outcomes: vec![StepOutcome {
+            step_no: 0,
+            status: step,
+            error: None,
+            confirmed_by_read_back: false,
+            target: "juspay_customer".into(),
+            upstream_ref: "cst_demo_alice".into(),
+            fields: vec!["first_name".into()],
+            audit_values: json!({}),
+            hmac_key_id: "k1".into(),
+        }],
+        finish: Some(Finish {
+            status,
+            fields: vec!["first_name".into()],
+        }),
+    };
+    let written = settle_changes(
+        &app.pool,
+        &[
+            settle(1, StepStatus::Failed, ChangeStatus::Failed),
+            settle(2, StepStatus::Applied, ChangeStatus::Applied),
+        ],
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, vec![false, true]);
+    let (status, step, attempts): (String, String, i32) = sqlx::query_as(
+        "select c.status, s.status, s.attempts from changes c join change_steps s on s.change_id = c.id
+          where c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), step.as_str(), attempts),
+        ("applied", "applied", 1)
+    );
+    let events: Vec<(String, String, String)> = sqlx::query_as(
+        "select event_type, outcome, request_id from audit_events where change_id = $1 order by seq",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [
+        ("step_attempted", "applied"),
+        ("change_completed", "applied"),
+    ]
+    .map(|(e, o)| (e.to_string(), o.to_string(), "fence-2".to_string()));
+    assert_eq!(events, expected.to_vec());
+}
