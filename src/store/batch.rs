@@ -327,6 +327,10 @@ pub async fn settle_changes(
             .flat_map(|(i, c)| c.outcomes.iter().map(move |o| (i as i64 + 1, o)))
     };
     let o_parent: Vec<i64> = outcomes().map(|(i, _)| i).collect();
+    // The change id too, so the step update looks its rows up by key (the plan is generic).
+    let o_change: Vec<Uuid> = outcomes()
+        .map(|(i, _)| batch[i as usize - 1].change_id)
+        .collect();
     let o_step: Vec<i32> = outcomes().map(|(_, o)| o.step_no).collect();
     let o_status: Vec<String> = outcomes()
         .map(|(_, o)| o.status.as_str().to_string())
@@ -366,10 +370,10 @@ pub async fn settle_changes(
            o as (
              select * from unnest($10::bigint[], $11::int[], $12::text[], $13::text[], $14::bool[],
                                   $15::int[], $16::text[], $17::text[], $18::bool[], $19::text[],
-                                  $20::text[], $21::text[], $22::jsonb[], $23::text[])
+                                  $20::text[], $21::text[], $22::jsonb[], $23::text[], $25::uuid[])
                  with ordinality as t(parent, step_no, status, error_code, error_retryable,
                                       upstream_status, upstream_code, error_message, confirmed, target,
-                                      upstream_ref, fields, audit_values, hmac_key_id, ord)
+                                      upstream_ref, fields, audit_values, hmac_key_id, change_id, ord)
            ),
            held as (
              select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
@@ -384,7 +388,7 @@ pub async fn settle_changes(
                     upstream_code = o.upstream_code, error_message = o.error_message,
                     confirmed_by_read_back = o.confirmed, updated_at = now()
                from o join held h on h.ord = o.parent
-              where s.change_id = h.id and s.step_no = o.step_no
+              where s.change_id = o.change_id and s.step_no = o.step_no
           returning o.parent, s.step_no
            ),
            fin as (
@@ -471,6 +475,7 @@ pub async fn settle_changes(
         &values,
         &hmac_key_ids,
         keep_secs,
+        &o_change,
     )
     .fetch_all(pool)
     .await?;
