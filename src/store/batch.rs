@@ -3,8 +3,8 @@
 //! WAL flush. A batch of one is the unbatched case: there is a single code path.
 //!
 //! Lock order, the same in every statement so concurrent batches cannot deadlock: `changes` rows,
-//! then `profile_links` rows sorted by user, then the audit chain heads (taken by the audit
-//! trigger) in user order.
+//! then `profile_links` rows sorted by user, then the audit chain heads in user order (taken by
+//! `audit_append`, migration 0016, which chains each statement's audit events in one pass).
 
 use crate::changes::model::{ChangeStatus, StepStatus};
 use crate::domain::{PlannedStep, ProfileLinks};
@@ -199,17 +199,16 @@ pub async fn record_changes(
              returning change_id
            ),
            au as (
-             insert into audit_events (user_id, event_type, caller, outcome, change_id, fields, "values",
-                                       hmac_key_id, request_id, trace_id, caller_addr)
-             select n.user_id, 'change_requested', n.caller, 'accepted', n.id, string_to_array(n.fields, ','),
-                    n.audit_values, n.hmac_key_id, n.request_id, n.trace_id, n.caller_addr
+             select audit_append(array_agg(row(n.user_id, 'change_requested', n.caller, 'accepted', n.id,
+                                               null, null, null, string_to_array(n.fields, ','), n.audit_values,
+                                               n.hmac_key_id, null, n.request_id, n.trace_id,
+                                               n.caller_addr)::audit_event_input
+                                           order by n.user_id, n.ord)) as n
                from numbered n join ch on ch.id = n.id
-              order by n.user_id, n.ord
-             returning change_id
            )
            select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
                   ch.created_at as "created_at?", (f.id is not null) as "fresh!",
-                  (select count(*) from au) + (select count(*) from st) as "written!"
+                  (select n from au) + (select count(*) from st) as "written!"
              from input i
              left join fresh f on f.id = i.id
              left join numbered n on n.id = i.id
@@ -435,20 +434,17 @@ pub async fn settle_changes(
                from c join fin f on f.ord = c.ord join turns t on t.user_id = f.user_id
            ),
            au as (
-             insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no, target,
-                                       upstream_ref, fields, "values", hmac_key_id, error_code,
-                                       request_id, trace_id, caller_addr)
-             select user_id, event_type, caller, outcome, change_id, step_no, target, upstream_ref, fields,
-                    "values", hmac_key_id, error_code, request_id, trace_id, caller_addr
+             select audit_append(array_agg(row(user_id, event_type, caller, outcome, change_id, step_no, target,
+                                               upstream_ref, fields, "values", hmac_key_id, error_code,
+                                               request_id, trace_id, caller_addr)::audit_event_input
+                                           order by user_id, phase, ord)) as n
                from events
-              order by user_id, phase, ord
-             returning 1
            ),
            notes as (
              select pg_notify('profile_gateway_change_final', f.user_seq::text || ' ' || f.user_id) from fin f
            )
            select c.id as "id!", (h.id is not null) as "settled!",
-                  (select count(*) from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
+                  (select n from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
              from c left join held h on h.ord = c.ord
             order by c.ord"#,
         &ids,

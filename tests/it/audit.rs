@@ -1419,3 +1419,212 @@ async fn old_values_follow_applied_steps_per_scope_and_name_a_rotated_key() {
     ];
     assert_eq!(values, expected);
 }
+
+/// The hot path chains a statement's events with `audit_append` (migration 0016), not one trigger
+/// call per event. Fed the same events, in batches that hold several events of one user (two
+/// applied steps at one wallet among them), it must write what the trigger writes one insert at a
+/// time: the same old values, the same last values in the head, and hashes `audit verify` accepts.
+/// The gateway's role may call it; setting the function's flag does not let that role skip the
+/// trigger on a direct insert.
+#[tokio::test]
+async fn audit_append_chains_a_batch_as_the_trigger_chains_each_event() {
+    let app = spawn_app().await;
+    let m = |new: &str, hmac: Option<&str>| match hmac {
+        Some(h) => json!({"mobile_number": {"new": new, "new_hmac": h}}),
+        None => json!({"mobile_number": {"new": new}}),
+    };
+    // (event type, outcome, step target, upstream ref, values, hmac key id)
+    type Event = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        Value,
+        Option<&'static str>,
+    );
+    let batches: Vec<Vec<Event>> = vec![
+        vec![(
+            "change_requested",
+            "accepted",
+            None,
+            None,
+            m("******1111", Some("aa")),
+            Some("k1"),
+        )],
+        vec![
+            (
+                "step_attempted",
+                "applied",
+                Some("juspay_customer"),
+                Some("cst1"),
+                m("******1111", Some("aa")),
+                Some("k1"),
+            ),
+            (
+                "step_attempted",
+                "failed",
+                Some("juspay_wallet"),
+                Some("w1"),
+                m("******1111", Some("aa")),
+                Some("k1"),
+            ),
+            ("change_completed", "failed", None, None, json!({}), None),
+        ],
+        vec![
+            (
+                "change_requested",
+                "accepted",
+                None,
+                None,
+                json!({"mobile_number": {"new": "******2222", "new_hmac": "cc"},
+                       "email_address": {"new": "b***@x.com", "new_hmac": "dd", "old": "given"},
+                       "note": "x"}),
+                Some("k2"),
+            ),
+            (
+                "step_attempted",
+                "applied",
+                Some("juspay_customer"),
+                Some("cst1"),
+                m("******2222", Some("cc")),
+                Some("k2"),
+            ),
+            (
+                "step_attempted",
+                "applied",
+                Some("juspay_wallet"),
+                Some("w1"),
+                m("******2222", None),
+                Some("k2"),
+            ),
+            (
+                "step_attempted",
+                "applied",
+                Some("juspay_wallet"),
+                Some("w1"),
+                m("******3333", Some("ee")),
+                Some("k2"),
+            ),
+            ("change_completed", "applied", None, None, json!({}), None),
+        ],
+        vec![(
+            "change_requested",
+            "accepted",
+            None,
+            None,
+            m("******4444", Some("ff")),
+            Some("k2"),
+        )],
+    ];
+
+    // Reference: the trigger, one event per INSERT, as user "audit-ref".
+    for e in batches.iter().flatten() {
+        sqlx::query(
+            "insert into audit_events (user_id, event_type, caller, outcome, target, upstream_ref,
+                                       fields, \"values\", hmac_key_id)
+             values ('audit-ref', $1, 'c', $2, $3, $4, '{mobile_number}', $5, $6)",
+        )
+        .bind(e.0)
+        .bind(e.1)
+        .bind(e.2)
+        .bind(e.3)
+        .bind(&e.4)
+        .bind(e.5)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    // audit_append, one call per batch, as the gateway's role, for "audit-a" and, in the same calls,
+    // "audit-b" (two chains advancing together).
+    for batch in &batches {
+        let mut tx = app.pool.begin().await.unwrap();
+        exec(&mut tx, "set local role profile_gateway_app").await;
+        let mut users = Vec::new();
+        let mut cols: [Vec<Option<String>>; 5] = Default::default();
+        let mut values = Vec::new();
+        for user in ["audit-a", "audit-b"] {
+            for e in batch {
+                users.push(user.to_string());
+                for (col, v) in cols.iter_mut().zip([Some(e.0), Some(e.1), e.2, e.3, e.5]) {
+                    col.push(v.map(str::to_string));
+                }
+                values.push(e.4.clone());
+            }
+        }
+        let n: i64 = sqlx::query_scalar(
+            "select audit_append(array_agg(row(u, t, 'c', o, null, null, tg, r, '{mobile_number}', v, k,
+                                               null, null, null, null)::audit_event_input order by i))
+               from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[])
+                    with ordinality as x(u, t, o, tg, r, v, k, i)",
+        )
+        .bind(&users)
+        .bind(&cols[0])
+        .bind(&cols[1])
+        .bind(&cols[2])
+        .bind(&cols[3])
+        .bind(&values)
+        .bind(&cols[4])
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(n, 2 * batch.len() as i64);
+        tx.commit().await.unwrap();
+    }
+
+    let written = |user: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, Value)>(
+                "select seq, \"values\" from audit_events where user_id = $1 order by seq",
+            )
+            .bind(user)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let reference = written("audit-ref").await;
+    assert_eq!(reference.len(), 10);
+    // Two applied steps at one wallet in one batch: the second sees the first as its old value.
+    assert_eq!(
+        reference[7].1,
+        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}})
+    );
+    assert_eq!(written("audit-a").await, reference);
+    assert_eq!(written("audit-b").await, reference);
+    let heads: Vec<(String, i64, Value)> = sqlx::query_as(
+        "select user_id, seq, last_values from audit_chain_heads where user_id in ('audit-ref', 'audit-a', 'audit-b')
+          order by user_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(heads.len(), 3);
+    for h in &heads {
+        assert_eq!((h.1, &h.2), (10, &heads[2].2), "{}", h.0);
+    }
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+
+    // The flag is no way around the trigger for the gateway's role: its seq and hash are replaced.
+    let mut tx = app.pool.begin().await.unwrap();
+    exec(&mut tx, "set local role profile_gateway_app").await;
+    exec(&mut tx, "select set_config('pgw.audit_append', 'on', true)").await;
+    exec(
+        &mut tx,
+        "insert into audit_events (user_id, event_type, caller, outcome, seq, prev_hash, hash)
+         values ('audit-a', 'probe', 'c', 'ok', 99, 'forged', 'forged')",
+    )
+    .await;
+    tx.commit().await.unwrap();
+    let last: (i64, String) = sqlx::query_as(
+        "select seq, hash from audit_events where user_id = 'audit-a' order by seq desc limit 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(last.0, 11);
+    assert_ne!(last.1, "forged");
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
