@@ -11,15 +11,47 @@
 -- The chain itself does not change: the same seq, prev_hash, canonical encoding and hash
 -- (`audit verify` checks both paths alike), the same old-value rules, the same lock order (the
 -- heads, in user order, last). The trigger stays for every other insert, the gateway role's
--- included. It steps aside only for audit_append's own INSERT: the transaction-local flag
--- `pgw.audit_append` AND the function's owner (the role that ran this migration) as current_user.
--- The gateway's role can set the flag but is never that owner, so its direct inserts are still
--- chained by the trigger. The owner (and superusers) could always disable the triggers anyway.
+-- included. It steps aside only for audit_append's own statement: the transaction-local flag
+-- `pgw.audit_append` AND current_user = profile_gateway_audit_writer, a NOLOGIN role that owns
+-- audit_append and nothing else. The gateway's role can set the flag but cannot become that role,
+-- so its direct inserts are still chained by the trigger; no other SECURITY DEFINER function runs
+-- as that role. The owner of the tables (and superusers) could always disable the triggers anyway.
 --
 -- Deploy: run it as the pre-rollout migration Job, before gateways that call audit_append start.
 -- Gateways still running the older build keep inserting events directly, which the trigger chains
 -- as before, so both can run side by side during the rollout. Re-creating the two triggers takes a
--- brief exclusive lock on audit_events and audit_chain_heads.
+-- brief exclusive lock on audit_events and audit_chain_heads; lock_timeout makes the Job fail (and
+-- be retried) rather than queue every gateway write behind a long auditor query. Do not rename
+-- profile_gateway_audit_writer: the triggers and the function name it.
+
+set local lock_timeout = '10s';
+
+-- Cluster-wide, like the roles of migration 0002: idempotent and tolerant of a concurrent
+-- migration of another database creating it first.
+do $$
+begin
+    if not exists (select 1 from pg_roles where rolname = 'profile_gateway_audit_writer') then
+        begin
+            create role profile_gateway_audit_writer nologin;
+        exception when duplicate_object or unique_violation then
+            null;
+        end;
+    end if;
+    -- To hand audit_append over to it below (superusers may do so anyway).
+    if not pg_has_role(current_user, 'profile_gateway_audit_writer', 'MEMBER') then
+        execute format('grant profile_gateway_audit_writer to %I', current_user);
+    end if;
+end
+$$;
+-- What audit_append needs, and no more.
+grant select, insert on audit_events to profile_gateway_audit_writer;
+grant select, insert, update on audit_chain_heads to profile_gateway_audit_writer;
+do $$
+begin
+    execute format('grant usage on sequence %s to profile_gateway_audit_writer',
+                   pg_get_serial_sequence('audit_events', 'id'));
+end
+$$;
 
 create type audit_event_input as (
     user_id      text,
@@ -41,8 +73,7 @@ create type audit_event_input as (
 
 do $migration$
 declare
-    -- The role running this migration owns audit_append and is the one the triggers trust.
-    owner text := current_user;
+    owner text := 'profile_gateway_audit_writer';
     id_seq text := pg_get_serial_sequence('audit_events', 'id');
 begin
     -- The events' trigger and the heads' guard: skipped for audit_append's own statement only.
@@ -74,17 +105,20 @@ declare
 begin
     -- The triggers above trust this function's statement only when it runs as their owner.
     if current_user <> %1$L then
-        raise exception 'audit_append must run as %%, the role the audit triggers trust (migration 0016)', %1$L;
+        raise exception 'audit_append must be owned by %%, the role the audit triggers trust (migration 0016)', %1$L;
     end if;
     if coalesce(cardinality(p_events), 0) = 0 then
         return 0;
     end if;
 
-    -- Each user's chain head, created on a first event. Inserted in user order, like every lock
-    -- on the heads.
+    -- Lock every user's chain head, in user order like every lock on the heads, creating the ones
+    -- a first event needs in the same pass. The DO UPDATE that never applies is what locks an
+    -- existing head (DO NOTHING would not); creating new heads first and locking the others after
+    -- would hold a later user's head while waiting for an earlier one, and deadlock against the
+    -- trigger path, which takes them in order.
     insert into audit_chain_heads (user_id, seq, hash)
     select distinct e.user_id, 0::bigint, repeat('0', 64) from unnest(p_events) e order by 1
-    on conflict (user_id) do nothing;
+    on conflict (user_id) do update set seq = audit_chain_heads.seq where false;
 
     perform set_config('pgw.audit_append', 'on', true);
     with recursive
@@ -100,12 +134,11 @@ begin
                step_no, target, upstream_ref, fields, "values", hmac_key_id, error_code, request_id,
                trace_id, caller_addr, o)
     ),
+    -- Locked above; this statement's snapshot, taken after the locks, sees their latest versions.
     heads as (
         select h.user_id, h.seq, h.hash, h.last_values
           from audit_chain_heads h
          where h.user_id in (select user_id from ev)
-         order by h.user_id
-           for update
     ),
     -- One row per user per step: after step k, the user's seq, hash and last applied values, and
     -- event k as written.
@@ -215,6 +248,10 @@ begin
 end
 $body$;
 $f$, owner, id_seq);
+    -- A new owner needs CREATE on the schema; the writer keeps it only for this hand-over.
+    execute format('grant create on schema public to %I', owner);
+    execute format('alter function audit_append(audit_event_input[]) owner to %I', owner);
+    execute format('revoke create on schema public from %I', owner);
 end
 $migration$;
 

@@ -1,8 +1,8 @@
 //! Group commit: one task per kind of write collects what concurrent requests want written and
 //! runs it as one statement. While a batch is in the database, the next one gathers; under
 //! concurrency a batch also waits up to `database.batch_linger_ms` for more items, because each
-//! statement has a fixed cost in PostgreSQL (executor setup, the audit trigger's per-transaction
-//! state, a WAL flush) that small batches pay per change. An idle gateway writes each item at once.
+//! statement has a fixed cost in PostgreSQL (executor setup, the audit chain's per-statement
+//! work, a WAL flush) that small batches pay per change. An idle gateway writes each item at once.
 //! Every caller still waits for its own item to be durable.
 
 use std::future::Future;

@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sqlx::Row;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 fn hmac_key() -> [u8; 32] {
     let s = base_settings("postgres://u@h/db", "http://127.0.0.1:1");
@@ -1625,6 +1626,67 @@ async fn audit_append_chains_a_batch_as_the_trigger_chains_each_event() {
     .unwrap();
     assert_eq!(last.0, 11);
     assert_ne!(last.1, "forged");
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// `audit_append` takes the chain heads it needs in user order, creating a first event's head in
+/// the same pass, like the trigger does. Creating the new heads first and locking the others
+/// after would hold a later user's head while waiting for an earlier one: here audit_append
+/// (lo-0, lo-a, lo-b) would hold lo-b's new head while waiting for lo-0, the direct insert
+/// (lo-a, lo-b) would hold lo-a while waiting for lo-b, and one of them would die in a deadlock.
+#[tokio::test]
+async fn audit_append_and_direct_inserts_take_the_heads_in_one_order() {
+    let app = spawn_app().await;
+    let probe = "insert into audit_events (user_id, event_type, caller, outcome) values ";
+    sqlx::query(&format!(
+        "{probe} ('lo-0', 'probe', 'c', 'ok'), ('lo-a', 'probe', 'c', 'ok')"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let mut holder = app.pool.begin().await.unwrap();
+    exec(
+        &mut holder,
+        "select 1 from audit_chain_heads where user_id = 'lo-0' for update",
+    )
+    .await;
+    let pool = app.pool.clone();
+    let batch = tokio::spawn(async move {
+        sqlx::query_scalar::<_, i64>(
+            "select audit_append(array_agg(row(u, 'probe', 'c', 'ok', null, null, null, null, null, null,
+                                               null, null, null, null, null)::audit_event_input order by u))
+               from unnest(array['lo-0', 'lo-a', 'lo-b']) u",
+        )
+        .fetch_one(&pool)
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = app.pool.clone();
+    let direct = tokio::spawn(async move {
+        sqlx::query(&format!(
+            "{probe} ('lo-a', 'probe', 'c', 'ok'), ('lo-b', 'probe', 'c', 'ok')"
+        ))
+        .execute(&pool)
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+
+    let wait = Duration::from_secs(20);
+    let batch = tokio::time::timeout(wait, batch).await.unwrap().unwrap();
+    let direct = tokio::time::timeout(wait, direct).await.unwrap().unwrap();
+    assert_eq!(batch.expect("audit_append"), 3);
+    direct.expect("direct insert");
+    let seqs: Vec<(String, i64)> = sqlx::query_as(
+        "select user_id, max(seq) from audit_events where user_id like 'lo-%' group by 1 order by 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [("lo-0", 2), ("lo-a", 3), ("lo-b", 2)].map(|(u, n)| (u.to_string(), n));
+    assert_eq!(seqs, expected);
     let report = verify_now(&app).await;
     assert!(report.is_ok(), "{:?}", report.problems);
 }
