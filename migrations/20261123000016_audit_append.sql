@@ -193,32 +193,13 @@ begin
                         ) p
                        where s.scope is not null) f
           ) m
-          -- The canonical encoding of audit_event_hash() (migration 0003), as in the trigger.
+          -- The canonical encoding (migration 0003). A set-based query inlines this SQL function,
+          -- so there is no call per event; the trigger spells it out because PL/pgSQL does not.
           cross join lateral (
-              select encode(sha256(convert_to(
-                     'pgw-audit-v1'
-                  || audit_f(e.id::text)
-                  || audit_f(((extract(epoch from now()) * 1000000)::bigint)::text)
-                  || audit_f(e.user_id)
-                  || audit_f((c.seq + 1)::text)
-                  || audit_f(c.hash)
-                  || audit_f(e.event_type)
-                  || audit_f(e.caller)
-                  || audit_f(e.outcome)
-                  || audit_f(e.change_id::text)
-                  || audit_f(e.step_no::text)
-                  || audit_f(e.target)
-                  || audit_f(e.upstream_ref)
-                  || audit_f(cardinality(e.fields)::text)
-                  || coalesce((select string_agg(audit_f(u.f), '' order by u.o)
-                                 from unnest(e.fields) with ordinality as u(f, o)), '')
-                  || audit_f(m.vals::text)
-                  || audit_f(e.hmac_key_id)
-                  || audit_f(e.error_code)
-                  || audit_f(e.request_id)
-                  || audit_f(e.trace_id)
-                  || audit_f(e.caller_addr),
-                  'UTF8')), 'hex') as hash
+              select audit_event_hash(e.id, now(), e.user_id, c.seq + 1, c.hash, e.event_type, e.caller,
+                                      e.outcome, e.change_id, e.step_no, e.target, e.upstream_ref,
+                                      e.fields, m.vals, e.hmac_key_id, e.error_code, e.request_id,
+                                      e.trace_id, e.caller_addr) as hash
           ) x
     ),
     ins as (
