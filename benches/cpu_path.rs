@@ -8,7 +8,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;
 use profile_gateway::crypto::PiiHasher;
-use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest};
+use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
 use profile_gateway::providers::{juspay_customer, juspay_wallet, razorpay_upi};
 use serde_json::{Value, json};
 use std::hint::black_box;
@@ -106,7 +106,7 @@ fn cpu_path(c: &mut Criterion) {
     let bytes = full_body_bytes();
     let links = links();
     let hasher = PiiHasher::new("k1", [7u8; 32]);
-    let patch = ProfilePatch::parse(&body).expect("the bench body is valid");
+    let patch = ProfilePatch::parse(&body, &TimestampWindow::unbounded()).expect("the bench body is valid");
     let steps = domain::plan(&patch, &links).expect("the bench user has every link");
     assert_eq!(steps.len(), 3, "customer, one wallet, razorpay");
     let requests: Vec<StepRequest> = steps.iter().map(|s| s.request(&patch).unwrap()).collect();
@@ -119,7 +119,7 @@ fn cpu_path(c: &mut Criterion) {
     g.bench_function("parse_validate", |b| {
         b.iter(|| {
             let v: Value = serde_json::from_slice(black_box(&bytes)).unwrap();
-            ProfilePatch::parse(&v).unwrap()
+            ProfilePatch::parse(&v, &TimestampWindow::unbounded()).unwrap()
         })
     });
     g.bench_function("plan_and_requests", |b| {
@@ -146,7 +146,7 @@ fn cpu_path(c: &mut Criterion) {
     g.bench_function("whole_path", |b| {
         b.iter(|| {
             let v: Value = serde_json::from_slice(black_box(&bytes)).unwrap();
-            let patch = ProfilePatch::parse(&v).unwrap();
+            let patch = ProfilePatch::parse(&v, &TimestampWindow::unbounded()).unwrap();
             let steps = domain::plan(&patch, &links).unwrap();
             let mut n = 0;
             for s in &steps {

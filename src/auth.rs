@@ -94,6 +94,7 @@ where
             .ok_or(ApiError::Unauthorized)?;
         let caller = callers.authenticate(token).ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("caller", caller.name.as_str());
+        crate::limits::rate::admit(parts, &caller.name)?;
         Ok(caller)
     }
 }

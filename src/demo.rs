@@ -28,6 +28,8 @@ pub async fn start_sandbox(settings: &mut Settings) -> std::io::Result<SandboxHa
             name: "demo".into(),
             token_sha256: crate::auth::token_sha256(DEMO_TOKEN),
             scopes: Vec::new(),
+            rate_per_s: None,
+            burst: None,
         });
     }
     Ok(handle)

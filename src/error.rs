@@ -30,6 +30,8 @@ pub enum ApiError {
     InvalidQuery(&'static str),
     #[error("malformed JSON")]
     MalformedJson,
+    #[error("duplicate JSON member")]
+    DuplicateMember(String),
     #[error("unsupported media type")]
     UnsupportedMediaType,
     #[error("body too large")]
@@ -54,6 +56,14 @@ pub enum ApiError {
     ChangeFailed(Box<ChangeView>),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("overloaded: in-flight bound reached")]
+    Overloaded,
+    #[error("caller over its rate limit")]
+    RateLimited(Duration),
+    #[error("the user has too many unfinished changes")]
+    TooManyPendingChanges,
+    #[error("request body not received within server.body_read_timeout_ms")]
+    BodyTimeout,
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -200,6 +210,12 @@ impl ApiError {
                 "Malformed JSON",
                 "the body is not valid JSON".into(),
             ),
+            DuplicateMember(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "Malformed JSON",
+                "a member name appears twice in one object; see errors[]".into(),
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -268,6 +284,30 @@ impl ApiError {
                 "Internal error",
                 "an unexpected error occurred; quote request_id when reporting it".into(),
             ),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Overloaded",
+                "this replica is serving as many requests as it may; nothing was done; retry after Retry-After".into(),
+            ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Rate limit exceeded",
+                "the caller exceeded its request rate (see the RateLimit-Policy header); nothing was done; retry after Retry-After".into(),
+            ),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request body too slow",
+                "the body did not arrive within server.body_read_timeout_ms; nothing was done".into(),
+            ),
+            TooManyPendingChanges => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_changes",
+                "Too many unfinished changes",
+                "the user already has the most unfinished changes allowed (changes.max_pending_per_user); nothing was recorded; retry after Retry-After".into(),
+            ),
         }
     }
 
@@ -275,6 +315,9 @@ impl ApiError {
         match self {
             ApiError::DatabaseUnavailable(_) => Some(Duration::from_secs(2)),
             ApiError::IdempotencyKeyInFlight => Some(Duration::from_secs(1)),
+            ApiError::Overloaded => Some(Duration::from_secs(1)),
+            ApiError::RateLimited(d) => Some(*d),
+            ApiError::TooManyPendingChanges => Some(Duration::from_secs(2)),
             ApiError::ChangeFailed(c) => c
                 .steps
                 .iter()
@@ -303,8 +346,18 @@ impl IntoResponse for ApiError {
         let (status, code, title, detail) = self.parts();
         let retry_after = self.retry_after();
         let internal = self.to_string();
+        // The rest of a slow body may never come: the connection is not reused.
+        let close = matches!(self, ApiError::BodyTimeout);
         let (errors, change) = match self {
             ApiError::Validation(e) | ApiError::MissingLink(e) => (e, None),
+            ApiError::DuplicateMember(pointer) => (
+                vec![FieldError::new(
+                    pointer,
+                    "duplicate_member",
+                    "this member appears more than once in its object",
+                )],
+                None,
+            ),
             ApiError::ChangeFailed(c) => (Vec::new(), Some(c)),
             _ => (Vec::new(), None),
         };
@@ -321,7 +374,7 @@ impl IntoResponse for ApiError {
             location: change.as_ref().map(|c| c.location()),
             steps: change.map(|c| c.steps),
         };
-        problem_response(
+        let mut response = problem_response(
             status,
             &problem,
             retry_after,
@@ -330,7 +383,13 @@ impl IntoResponse for ApiError {
                 status: status.as_u16(),
                 internal,
             },
-        )
+        );
+        if close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

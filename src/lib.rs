@@ -14,3 +14,7 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod db_tls;
+pub mod limits;
+pub mod listener;
+pub mod strict_json;

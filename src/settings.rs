@@ -18,6 +18,7 @@ pub struct Settings {
     pub changes: ChangesSettings,
     pub audit: AuditSettings,
     pub telemetry: TelemetrySettings,
+    pub limits: LimitsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +30,14 @@ pub struct ServerSettings {
     /// How long shutdown waits for in-flight changes before giving up on them (the completer of
     /// another replica then finishes them).
     pub shutdown_grace_ms: u64,
+    /// A connection must send a request's complete header block within this time.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive completely within this time once its headers did.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this time.
+    pub idle_timeout_ms: u64,
+    /// Open client connections per replica; further connections wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +54,10 @@ pub struct DatabaseSettings {
     /// How long a group-commit write waits for more changes to join it once it has one (0: it
     /// goes at once and the next batch gathers while it runs).
     pub batch_linger_ms: u64,
+    /// Outside sandbox mode a URL without TLS to a host that is not loopback or a Unix socket is
+    /// refused unless this is set.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +66,15 @@ pub struct UpstreamSettings {
     pub connect_timeout_ms: u64,
     /// The overall deadline of one PATCH: after it the caller gets 202 and the change goes on.
     pub request_deadline_ms: u64,
+    /// Largest upstream response body read; a larger one ends the read and drops the connection.
+    /// The `all` default for every provider.
+    pub max_response_bytes: usize,
+    /// Outside sandbox mode upstream base URLs must be https:// unless this is set.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// An explicit proxy for upstream calls; environment proxies (HTTP_PROXY...) are ignored.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +112,13 @@ pub struct CallerSettings {
     /// Empty means every scope.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Requests per second this caller may make on each replica (token bucket refill); unset
+    /// means `limits.rate_per_s`, and no limit when that is unset too.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    /// Bucket size: requests the caller may make at once after being idle.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +152,10 @@ pub struct ChangesSettings {
     pub idempotency_retention_hours: u64,
     /// How long a failed change keeps its sealed payload for an operator retry.
     pub failed_payload_retention_hours: u64,
+    /// Unfinished changes one user may have; more are refused with 429.
+    pub max_pending_per_user: i64,
+    /// How often a change waiting for its turn re-checks without a notification.
+    pub turn_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +167,25 @@ pub struct AuditSettings {
     /// Months of audit events kept in the live table (PCI DSS 10.5.1 wants at least 12); older
     /// monthly partitions are detached into the `audit_archive` schema.
     pub retention_months: u32,
+}
+
+/// Per-replica bounds on work in flight and on callers (README "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// Writes (PATCH, PUT, POST) served at once; more get 503 overloaded before any work.
+    pub max_inflight_patches: usize,
+    /// Reads (GET) served at once; probes are never counted.
+    pub max_inflight_reads: usize,
+    /// Default per-caller rate for callers whose entry names none.
+    #[serde(default)]
+    pub rate_per_s: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// How old a device `fingerprint_timestamp` may be.
+    pub fingerprint_max_age_ms: u64,
+    /// How far ahead of this replica's clock it may be.
+    pub fingerprint_max_future_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +202,10 @@ const DEFAULTS: &str = r#"
 listen = "0.0.0.0:8080"
 body_limit_bytes = 16384
 shutdown_grace_ms = 20000
+header_read_timeout_ms = 10000
+body_read_timeout_ms = 10000
+idle_timeout_ms = 60000
+max_connections = 4096
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/profile_gateway"
@@ -162,6 +218,7 @@ batch_linger_ms = 1
 [upstream]
 connect_timeout_ms = 1000
 request_deadline_ms = 15000
+max_response_bytes = 65536
 
 [juspay]
 version = "2023-06-30"
@@ -187,6 +244,8 @@ lease_ms = 30000
 completer_interval_ms = 1000
 idempotency_retention_hours = 24
 failed_payload_retention_hours = 24
+max_pending_per_user = 4
+turn_poll_ms = 5000
 
 [audit]
 hmac_key_id = "k1"
@@ -195,6 +254,12 @@ retention_months = 13
 [telemetry]
 log_format = "json"
 log_level = "info"
+
+[limits]
+max_inflight_patches = 1024
+max_inflight_reads = 4096
+fingerprint_max_age_ms = 86400000
+fingerprint_max_future_ms = 300000
 "#;
 
 const ENV_PREFIX: &str = "PROFILE_GATEWAY";
@@ -372,6 +437,7 @@ impl Settings {
                 bad(key, "must be 32 bytes, base64-encoded");
             }
         }
+        self.validate_limits(sandbox, &mut bad);
         if self.database.max_batch == 0 {
             bad("database.max_batch", "must be at least 1");
         }
@@ -425,6 +491,71 @@ impl Settings {
         }
     }
 
+    /// The settings of issue 14 (limits and hostile peers), checked in one place.
+    fn validate_limits(&self, sandbox: bool, bad: &mut impl FnMut(&str, &str)) {
+        // The LISTEN connection for turn notifications lives outside the pool, but a pool of one
+        // still serialises every request behind the group-commit writer.
+        if self.database.max_connections < 2 {
+            bad("database.max_connections", "must be at least 2");
+        }
+        for (key, n) in [
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
+            ("limits.max_inflight_patches", self.limits.max_inflight_patches as u64),
+            ("limits.max_inflight_reads", self.limits.max_inflight_reads as u64),
+            ("changes.turn_poll_ms", self.changes.turn_poll_ms),
+        ] {
+            if n == 0 {
+                bad(key, "must be greater than 0");
+            }
+        }
+        if self.changes.max_pending_per_user < 1 {
+            bad("changes.max_pending_per_user", "must be at least 1");
+        }
+        let rates = std::iter::once(("limits".to_string(), self.limits.rate_per_s, self.limits.burst))
+            .chain(self.auth.callers.iter().enumerate().map(|(i, c)| {
+                (format!("auth.callers[{i}]"), c.rate_per_s, c.burst)
+            }));
+        for (base, rate, burst) in rates {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                bad(&format!("{base}.rate_per_s"), "must be a number greater than 0");
+            }
+            if burst == Some(0) {
+                bad(&format!("{base}.burst"), "must be at least 1");
+            }
+        }
+        if let Some(proxy) = &self.upstream.proxy
+            && !is_http_url(proxy)
+        {
+            bad("upstream.proxy", "must be an http(s) URL such as http://proxy:3128");
+        }
+        if !sandbox && !self.upstream.allow_plain_http {
+            for (key, url) in [
+                ("juspay.base_url", &self.juspay.base_url),
+                ("razorpay.base_url", &self.razorpay.base_url),
+            ] {
+                if let Some(u) = url
+                    && is_http_url(u)
+                    && !u.to_ascii_lowercase().starts_with("https://")
+                {
+                    bad(
+                        key,
+                        "must be https:// outside sandbox mode (the upstream credentials would cross in cleartext); set upstream.allow_plain_http = true to allow it",
+                    );
+                }
+            }
+        }
+        if !sandbox
+            && !self.database.allow_plaintext
+            && let Some(why) = crate::db_tls::plaintext_risk(self.database.url.expose())
+        {
+            bad("database.url", &why);
+        }
+    }
+
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.upstream.request_deadline_ms)
     }
@@ -444,6 +575,22 @@ const KNOWN_KEYS: &[&str] = &[
     "server.listen",
     "server.body_limit_bytes",
     "server.shutdown_grace_ms",
+    "server.header_read_timeout_ms",
+    "server.body_read_timeout_ms",
+    "server.idle_timeout_ms",
+    "server.max_connections",
+    "database.allow_plaintext",
+    "upstream.max_response_bytes",
+    "upstream.allow_plain_http",
+    "upstream.proxy",
+    "changes.max_pending_per_user",
+    "changes.turn_poll_ms",
+    "limits.max_inflight_patches",
+    "limits.max_inflight_reads",
+    "limits.rate_per_s",
+    "limits.burst",
+    "limits.fingerprint_max_age_ms",
+    "limits.fingerprint_max_future_ms",
     "database.url",
     "database.max_connections",
     "database.acquire_timeout_ms",
@@ -497,16 +644,19 @@ fn typed_value(key: &str, value: String) -> config::Value {
         || key.ends_with("_hours")
         || key.ends_with("_months")
         || key.ends_with("_threshold")
-        || key.ends_with("max_batch");
+        || key.ends_with("max_batch")
+        || key.starts_with("limits.max_inflight_")
+        || key.ends_with("max_pending_per_user")
+        || key.ends_with(".burst");
     if numeric && let Ok(n) = value.parse::<i64>() {
         return config::Value::from(n);
     }
-    if (key.ends_with("_ratio") || key.ends_with("_per_sec"))
+    if (key.ends_with("_ratio") || key.ends_with("_per_sec") || key.ends_with("_per_s"))
         && let Ok(f) = value.parse::<f64>()
     {
         return config::Value::from(f);
     }
-    if key.ends_with("migrate_on_start")
+    if (key.ends_with("migrate_on_start") || key.contains(".allow_"))
         && let Ok(b) = value.parse::<bool>()
     {
         return config::Value::from(b);

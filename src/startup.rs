@@ -40,6 +40,7 @@ pub struct Application {
     pub pool: PgPool,
     pub changes: Arc<ChangeService>,
     grace: Duration,
+    listener_limits: crate::listener::ListenerLimits,
     completer_interval: Duration,
     audit_retention_months: u32,
 }
@@ -187,6 +188,7 @@ impl Application {
             callers: Callers::new(&settings.auth.callers),
             changes: Arc::clone(&changes),
             body_limit: settings.server.body_limit_bytes,
+            limits: crate::limits::EdgeLimits::new(settings),
         };
         Ok(Self {
             listener,
@@ -194,6 +196,12 @@ impl Application {
             pool,
             changes,
             grace: Duration::from_millis(settings.server.shutdown_grace_ms),
+            listener_limits: crate::listener::ListenerLimits {
+                header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(settings.server.idle_timeout_ms),
+                max_connections: settings.server.max_connections,
+                drain: Duration::from_millis(settings.server.shutdown_grace_ms),
+            },
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
             audit_retention_months: settings.audit.retention_months,
         })
@@ -235,18 +243,11 @@ impl Application {
             self.completer_interval,
             background.clone(),
         ));
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        // Small responses must not wait for the client's delayed ACK (Nagle).
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let limits = crate::listener::ListenerLimits {
+            drain: self.grace,
+            ..self.listener_limits
+        };
+        crate::listener::serve(self.listener, self.router, limits, shutdown).await?;
         // No new claims from here on; what runs may finish within the grace period.
         background.cancel();
         self.changes.tracker.close();

@@ -65,9 +65,9 @@ impl ProfileLinks {
             .contains(&key.as_str())
             {
                 errors.push(FieldError::new(
-                    format!("/{key}"),
+                    format!("/{}", crate::strict_json::escape_pointer(key)),
                     "unknown_field",
-                    format!("`{key}` is not a field of this object"),
+                    "this member is not a field of this object",
                 ));
             }
         }

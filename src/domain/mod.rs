@@ -11,4 +11,4 @@ pub use contact::{CountryCode, Email, MobileNumber, PersonName};
 pub use links::{ProfileLinks, UserId};
 pub use patch::{FieldError, ProfilePatch};
 pub use plan::{PlannedStep, StepRequest, Target, plan};
-pub use upi::{DeviceFingerprint, UpiAction, UpiChange, UpiNumber, Vpa};
+pub use upi::{DeviceFingerprint, TimestampWindow, UpiAction, UpiChange, UpiNumber, Vpa};

@@ -2,7 +2,7 @@
 //! caller fixes everything after one round trip.
 
 use super::contact::{CountryCode, Email, Invalid, MobileNumber, PersonName};
-use super::upi::{DeviceFingerprint, UpiAction, UpiChange, UpiNumber, Vpa};
+use super::upi::{DeviceFingerprint, TimestampWindow, UpiAction, UpiChange, UpiNumber, Vpa};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -63,7 +63,8 @@ impl Collector {
                 self.push(
                     &format!("{base}/{}", escape_pointer(key)),
                     "unknown_field",
-                    format!("`{key}` is not a field of this object"),
+                    // The pointer names the member; the detail never repeats what was sent.
+                    "this member is not a field of this object",
                 );
             }
         }
@@ -147,13 +148,12 @@ impl Collector {
     }
 }
 
-/// RFC 6901: `~` and `/` in a member name are escaped in a pointer.
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
+use crate::strict_json::escape_pointer;
 
 impl ProfilePatch {
-    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+    /// `window` bounds the device fingerprint's timestamp (`TimestampWindow::around_now` for a
+    /// request).
+    pub fn parse(body: &Value, window: &TimestampWindow) -> Result<Self, Vec<FieldError>> {
         let mut c = Collector(Vec::new());
         let Some(obj) = c.object(body, "", "the body") else {
             return Err(c.0);
@@ -167,7 +167,7 @@ impl ProfilePatch {
                 PersonName::parse(s, "first_name")
             }),
             last_name: c.parsed(obj, "", "last_name", |s| PersonName::parse(s, "last_name")),
-            upi: obj.get("upi").and_then(|v| parse_upi(&mut c, v)),
+            upi: obj.get("upi").and_then(|v| parse_upi(&mut c, v, window)),
         };
         if obj.is_empty() {
             c.push("", "empty_patch", "the body names no field to change");
@@ -195,7 +195,7 @@ impl ProfilePatch {
     }
 }
 
-fn parse_upi(c: &mut Collector, v: &Value) -> Option<UpiChange> {
+fn parse_upi(c: &mut Collector, v: &Value, window: &TimestampWindow) -> Option<UpiChange> {
     let obj = c.object(v, "/upi", "upi")?;
     c.reject_unknown(obj, "/upi", &UPI_FIELDS);
     let mut all_present = true;
@@ -214,7 +214,7 @@ fn parse_upi(c: &mut Collector, v: &Value) -> Option<UpiChange> {
         ),
         Some(_) => c.push("/upi/consent", "invalid_type", "consent must be a boolean"),
     }
-    let device = obj.get("device").and_then(|d| parse_device(c, d));
+    let device = obj.get("device").and_then(|d| parse_device(c, d, window));
     if !all_present {
         return None;
     }
@@ -228,7 +228,11 @@ fn parse_upi(c: &mut Collector, v: &Value) -> Option<UpiChange> {
     })
 }
 
-fn parse_device(c: &mut Collector, v: &Value) -> Option<(DeviceFingerprint, u64)> {
+fn parse_device(
+    c: &mut Collector,
+    v: &Value,
+    window: &TimestampWindow,
+) -> Option<(DeviceFingerprint, u64)> {
     let obj = c.object(v, "/upi/device", "upi.device")?;
     c.reject_unknown(obj, "/upi/device", &DEVICE_FIELDS);
     let has_fp = c.required(obj, "/upi/device", "fingerprint");
@@ -253,6 +257,16 @@ fn parse_device(c: &mut Collector, v: &Value) -> Option<(DeviceFingerprint, u64)
         }
         None => None,
     };
+    let ts = ts.and_then(|t| match window.check(t) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            c.0.push(FieldError::from_invalid(
+                "/upi/device/fingerprint_timestamp",
+                e,
+            ));
+            None
+        }
+    });
     if !(has_fp && has_ts) {
         return None;
     }
@@ -263,6 +277,10 @@ fn parse_device(c: &mut Collector, v: &Value) -> Option<(DeviceFingerprint, u64)
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn any() -> TimestampWindow {
+        TimestampWindow::unbounded()
+    }
 
     fn pointers(errs: &[FieldError]) -> Vec<(&str, &str)> {
         errs.iter().map(|e| (e.pointer.as_str(), e.code)).collect()
@@ -275,7 +293,7 @@ mod tests {
             "email_address": "a@example.com", "first_name": "Ann", "last_name": "Lee",
             "upi": {"upi_number": "9876543210", "vpa": "ann@okaxis", "action": "change_vpa",
                     "consent": true, "device": {"fingerprint": "abc123", "fingerprint_timestamp": 1496918882000u64}}
-        }))
+        }), &any())
         .unwrap();
         assert_eq!(
             p.field_names(),
@@ -292,7 +310,7 @@ mod tests {
         let mut body = json!({"upi": {"upi_number": "9876543210", "vpa": "ann@okaxis", "action": "activate",
             "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 450.0}}});
         assert_eq!(
-            ProfilePatch::parse(&body)
+            ProfilePatch::parse(&body, &any())
                 .unwrap()
                 .upi
                 .unwrap()
@@ -300,7 +318,7 @@ mod tests {
             450
         );
         body["upi"]["device"]["fingerprint_timestamp"] = json!(450.5);
-        assert!(ProfilePatch::parse(&body).is_err());
+        assert!(ProfilePatch::parse(&body, &any()).is_err());
     }
 
     #[test]
@@ -310,7 +328,7 @@ mod tests {
             "nickname": "x", "last_name": null,
             "upi": {"upi_number": "12", "vpa": "nope", "action": "delete", "consent": false,
                     "device": {"fingerprint_timestamp": "soon", "extra": 1}}
-        }))
+        }), &any())
         .unwrap_err();
         assert_eq!(
             pointers(&errs),
@@ -334,19 +352,19 @@ mod tests {
     #[test]
     fn upi_needs_device_and_body_must_be_a_non_empty_object() {
         let errs = ProfilePatch::parse(&json!({"upi": {"upi_number": "12345678", "vpa": "ab@ok",
-            "action": "activate", "consent": true}}))
+            "action": "activate", "consent": true}}), &any())
         .unwrap_err();
         assert_eq!(pointers(&errs), [("/upi/device", "required")]);
         assert_eq!(
-            pointers(&ProfilePatch::parse(&json!({})).unwrap_err()),
+            pointers(&ProfilePatch::parse(&json!({}), &any()).unwrap_err()),
             [("", "empty_patch")]
         );
         assert_eq!(
-            pointers(&ProfilePatch::parse(&json!([1])).unwrap_err()),
+            pointers(&ProfilePatch::parse(&json!([1]), &any()).unwrap_err()),
             [("", "invalid_type")]
         );
         assert_eq!(
-            pointers(&ProfilePatch::parse(&json!({"a/b~": 1})).unwrap_err()),
+            pointers(&ProfilePatch::parse(&json!({"a/b~": 1}), &any()).unwrap_err()),
             [("/a~1b~0", "unknown_field")]
         );
     }

@@ -161,6 +161,7 @@ impl PlannedStep {
 mod tests {
     use super::*;
     use serde_json::json;
+    use crate::domain::TimestampWindow;
 
     fn links() -> ProfileLinks {
         ProfileLinks {
@@ -188,6 +189,7 @@ mod tests {
     fn fields_route_to_their_providers() {
         let p = ProfilePatch::parse(
             &json!({"mobile_number": "9876543210", "mobile_country_code": "91"}),
+            &TimestampWindow::unbounded(),
         )
         .unwrap();
         assert_eq!(
@@ -203,13 +205,14 @@ mod tests {
                 (2, "juspay_wallet", "wlt_b", vec!["mobile_number"]),
             ]
         );
-        let p = ProfilePatch::parse(&json!({"email_address": "a@b.co"})).unwrap();
+        let p = ProfilePatch::parse(&json!({"email_address": "a@b.co"}), &TimestampWindow::unbounded())
+            .unwrap();
         assert_eq!(
             targets(&plan(&p, &links()).unwrap()),
             [(0, "juspay_customer", "cst_1", vec!["email_address"])]
         );
         let p = ProfilePatch::parse(&json!({"upi": {"upi_number": "12345678", "vpa": "ab@ok",
-            "action": "activate", "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 1}}}))
+            "action": "activate", "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 1}}}), &TimestampWindow::unbounded())
         .unwrap();
         assert_eq!(
             targets(&plan(&p, &links()).unwrap()),
@@ -225,7 +228,7 @@ mod tests {
     #[test]
     fn a_missing_link_is_a_field_error() {
         let p = ProfilePatch::parse(&json!({"first_name": "Ann", "upi": {"upi_number": "12345678", "vpa": "ab@ok",
-            "action": "activate", "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 1}}}))
+            "action": "activate", "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 1}}}), &TimestampWindow::unbounded())
         .unwrap();
         let errs = plan(&p, &ProfileLinks::default()).unwrap_err();
         let ptrs: Vec<_> = errs.iter().map(|e| (e.pointer.as_str(), e.code)).collect();

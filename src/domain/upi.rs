@@ -8,7 +8,9 @@ pii_newtype!(UpiNumber, mask::digits);
 pii_newtype!(Vpa, mask::vpa);
 
 impl UpiNumber {
-    /// NPCI UPI numbers are 8-9 digit numeric ids or a 10-digit mobile number.
+    /// NPCI's UPI number rules: a 10-digit UPI number is the user's Indian mobile number (it starts
+    /// with 6 to 9); an 8-9 digit numeric id has no leading 0, is not one digit repeated, and
+    /// does not end in three equal digits. Each rule has its own code so an app can say which.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Invalid::new(
@@ -22,7 +24,84 @@ impl UpiNumber {
                 "upi_number must have 8 to 10 digits",
             ));
         }
+        let b = s.as_bytes();
+        if b.len() == 10 {
+            if !(b'6'..=b'9').contains(&b[0]) {
+                return Err(Invalid::new(
+                    "upi_number_not_mobile",
+                    "a 10-digit upi_number is a mobile number and must start with 6, 7, 8 or 9",
+                ));
+            }
+            return Ok(Self(s.to_string()));
+        }
+        if b[0] == b'0' {
+            return Err(Invalid::new(
+                "upi_number_leading_zero",
+                "an 8 or 9 digit upi_number must not start with 0",
+            ));
+        }
+        if b.iter().all(|d| *d == b[0]) {
+            return Err(Invalid::new(
+                "upi_number_repeated_digits",
+                "an 8 or 9 digit upi_number must not be one digit repeated",
+            ));
+        }
+        let tail = &b[b.len() - 3..];
+        if tail.iter().all(|d| *d == tail[0]) {
+            return Err(Invalid::new(
+                "upi_number_repeated_ending",
+                "an 8 or 9 digit upi_number must not end in three equal digits",
+            ));
+        }
         Ok(Self(s.to_string()))
+    }
+}
+
+/// Where a device's `fingerprint_timestamp` may lie: a fingerprint made long ago (or "in the
+/// future") is a replayed or forged one, and Razorpay receives it verbatim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampWindow {
+    now_ms: u64,
+    max_age_ms: u64,
+    max_future_ms: u64,
+}
+
+impl TimestampWindow {
+    pub fn around(now_ms: u64, max_age_ms: u64, max_future_ms: u64) -> Self {
+        Self {
+            now_ms,
+            max_age_ms,
+            max_future_ms,
+        }
+    }
+
+    pub fn around_now(max_age_ms: u64, max_future_ms: u64) -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::around(now_ms, max_age_ms, max_future_ms)
+    }
+
+    /// Any positive millisecond count up to year 2255 (JSON's exact-integer range): for
+    /// benchmarks and tests of other rules, never for a request.
+    pub fn unbounded() -> Self {
+        Self::around(0, 0, 9_000_000_000_000)
+    }
+
+    pub fn check(&self, ts_ms: u64) -> Result<u64, Invalid> {
+        if self.now_ms > 0 && ts_ms < self.now_ms.saturating_sub(self.max_age_ms) {
+            return Err(Invalid::new(
+                "timestamp_too_old",
+                "fingerprint_timestamp is older than the accepted window (limits.fingerprint_max_age_ms)",
+            ));
+        }
+        if ts_ms > self.now_ms.saturating_add(self.max_future_ms) {
+            return Err(Invalid::new(
+                "timestamp_in_future",
+                "fingerprint_timestamp is further in the future than the accepted clock skew (limits.fingerprint_max_future_ms)",
+            ));
+        }
+        Ok(ts_ms)
     }
 }
 
@@ -147,10 +226,31 @@ mod tests {
         for bad in ["nouser", "a@", "@psp", "a b@psp", "ab@ok-axis", "ab@psp@x"] {
             assert!(Vpa::parse(bad).is_err(), "{bad}");
         }
-        assert!(UpiNumber::parse("1234567890").is_ok());
+        assert!(UpiNumber::parse("9876543210").is_ok());
         assert!(UpiNumber::parse("12345678").is_ok());
-        assert!(UpiNumber::parse("1234567").is_err());
-        assert!(UpiNumber::parse("12345678a").is_err());
+        assert!(UpiNumber::parse("123456789").is_ok());
+        let code = |s: &str| UpiNumber::parse(s).unwrap_err().code;
+        assert_eq!(code("1234567"), "invalid_length");
+        assert_eq!(code("12345678a"), "not_digits");
+        assert_eq!(code("1234567890"), "upi_number_not_mobile");
+        assert_eq!(code("5876543210"), "upi_number_not_mobile");
+        assert_eq!(code("01234567"), "upi_number_leading_zero");
+        assert_eq!(code("77777777"), "upi_number_repeated_digits");
+        assert_eq!(code("999999999"), "upi_number_repeated_digits");
+        assert_eq!(code("12345000"), "upi_number_repeated_ending");
+        assert_eq!(code("123456111"), "upi_number_repeated_ending");
+        assert!(UpiNumber::parse("12345100").is_ok());
+    }
+
+    #[test]
+    fn timestamp_window() {
+        let w = TimestampWindow::around(1_000_000_000, 86_400_000, 300_000);
+        assert_eq!(w.check(1_000_000_000), Ok(1_000_000_000));
+        assert!(w.check(1_000_000_000 - 86_400_000).is_ok());
+        assert!(w.check(1_000_300_000).is_ok());
+        assert_eq!(w.check(1_000_300_001).unwrap_err().code, "timestamp_in_future");
+        assert_eq!(w.check(u64::MAX).unwrap_err().code, "timestamp_in_future");
+        assert_eq!(w.check(1).unwrap_err().code, "timestamp_too_old");
     }
 
     #[test]

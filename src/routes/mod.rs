@@ -19,6 +19,7 @@ pub struct AppState {
     pub callers: Callers,
     pub changes: Arc<ChangeService>,
     pub body_limit: usize,
+    pub limits: crate::limits::EdgeLimits,
 }
 
 impl FromRef<AppState> for Callers {
@@ -34,8 +35,13 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            crate::limits::guard,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(crate::telemetry::edge))
+        .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .with_state(state)
 }
 
@@ -68,12 +74,17 @@ impl FromRequest<AppState> for JsonBody {
         if declared.is_some_and(|n| n > state.body_limit) {
             return Err(ApiError::PayloadTooLarge);
         }
-        let bytes = axum::body::to_bytes(req.into_body(), state.body_limit)
+        let read = axum::body::to_bytes(req.into_body(), state.body_limit);
+        let bytes = tokio::time::timeout(state.limits.body_read_timeout, read)
             .await
+            .map_err(|_| ApiError::BodyTimeout)?
             .map_err(|_| ApiError::PayloadTooLarge)?;
-        serde_json::from_slice(&bytes)
+        crate::strict_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|_| ApiError::MalformedJson)
+            .map_err(|e| match e {
+                crate::strict_json::StrictJsonError::Syntax => ApiError::MalformedJson,
+                crate::strict_json::StrictJsonError::Duplicate(p) => ApiError::DuplicateMember(p),
+            })
     }
 }
 

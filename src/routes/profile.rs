@@ -39,7 +39,8 @@ async fn patch_profile(
         KeyError::Missing => ApiError::IdempotencyKeyMissing,
         KeyError::Malformed => ApiError::IdempotencyKeyMalformed,
     })?;
-    let patch = ProfilePatch::parse(&body).map_err(ApiError::Validation)?;
+    let patch = ProfilePatch::parse(&body, &state.limits.fingerprint_window())
+        .map_err(ApiError::Validation)?;
     let key = IdempotencyKey {
         key,
         fingerprint: idempotency::fingerprint("PATCH", &format!("/profile/{user}"), &body),

@@ -72,6 +72,11 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
             "PROFILE_GATEWAY__DATABASE__MAX_CONNECTIONS".into(),
             "5".into(),
         ),
+        // The in-process sandbox speaks plain HTTP on loopback.
+        (
+            "PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP".into(),
+            "true".into(),
+        ),
         (
             "PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL".into(),
             "warn".into(),
@@ -87,11 +92,15 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
                 "profile:read".into(),
                 "changes:operate".into(),
             ],
+            rate_per_s: None,
+            burst: None,
         },
         CallerSettings {
             name: "test-reader".into(),
             token_sha256: profile_gateway::auth::token_sha256(READ_ONLY_TOKEN),
             scopes: vec!["profile:read".into()],
+            rate_per_s: None,
+            burst: None,
         },
     ];
     s.validate(false)
@@ -197,8 +206,16 @@ impl TestApp {
 pub fn upi_body(vpa: &str, action: &str) -> Value {
     json!({
         "upi_number": "9876543210", "vpa": vpa, "action": action, "consent": true,
-        "device": {"fingerprint": "3f1c0d2e9a7b", "fingerprint_timestamp": 1767225600000u64}
+        "device": {"fingerprint": "3f1c0d2e9a7b", "fingerprint_timestamp": now_ms()}
     })
+}
+
+/// Now in UNIX milliseconds: a device fingerprint must be recent (limits.fingerprint_max_age_ms).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 pub async fn problem(resp: reqwest::Response) -> (u16, Value) {
