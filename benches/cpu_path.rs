@@ -106,7 +106,8 @@ fn cpu_path(c: &mut Criterion) {
     let bytes = full_body_bytes();
     let links = links();
     let hasher = PiiHasher::new("k1", [7u8; 32]);
-    let patch = ProfilePatch::parse(&body, &TimestampWindow::unbounded()).expect("the bench body is valid");
+    let patch =
+        ProfilePatch::parse(&body, &TimestampWindow::unbounded()).expect("the bench body is valid");
     let steps = domain::plan(&patch, &links).expect("the bench user has every link");
     assert_eq!(steps.len(), 3, "customer, one wallet, razorpay");
     let requests: Vec<StepRequest> = steps.iter().map(|s| s.request(&patch).unwrap()).collect();

@@ -251,7 +251,9 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("drain period over with requests still in flight; closing their connections");
+        tracing::warn!(
+            "drain period over with requests still in flight; closing their connections"
+        );
         closing.cancel();
     }
     Ok(())

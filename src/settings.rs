@@ -245,7 +245,7 @@ completer_interval_ms = 1000
 idempotency_retention_hours = 24
 failed_payload_retention_hours = 24
 max_pending_per_user = 4
-turn_poll_ms = 5000
+turn_poll_ms = 10000
 
 [audit]
 hmac_key_id = "k1"
@@ -499,13 +499,28 @@ impl Settings {
             bad("database.max_connections", "must be at least 2");
         }
         for (key, n) in [
-            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
             ("server.idle_timeout_ms", self.server.idle_timeout_ms),
             ("server.max_connections", self.server.max_connections as u64),
-            ("upstream.max_response_bytes", self.upstream.max_response_bytes as u64),
-            ("limits.max_inflight_patches", self.limits.max_inflight_patches as u64),
-            ("limits.max_inflight_reads", self.limits.max_inflight_reads as u64),
+            (
+                "upstream.max_response_bytes",
+                self.upstream.max_response_bytes as u64,
+            ),
+            (
+                "limits.max_inflight_patches",
+                self.limits.max_inflight_patches as u64,
+            ),
+            (
+                "limits.max_inflight_reads",
+                self.limits.max_inflight_reads as u64,
+            ),
             ("changes.turn_poll_ms", self.changes.turn_poll_ms),
         ] {
             if n == 0 {
@@ -515,13 +530,24 @@ impl Settings {
         if self.changes.max_pending_per_user < 1 {
             bad("changes.max_pending_per_user", "must be at least 1");
         }
-        let rates = std::iter::once(("limits".to_string(), self.limits.rate_per_s, self.limits.burst))
-            .chain(self.auth.callers.iter().enumerate().map(|(i, c)| {
-                (format!("auth.callers[{i}]"), c.rate_per_s, c.burst)
-            }));
+        let rates = std::iter::once((
+            "limits".to_string(),
+            self.limits.rate_per_s,
+            self.limits.burst,
+        ))
+        .chain(
+            self.auth
+                .callers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("auth.callers[{i}]"), c.rate_per_s, c.burst)),
+        );
         for (base, rate, burst) in rates {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                bad(&format!("{base}.rate_per_s"), "must be a number greater than 0");
+                bad(
+                    &format!("{base}.rate_per_s"),
+                    "must be a number greater than 0",
+                );
             }
             if burst == Some(0) {
                 bad(&format!("{base}.burst"), "must be at least 1");
@@ -530,7 +556,10 @@ impl Settings {
         if let Some(proxy) = &self.upstream.proxy
             && !is_http_url(proxy)
         {
-            bad("upstream.proxy", "must be an http(s) URL such as http://proxy:3128");
+            bad(
+                "upstream.proxy",
+                "must be an http(s) URL such as http://proxy:3128",
+            );
         }
         if !sandbox && !self.upstream.allow_plain_http {
             for (key, url) in [

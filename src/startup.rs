@@ -41,6 +41,7 @@ pub struct Application {
     pub changes: Arc<ChangeService>,
     grace: Duration,
     listener_limits: crate::listener::ListenerLimits,
+    listen_options: PgConnectOptions,
     completer_interval: Duration,
     audit_retention_months: u32,
 }
@@ -155,6 +156,8 @@ impl Application {
             in_request_attempts: c.in_request_attempts,
             idempotency_retention: Duration::from_secs(c.idempotency_retention_hours * 3600),
             failed_payload_retention: Duration::from_secs(c.failed_payload_retention_hours * 3600),
+            max_pending_per_user: c.max_pending_per_user,
+            turn_poll: ms(c.turn_poll_ms),
         };
         let instance_id = instance_id();
         let writes = Writes::spawn(
@@ -196,6 +199,7 @@ impl Application {
             pool,
             changes,
             grace: Duration::from_millis(settings.server.shutdown_grace_ms),
+            listen_options: connect_options(settings)?,
             listener_limits: crate::listener::ListenerLimits {
                 header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
                 idle_timeout: Duration::from_millis(settings.server.idle_timeout_ms),
@@ -224,7 +228,7 @@ impl Application {
             self.changes
                 .turns
                 .clone()
-                .listen(self.pool.clone(), background.clone()),
+                .listen(self.listen_options.clone(), background.clone()),
         );
         let maintenance = crate::audit::maintenance_loop(
             self.pool.clone(),

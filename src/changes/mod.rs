@@ -36,6 +36,10 @@ pub struct Limits {
     pub in_request_attempts: u32,
     pub idempotency_retention: Duration,
     pub failed_payload_retention: Duration,
+    /// Unfinished changes one user may have; a change beyond it is refused unrecorded.
+    pub max_pending_per_user: i64,
+    /// How often a change waiting for its turn re-checks when no notification came.
+    pub turn_poll: Duration,
 }
 
 pub struct ChangeService {
@@ -77,11 +81,12 @@ impl Writes {
             }
         });
         let p = pool.clone();
-        let (owner, lease, in_flight, retention) = (
+        let (owner, lease, in_flight, retention, max_pending) = (
             owner.to_string(),
             limits.lease,
             limits.deadline + Duration::from_secs(5),
             limits.idempotency_retention,
+            limits.max_pending_per_user,
         );
         let record =
             batcher::Batcher::spawn(max_batch, linger, move |items: Arc<[batch::NewChange]>| {
@@ -92,6 +97,7 @@ impl Writes {
                         lease,
                         key_in_flight: in_flight,
                         key_retention: retention,
+                        max_pending,
                     };
                     // Two requests with one key in one batch: one statement cannot insert a key twice,
                     // so the later copies are answered as duplicates of the first.
@@ -154,6 +160,8 @@ pub enum SubmitError {
     KeyReused,
     /// The key's first request is still being answered.
     KeyInFlight,
+    /// The user has `max_pending_per_user` unfinished changes; nothing was recorded.
+    TooManyPending,
     Db(sqlx::Error),
     /// The database could not take the record (nothing was sent anywhere).
     Unavailable(String),
@@ -316,6 +324,7 @@ impl ChangeService {
                     created_at,
                 } => break (steps, seq, turn, created_at),
                 batch::Recorded::DuplicateKey => return self.existing_key(&user, &ctx, &key).await,
+                batch::Recorded::TooManyPending => return Err(SubmitError::TooManyPending),
                 batch::Recorded::StaleLinks if from_cache || tries < 3 => {
                     self.writes.links_cache.forget(user.as_str());
                     if from_cache {
@@ -667,16 +676,23 @@ impl ChangeService {
             return Ok(());
         }
         let mut notifications = self.turns.subscribe();
-        let mut renewed = Instant::now();
+        // A notification wakes the change at once; the poll is only a fallback for a lost one
+        // (and keeps the lease), so it can be slow: one statement per waiter per interval.
+        let poll = self.limits.turn_poll.min(self.limits.lease / 3);
         loop {
-            match store::changes::is_turn(&self.pool, ch.user.as_str(), ch.seq).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
+            match store::changes::renew_and_check_turn(
+                &self.pool,
+                ch.id,
+                ch.fence,
+                &self.instance_id,
+                self.limits.lease,
+            )
+            .await
+            {
+                Ok(Some(true)) => return Ok(()),
+                Ok(Some(false)) => {}
+                Ok(None) => return Err(Halt::LostLease),
                 Err(_) => return Err(Halt::DbDown),
-            }
-            if renewed.elapsed() > self.limits.lease / 3 {
-                self.renew(ch).await?;
-                renewed = Instant::now();
             }
             // Only the immediate predecessor's end can make this change's turn come.
             let wait = async {
@@ -691,7 +707,7 @@ impl ChangeService {
                     }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_millis(500), wait).await;
+            let _ = tokio::time::timeout(poll, wait).await;
         }
     }
 

@@ -1,9 +1,10 @@
 //! Wakes a change waiting for its turn when the user's previous change becomes final, on any
-//! replica (Postgres LISTEN/NOTIFY). Waiters also poll, so a lost notification only delays.
+//! replica (Postgres LISTEN/NOTIFY). Waiters also poll, slowly, so a lost notification only
+//! delays. The LISTEN connection is this replica's own, outside the request pool, so
+//! `database.max_connections` is what requests get.
 
 use crate::store::changes::FINAL_CHANNEL;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,13 @@ impl Turns {
     }
 
     /// Runs until cancelled, reconnecting when the listening connection drops.
-    pub async fn listen(self, pool: PgPool, stop: CancellationToken) {
+    pub async fn listen(self, options: PgConnectOptions, stop: CancellationToken) {
+        // A pool of one only to reconnect; it never lends to anyone else.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(options);
         loop {
             let session = async {
                 let mut listener = PgListener::connect_with(&pool).await?;

@@ -323,12 +323,15 @@ mod tests {
 
     #[test]
     fn every_violation_is_listed_with_its_pointer() {
-        let errs = ProfilePatch::parse(&json!({
-            "mobile_number": "+91 98", "email_address": ".a@ex.com", "first_name": "Jon Snow",
-            "nickname": "x", "last_name": null,
-            "upi": {"upi_number": "12", "vpa": "nope", "action": "delete", "consent": false,
-                    "device": {"fingerprint_timestamp": "soon", "extra": 1}}
-        }), &any())
+        let errs = ProfilePatch::parse(
+            &json!({
+                "mobile_number": "+91 98", "email_address": ".a@ex.com", "first_name": "Jon Snow",
+                "nickname": "x", "last_name": null,
+                "upi": {"upi_number": "12", "vpa": "nope", "action": "delete", "consent": false,
+                        "device": {"fingerprint_timestamp": "soon", "extra": 1}}
+            }),
+            &any(),
+        )
         .unwrap_err();
         assert_eq!(
             pointers(&errs),
@@ -351,8 +354,11 @@ mod tests {
 
     #[test]
     fn upi_needs_device_and_body_must_be_a_non_empty_object() {
-        let errs = ProfilePatch::parse(&json!({"upi": {"upi_number": "12345678", "vpa": "ab@ok",
-            "action": "activate", "consent": true}}), &any())
+        let errs = ProfilePatch::parse(
+            &json!({"upi": {"upi_number": "12345678", "vpa": "ab@ok",
+            "action": "activate", "consent": true}}),
+            &any(),
+        )
         .unwrap_err();
         assert_eq!(pointers(&errs), [("/upi/device", "required")]);
         assert_eq!(

@@ -160,8 +160,8 @@ impl PlannedStep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::domain::TimestampWindow;
+    use serde_json::json;
 
     fn links() -> ProfileLinks {
         ProfileLinks {
@@ -205,8 +205,11 @@ mod tests {
                 (2, "juspay_wallet", "wlt_b", vec!["mobile_number"]),
             ]
         );
-        let p = ProfilePatch::parse(&json!({"email_address": "a@b.co"}), &TimestampWindow::unbounded())
-            .unwrap();
+        let p = ProfilePatch::parse(
+            &json!({"email_address": "a@b.co"}),
+            &TimestampWindow::unbounded(),
+        )
+        .unwrap();
         assert_eq!(
             targets(&plan(&p, &links()).unwrap()),
             [(0, "juspay_customer", "cst_1", vec!["email_address"])]

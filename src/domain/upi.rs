@@ -248,7 +248,10 @@ mod tests {
         assert_eq!(w.check(1_000_000_000), Ok(1_000_000_000));
         assert!(w.check(1_000_000_000 - 86_400_000).is_ok());
         assert!(w.check(1_000_300_000).is_ok());
-        assert_eq!(w.check(1_000_300_001).unwrap_err().code, "timestamp_in_future");
+        assert_eq!(
+            w.check(1_000_300_001).unwrap_err().code,
+            "timestamp_in_future"
+        );
         assert_eq!(w.check(u64::MAX).unwrap_err().code, "timestamp_in_future");
         assert_eq!(w.check(1).unwrap_err().code, "timestamp_too_old");
     }

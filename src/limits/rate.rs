@@ -48,10 +48,17 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn headers(&self) -> [(&'static str, HeaderValue); 2] {
-        let policy = format!("\"caller\";q={};w={}", self.rate.burst as u64, self.rate.window_s());
+        let policy = format!(
+            "\"caller\";q={};w={}",
+            self.rate.burst as u64,
+            self.rate.window_s()
+        );
         let state = format!("\"caller\";r={};t={}", self.remaining, self.reset_s);
         [
-            ("ratelimit-policy", HeaderValue::from_str(&policy).expect("ascii")),
+            (
+                "ratelimit-policy",
+                HeaderValue::from_str(&policy).expect("ascii"),
+            ),
             ("ratelimit", HeaderValue::from_str(&state).expect("ascii")),
         ]
     }
@@ -134,7 +141,9 @@ pub fn admit(parts: &Parts, caller: &str) -> Result<(), ApiError> {
     if verdict.admitted {
         Ok(())
     } else {
-        Err(ApiError::RateLimited(Duration::from_secs(verdict.reset_s.max(1))))
+        Err(ApiError::RateLimited(Duration::from_secs(
+            verdict.reset_s.max(1),
+        )))
     }
 }
 
@@ -179,10 +188,21 @@ mod tests {
             refused.headers()[0].1.to_str().unwrap(),
             "\"caller\";q=3;w=2"
         );
-        assert_eq!(refused.headers()[1].1.to_str().unwrap(), "\"caller\";r=0;t=1");
+        assert_eq!(
+            refused.headers()[1].1.to_str().unwrap(),
+            "\"caller\";r=0;t=1"
+        );
         // Half a second at 2/s is one token.
-        assert!(l.take("a", t0 + Duration::from_millis(500)).unwrap().admitted);
-        assert!(!l.take("a", t0 + Duration::from_millis(500)).unwrap().admitted);
+        assert!(
+            l.take("a", t0 + Duration::from_millis(500))
+                .unwrap()
+                .admitted
+        );
+        assert!(
+            !l.take("a", t0 + Duration::from_millis(500))
+                .unwrap()
+                .admitted
+        );
         // Never more than the burst, however long the caller was idle.
         let later = t0 + Duration::from_secs(3600);
         assert_eq!(l.take("a", later).unwrap().remaining, 2);

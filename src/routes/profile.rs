@@ -55,6 +55,7 @@ async fn patch_profile(
             SubmitError::MissingLink(errors) => ApiError::MissingLink(errors),
             SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
             SubmitError::KeyInFlight => ApiError::IdempotencyKeyInFlight,
+            SubmitError::TooManyPending => ApiError::TooManyPendingChanges,
             SubmitError::Db(e) => ApiError::from(e),
             SubmitError::Unavailable(e) => ApiError::DatabaseUnavailable(e),
             SubmitError::Internal(e) => ApiError::Internal(e),

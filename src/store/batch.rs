@@ -90,6 +90,8 @@ pub enum Recorded {
     DuplicateKey,
     /// The links changed since they were read, or the user is gone: read again and replan.
     StaleLinks,
+    /// The user already has `max_pending` unfinished changes; nothing was written for this one.
+    TooManyPending,
 }
 
 pub struct RecordParams<'a> {
@@ -97,6 +99,8 @@ pub struct RecordParams<'a> {
     pub lease: Duration,
     pub key_in_flight: Duration,
     pub key_retention: Duration,
+    /// Unfinished changes a user may have (a replayed key is never refused for it).
+    pub max_pending: i64,
 }
 
 /// Records new changes with their steps, idempotency keys and "requested" audit events, and hands
@@ -145,14 +149,22 @@ pub async fn record_changes(
                                       audit_values, hmac_key_id, ord)
            ),
            locked as (
-             select p.user_id, p.updated_at
+             select p.user_id, p.updated_at, p.last_change_seq - p.finished_seq as pending
                from profile_links p
               where p.user_id in (select user_id from input)
               order by p.user_id
                 for update
            ),
+           ranked as (
+             select i.*,
+                    l.pending + row_number() over (partition by i.user_id order by i.ord) > $24 as over_limit,
+                    exists (select 1 from idempotency_keys k
+                             where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
+                               and k.expires_at > now()) as known_key
+               from input i join locked l on l.user_id = i.user_id and l.updated_at = i.links_version
+           ),
            fresh as (
-             select i.* from input i join locked l on l.user_id = i.user_id and l.updated_at = i.links_version
+             select * from ranked where not over_limit or known_key
            ),
            keys as (
              insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
@@ -208,8 +220,10 @@ pub async fn record_changes(
            )
            select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
                   ch.created_at as "created_at?", (f.id is not null) as "fresh!",
+                  coalesce(r.over_limit and not r.known_key, false) as "over_limit!",
                   (select n from au) + (select count(*) from st) as "written!"
              from input i
+             left join ranked r on r.id = i.id
              left join fresh f on f.id = i.id
              left join numbered n on n.id = i.id
              left join ch on ch.id = i.id
@@ -237,6 +251,7 @@ pub async fn record_changes(
         &step_target,
         &step_ref,
         &step_fields,
+        p.max_pending,
     )
     .fetch_all(pool)
     .await?;
@@ -248,6 +263,7 @@ pub async fn record_changes(
                 turn: r.finished_seq.is_some_and(|f| seq <= f + 1),
                 created_at,
             },
+            _ if r.over_limit => Recorded::TooManyPending,
             _ if r.fresh => Recorded::DuplicateKey,
             _ => Recorded::StaleLinks,
         })

@@ -14,19 +14,6 @@ use uuid::Uuid;
 /// Postgres NOTIFY channel announcing "this user's change N is final" (payload `seq user_id`).
 pub const FINAL_CHANNEL: &str = "profile_gateway_change_final";
 
-/// True when no earlier change of the user is still unfinished: changes of one user run one at a
-/// time, in the order they were accepted.
-pub async fn is_turn(pool: &PgPool, user: &str, seq: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"select coalesce((select finished_seq >= $2::bigint - 1 from profile_links where user_id = $1), true)
-               as "turn!""#,
-        user,
-        seq
-    )
-    .fetch_one(pool)
-    .await
-}
-
 /// Extends this replica's lease; false when the change was taken over or finished.
 pub async fn renew_lease(
     pool: &PgPool,
@@ -47,6 +34,29 @@ pub async fn renew_lease(
     .await?
     .rows_affected();
     Ok(n == 1)
+}
+
+/// A waiting change's one statement per wake-up: extends its lease and says whether its turn has
+/// come. `None` when the change was taken over or finished meanwhile.
+pub async fn renew_and_check_turn(
+    pool: &PgPool,
+    change_id: Uuid,
+    fence: i64,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"update changes c set lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4)
+            where c.id = $1 and c.fence = $2 and c.status = 'pending'
+        returning coalesce((select p.finished_seq >= c.user_seq - 1 from profile_links p
+                             where p.user_id = c.user_id), true) as "turn!""#,
+        change_id,
+        fence,
+        owner,
+        lease.as_secs_f64()
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Hands the change to the completers (of any replica) from `after` on: the retry of a step that
