@@ -105,6 +105,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::CheckConfig { sandbox } => {
             let settings = load(cli.config.as_deref(), sandbox)?;
             println!("{settings:#?}");
+            for w in settings.warnings(sandbox) {
+                println!("warning: {w}");
+            }
             Ok(())
         }
         Command::Audit { command } => {
@@ -133,6 +136,9 @@ async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), St
         &settings.telemetry.log_format,
         &settings.telemetry.log_level,
     );
+    for w in settings.warnings(sandbox) {
+        tracing::warn!("{w}");
+    }
     let sandbox_handle = if sandbox {
         let handle = demo::start_sandbox(&mut settings)
             .await

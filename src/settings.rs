@@ -585,6 +585,37 @@ impl Settings {
         }
     }
 
+    /// Settings that are allowed but weaken transport security; `serve` logs each at start and
+    /// `check-config` prints them.
+    pub fn warnings(&self, sandbox: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if sandbox {
+            return out;
+        }
+        for (key, url) in [
+            ("juspay.base_url", &self.juspay.base_url),
+            ("razorpay.base_url", &self.razorpay.base_url),
+        ] {
+            if self.upstream.allow_plain_http
+                && url
+                    .as_deref()
+                    .is_some_and(|u| u.to_ascii_lowercase().starts_with("http://"))
+            {
+                out.push(format!(
+                    "{key} is plain http:// (upstream.allow_plain_http = true): credentials and PII cross in cleartext"
+                ));
+            }
+        }
+        if self.database.allow_plaintext
+            && crate::db_tls::plaintext_risk(self.database.url.expose()).is_some()
+        {
+            out.push(
+                "database.url may run without TLS (database.allow_plaintext = true)".to_string(),
+            );
+        }
+        out
+    }
+
     pub fn request_deadline(&self) -> Duration {
         Duration::from_millis(self.upstream.request_deadline_ms)
     }

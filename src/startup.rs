@@ -96,8 +96,11 @@ impl Application {
         if settings.database.migrate_on_start {
             migrate(&pool).await?;
         }
-        let client =
-            providers::http::client(Duration::from_millis(settings.upstream.connect_timeout_ms));
+        let client = providers::http::client(
+            Duration::from_millis(settings.upstream.connect_timeout_ms),
+            settings.upstream.proxy.as_deref(),
+        )
+        .map_err(|e| StartupError::Config(format!("upstream.proxy: {e}")))?;
         let missing = |k: &str| StartupError::Config(format!("{k} is required"));
         let juspay = JuspayConfig {
             base_url: settings
@@ -112,7 +115,10 @@ impl Application {
                 .ok_or_else(|| missing("juspay.api_key"))?,
             merchant_id: settings.juspay.merchant_id.clone(),
             version: settings.juspay.version.clone(),
-            timeout: Duration::from_millis(settings.juspay.timeout_ms),
+            read: providers::http::ReadLimits {
+                timeout: Duration::from_millis(settings.juspay.timeout_ms),
+                max_bytes: settings.upstream.max_response_bytes,
+            },
         };
         let razorpay = RazorpayConfig {
             base_url: settings
@@ -130,7 +136,10 @@ impl Application {
                 .key_secret
                 .clone()
                 .ok_or_else(|| missing("razorpay.key_secret"))?,
-            timeout: Duration::from_millis(settings.razorpay.timeout_ms),
+            read: providers::http::ReadLimits {
+                timeout: Duration::from_millis(settings.razorpay.timeout_ms),
+                max_bytes: settings.upstream.max_response_bytes,
+            },
         };
         let previous = match &settings.changes.previous_encryption_keys {
             Some(keys) => crate::crypto::parse_key_list(keys).map_err(|_| {

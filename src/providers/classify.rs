@@ -141,10 +141,19 @@ pub fn transport_failure(target: Target, e: TransportError) -> StepError {
             status,
             format!("{t} broke the connection before answering fully"),
         ),
+        // Unread, a 4xx still says the request was refused; any other answer may hide an
+        // applied write, so the step is read back before anything is resent.
+        TransportError::TooLarge { status } => (
+            StepErrorCode::UpstreamBadResponse,
+            !(400..500).contains(&status),
+            Some(status),
+            format!("{t} answered with a body larger than upstream.max_response_bytes"),
+        ),
     };
     StepError {
         code,
-        retryable: true,
+        // Only an unreadable 4xx is final: the upstream refused, so there is nothing to read back.
+        retryable: code != StepErrorCode::UpstreamBadResponse || unknown,
         outcome_unknown: unknown,
         upstream_status: status,
         upstream_code: None,

@@ -4,16 +4,26 @@ use bytes::Bytes;
 use std::time::Duration;
 
 /// One pooled client. Redirects are never followed: a 3xx from a payments API means a wrong base
-/// URL, and following it could replay a write with credentials to another host.
-pub fn client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+/// URL, and following it could replay a write with credentials to another host. Proxies come
+/// from `upstream.proxy` only: an `HTTP_PROXY` left in a pod's environment must not receive the
+/// upstream credentials. TLS below 1.2 is never negotiated.
+pub fn client(
+    connect_timeout: Duration,
+    proxy: Option<&str>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    let builder = reqwest::Client::builder().no_proxy();
+    let builder = match proxy {
+        Some(url) => builder.proxy(reqwest::Proxy::all(url)?),
+        None => builder,
+    };
+    builder
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(50))
         .tcp_nodelay(true)
         .user_agent(concat!("profile-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
-        .expect("the TLS backend is compiled in, so building a client cannot fail")
 }
 
 #[derive(Debug)]
@@ -33,6 +43,13 @@ impl UpstreamResponse {
     }
 }
 
+/// How one provider's answers are read: within `timeout` in all, and at most `max_bytes` of body.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub timeout: Duration,
+    pub max_bytes: usize,
+}
+
 #[derive(Debug)]
 pub enum TransportError {
     /// Nothing was sent: the connection could not be made.
@@ -41,14 +58,17 @@ pub enum TransportError {
     Timeout,
     /// The connection broke after the request left, or the body was cut short.
     Broken { status: Option<u16> },
+    /// The answer announced or sent more than `max_bytes`; the read stopped and the connection
+    /// was dropped.
+    TooLarge { status: u16 },
 }
 
-/// Sends a request with its per-provider total timeout and reads the whole body.
+/// Sends a request with its per-provider total timeout and reads the body up to the cap.
 pub async fn send(
     request: reqwest::RequestBuilder,
-    timeout: Duration,
+    limits: &ReadLimits,
 ) -> Result<UpstreamResponse, TransportError> {
-    let response = request.timeout(timeout).send().await.map_err(|e| {
+    let mut response = request.timeout(limits.timeout).send().await.map_err(|e| {
         if e.is_connect() && !e.is_timeout() {
             TransportError::Connect
         } else if e.is_timeout() {
@@ -64,15 +84,32 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response.bytes().await.map_err(|e| {
-        if e.is_timeout() {
-            TransportError::Timeout
-        } else {
-            TransportError::Broken {
-                status: Some(status),
+    let too_large = TransportError::TooLarge { status };
+    if response
+        .content_length()
+        .is_some_and(|n| n > limits.max_bytes as u64)
+    {
+        // Dropping an unread response closes its connection; nothing of the body is buffered.
+        return Err(too_large);
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                TransportError::Timeout
+            } else {
+                TransportError::Broken {
+                    status: Some(status),
+                }
             }
+        })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > limits.max_bytes {
+            return Err(too_large);
         }
-    })?;
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
     Ok(UpstreamResponse {
         status,
         retry_after,

@@ -109,7 +109,7 @@ pub struct JuspayConfig {
     pub api_key: crate::secret::Secret,
     pub merchant_id: Option<String>,
     pub version: String,
-    pub timeout: Duration,
+    pub read: http::ReadLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +117,7 @@ pub struct RazorpayConfig {
     pub base_url: String,
     pub key_id: String,
     pub key_secret: crate::secret::Secret,
-    pub timeout: Duration,
+    pub read: http::ReadLimits,
 }
 
 pub fn build(client: reqwest::Client, juspay: JuspayConfig, razorpay: RazorpayConfig) -> Providers {
@@ -138,10 +138,10 @@ pub fn build(client: reqwest::Client, juspay: JuspayConfig, razorpay: RazorpayCo
 pub(crate) async fn exchange(
     target: Target,
     request: reqwest::RequestBuilder,
-    timeout: Duration,
+    read: &http::ReadLimits,
     facts: fn(&[u8]) -> classify::ErrorFacts,
 ) -> Result<http::UpstreamResponse, StepError> {
-    let response = http::send(request, timeout)
+    let response = http::send(request, read)
         .await
         .map_err(|e| classify::transport_failure(target, e))?;
     if response.is_success() {

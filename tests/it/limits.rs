@@ -525,3 +525,154 @@ async fn shutdown_drains_in_flight_requests_then_stops_accepting() {
         "no longer listening"
     );
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// An upstream that answers every request 200 with 400 MB of whitespace, then `{"id":"big"}`,
+/// announced by Content-Length or chunked. Reports how many bytes it got out before the client
+/// dropped the connection.
+async fn hostile_upstream(chunked: bool) -> (String, tokio::sync::mpsc::UnboundedReceiver<u64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                const TOTAL: u64 = 400 * 1024 * 1024;
+                let tail = b"{\"id\":\"big\"}";
+                let head = if chunked {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        TOTAL + tail.len() as u64
+                    )
+                };
+                let mut sent = 0u64;
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    let _ = tx.send(sent);
+                    return;
+                }
+                let block = vec![b' '; 1024 * 1024];
+                while sent < TOTAL {
+                    let r = if chunked {
+                        let mut c = format!("{:x}\r\n", block.len()).into_bytes();
+                        c.extend_from_slice(&block);
+                        c.extend_from_slice(b"\r\n");
+                        s.write_all(&c).await
+                    } else {
+                        s.write_all(&block).await
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                    sent += block.len() as u64;
+                }
+                let _ = tx.send(sent);
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_huge_upstream_body_ends_the_read_drops_the_connection_and_leaves_memory_bounded() {
+    for chunked in [false, true] {
+        let (url, mut sent) = hostile_upstream(chunked).await;
+        let app = spawn_app_with(|s| {
+            single_attempt(s);
+            s.juspay.base_url = Some(url.clone());
+        })
+        .await;
+        // Warm up allocator and pools with one small request first.
+        let _ = app.get("/profile/alice/links").await;
+        let before = rss_kib();
+        let resp = app.patch("alice", &json!({"first_name": "Al"})).await;
+        let (status, p) = problem(resp).await;
+        let after = rss_kib();
+        assert_eq!(status, 502, "{p}");
+        assert_eq!(p["code"], "upstream_bad_response", "{p}");
+        let step = &p["steps"][0];
+        assert_eq!(step["target"], "juspay_customer");
+        assert_eq!(
+            step["status"], "unknown",
+            "a 2xx we could not read may have applied"
+        );
+        assert_eq!(step["error"]["code"], "upstream_bad_response");
+        let written = tokio::time::timeout(Duration::from_secs(10), sent.recv())
+            .await
+            .expect("the gateway drops the connection")
+            .unwrap();
+        assert!(
+            written < 64 * 1024 * 1024,
+            "chunked={chunked}: the upstream got {written} bytes out before the drop"
+        );
+        assert!(
+            after < before + 8 * 1024,
+            "chunked={chunked}: RSS went from {before} KiB to {after} KiB"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_customer_answer_that_does_not_echo_the_field_sent_is_confirmed_by_read_back() {
+    let app = spawn_app().await;
+    // The update takes effect, but the answer shows only the id.
+    app.sandbox.add_fault(
+        FaultSpec::status(
+            "juspay_customer_update",
+            200,
+            r#"{"id":"cst_demo_alice","object":"customer"}"#,
+            Some("application/json"),
+        )
+        .after_apply()
+        .times(1),
+    );
+    let resp = app.patch("alice", &json!({"first_name": "Echo"})).await;
+    assert_eq!(resp.status(), 200);
+    let routes: Vec<String> = app
+        .journal()
+        .iter()
+        .filter_map(|e| e.route.clone())
+        .collect();
+    assert_eq!(
+        routes,
+        ["juspay_customer_update", "juspay_customer_get"],
+        "one update, then a read-back instead of a second write"
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from change_steps where confirmed_by_read_back and status = 'applied'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn with_an_upstream_that_never_echoes_the_step_stays_unknown() {
+    let app = spawn_app_with(single_attempt).await;
+    app.sandbox.add_fault(
+        FaultSpec::status(
+            "juspay_customer_update",
+            200,
+            r#"{"id":"cst_demo_alice"}"#,
+            Some("application/json"),
+        )
+        .times(1),
+    );
+    let (status, p) = problem(app.patch("alice", &json!({"first_name": "Echo"})).await).await;
+    assert_eq!(status, 502, "{p}");
+    assert_eq!(p["steps"][0]["status"], "unknown", "{p}");
+    assert_eq!(p["steps"][0]["error"]["code"], "upstream_bad_response");
+}

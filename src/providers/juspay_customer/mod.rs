@@ -50,7 +50,7 @@ impl JuspayCustomer {
         customer_id: &str,
     ) -> Result<(u16, wire::Customer), StepError> {
         let response =
-            super::exchange(TARGET, request, self.config.timeout, juspay_error::facts).await?;
+            super::exchange(TARGET, request, &self.config.read, juspay_error::facts).await?;
         let customer: wire::Customer = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a customer"))?;
         let names_other = customer.id.as_deref().is_some_and(|id| id != customer_id)
@@ -77,7 +77,7 @@ impl JuspayCustomer {
             Some(name) => Err(bad_success(
                 TARGET,
                 status,
-                &format!("its {name} is not the value sent"),
+                &format!("its answer does not show the {name} sent"),
             )),
         }
     }
@@ -96,8 +96,9 @@ impl JuspayCustomer {
     }
 }
 
-/// The first sent field the customer does not hold. A field the response schema omits is not a
-/// contradiction (older `version`s return fewer fields).
+/// The first sent field the answer does not show with the sent value. A field the answer omits
+/// proves nothing either way (older `version`s return fewer fields, and a proxy or a hostile
+/// upstream can answer `{"id": ...}` alone): the step stays unknown until a read-back confirms it.
 fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&'static str> {
     let echoes = [
         (
@@ -122,6 +123,7 @@ fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&
         .into_iter()
         .find_map(|(name, sent, got)| match (sent, got) {
             (Some(sent), Some(got)) if !sent.eq_ignore_ascii_case(got) => Some(name),
+            (Some(_), None) => Some(name),
             _ => None,
         })
 }
@@ -211,7 +213,9 @@ mod tests {
         assert!(!holds_all(&form, &customer(Some("old@example.com"))));
         // An absent field is not evidence that the write happened.
         assert!(!holds_all(&form, &customer(None)));
-        // The POST's echo is lenient about fields an older response schema omits.
-        assert_eq!(mismatch(&form, &customer(None)), None);
+        // Nor is an echo that omits it (issue 14: `{"id":"big"}` counted as applied): the step
+        // stays unknown until a read-back shows the value.
+        assert_eq!(mismatch(&form, &customer(None)), Some("email_address"));
+        assert_eq!(mismatch(&form, &customer(Some("NEW@example.com"))), None);
     }
 }

@@ -48,7 +48,7 @@ impl JuspayWallet {
         wallet_id: &str,
     ) -> Result<(u16, Option<String>), StepError> {
         let response =
-            super::exchange(TARGET, request, self.config.timeout, juspay_error::facts).await?;
+            super::exchange(TARGET, request, &self.config.read, juspay_error::facts).await?;
         let account: wire::WalletAccount =
             serde_json::from_slice(&response.body).map_err(|_| {
                 bad_success(TARGET, response.status, "its body is not a wallet account")

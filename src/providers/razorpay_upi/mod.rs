@@ -52,7 +52,7 @@ impl RazorpayUpi {
 
     async fn holds(&self, customer_reference: &str, upi: &UpiChange) -> Result<bool, StepError> {
         let request = self.request(reqwest::Method::GET, customer_reference, upi);
-        let response = super::exchange(TARGET, request, self.config.timeout, facts).await?;
+        let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
         let list: wire::UpiNumberList = serde_json::from_slice(&response.body).map_err(|_| {
             bad_success(TARGET, response.status, "its body is not a UPI number list")
         })?;
@@ -81,7 +81,7 @@ impl RazorpayUpi {
             .request(reqwest::Method::PATCH, customer_reference, upi)
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
-        let response = super::exchange(TARGET, request, self.config.timeout, facts).await?;
+        let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
         let entity: wire::UpiNumberEntity = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a UPI number"))?;
         if entity.upi_number.as_deref() != Some(upi.upi_number.as_str()) {
