@@ -8,9 +8,10 @@
 local token = os.getenv("BENCH_TOKEN") or "bench-token"
 local users = tonumber(os.getenv("BENCH_USERS") or "2000")
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
+-- The device fingerprint must be recent (limits.fingerprint_max_age_ms).
 local body = '{"mobile_number":"9812345678","email_address":"bench@example.com",'
   .. '"upi":{"upi_number":"9876543210","vpa":"bench@okaxis","action":"change_vpa","consent":true,'
-  .. '"device":{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":1767225600000}}}'
+  .. '"device":{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":' .. string.format("%d", os.time() * 1000) .. '}}}'
 
 local threads = {}
 local next_id = 1

@@ -86,6 +86,8 @@ struct Stats {
     ok: u64,
     errors: u64,
     status_counts: BTreeMap<String, u64>,
+    /// The same latencies by outcome, so shed answers (503) and accepted ones are told apart.
+    by_outcome: BTreeMap<String, Vec<u64>>,
     /// Open loop: the most a send started after its due time (generator or slot lag).
     max_send_lag_us: u64,
     first_measured: Option<Instant>,
@@ -101,6 +103,10 @@ impl Stats {
             self.errors += 1;
         }
         *self.status_counts.entry(outcome.to_string()).or_insert(0) += 1;
+        self.by_outcome
+            .entry(outcome.to_string())
+            .or_default()
+            .push(latency.as_micros() as u64);
         self.last_done = Some(self.last_done.map_or(done, |d| d.max(done)));
     }
 }
@@ -322,6 +328,17 @@ async fn run(args: Args) -> i32 {
     let mut s = std::mem::take(&mut *stats.lock().unwrap());
     s.latencies_us.sort_unstable();
     let completed = s.ok + s.errors;
+    let by_status: serde_json::Map<String, serde_json::Value> = s
+        .by_outcome
+        .iter_mut()
+        .map(|(k, v)| {
+            v.sort_unstable();
+            (
+                k.clone(),
+                serde_json::json!({"count": v.len(), "p50_ms": percentile(v, 0.50), "p99_ms": percentile(v, 0.99)}),
+            )
+        })
+        .collect();
     let secs = elapsed.as_secs_f64().max(1e-9);
     let out = serde_json::json!({
         "mode": if args.rate.is_some() { "open" } else { "closed" },
@@ -332,6 +349,7 @@ async fn run(args: Args) -> i32 {
         "ok": s.ok,
         "errors": s.errors,
         "status_counts": s.status_counts,
+        "by_status": by_status,
         "p50_ms": percentile(&s.latencies_us, 0.50),
         "p90_ms": percentile(&s.latencies_us, 0.90),
         "p99_ms": percentile(&s.latencies_us, 0.99),

@@ -825,6 +825,107 @@ mod tests {
         );
     }
 
+    fn production(extra: &[(&str, &str)]) -> Result<(), String> {
+        let mut pairs = vec![
+            ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "https://api.juspay.in"),
+            ("PROFILE_GATEWAY__JUSPAY__API_KEY", "k"),
+            (
+                "PROFILE_GATEWAY__RAZORPAY__BASE_URL",
+                "https://api.razorpay.com",
+            ),
+            ("PROFILE_GATEWAY__RAZORPAY__KEY_ID", "id"),
+            ("PROFILE_GATEWAY__RAZORPAY__KEY_SECRET", "secret"),
+            (
+                "PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+            (
+                "PROFILE_GATEWAY__AUDIT__HMAC_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+        ];
+        pairs.extend_from_slice(extra);
+        let mut s = Settings::load(None, env(&pairs)).map_err(|e| e.to_string())?;
+        s.auth.callers.push(CallerSettings {
+            name: "app".into(),
+            token_sha256: "0".repeat(64),
+            scopes: vec![],
+            rate_per_s: None,
+            burst: None,
+        });
+        s.validate(false).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn transport_security_and_limits_are_validated() {
+        assert_eq!(production(&[]), Ok(()));
+        let err = production(&[("PROFILE_GATEWAY__JUSPAY__BASE_URL", "http://api.juspay.in")])
+            .unwrap_err();
+        assert!(err.contains("juspay.base_url: must be https://"), "{err}");
+        assert_eq!(
+            production(&[
+                ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "http://10.0.0.1:8080"),
+                ("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true"),
+            ]),
+            Ok(())
+        );
+        let err = production(&[(
+            "PROFILE_GATEWAY__DATABASE__URL",
+            "postgres://gw@db.internal:5432/pg",
+        )])
+        .unwrap_err();
+        assert!(err.contains("database.url: sslmode=prefer"), "{err}");
+        for ok in [
+            "postgres://gw@db.internal/pg?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://gw@127.0.0.1/pg",
+        ] {
+            assert_eq!(
+                production(&[("PROFILE_GATEWAY__DATABASE__URL", ok)]),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            production(&[
+                (
+                    "PROFILE_GATEWAY__DATABASE__URL",
+                    "postgres://gw@db.internal/pg"
+                ),
+                ("PROFILE_GATEWAY__DATABASE__ALLOW_PLAINTEXT", "true"),
+            ]),
+            Ok(())
+        );
+        let err = production(&[("PROFILE_GATEWAY__DATABASE__MAX_CONNECTIONS", "1")]).unwrap_err();
+        assert!(
+            err.contains("database.max_connections: must be at least 2"),
+            "{err}"
+        );
+        let err = production(&[
+            ("PROFILE_GATEWAY__LIMITS__RATE_PER_S", "0"),
+            ("PROFILE_GATEWAY__LIMITS__BURST", "0"),
+            ("PROFILE_GATEWAY__CHANGES__MAX_PENDING_PER_USER", "0"),
+            ("PROFILE_GATEWAY__SERVER__HEADER_READ_TIMEOUT_MS", "0"),
+            ("PROFILE_GATEWAY__UPSTREAM__PROXY", "not a url"),
+        ])
+        .unwrap_err();
+        for key in [
+            "limits.rate_per_s",
+            "limits.burst",
+            "changes.max_pending_per_user",
+            "server.header_read_timeout_ms",
+            "upstream.proxy",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // Sandbox mode talks to the local simulator over plain HTTP.
+        let s = Settings::load(
+            None,
+            env(&[("PROFILE_GATEWAY__JUSPAY__BASE_URL", "http://127.0.0.1:1")]),
+        )
+        .unwrap();
+        assert!(s.validate(true).is_ok());
+        assert!(s.warnings(true).is_empty());
+    }
+
     #[test]
     fn secrets_do_not_show_in_debug() {
         let s = Settings::load(

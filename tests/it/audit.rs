@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 fn hmac_key() -> [u8; 32] {
-    let s = base_settings("postgres://u@h/db", "http://127.0.0.1:1");
+    let s = base_settings("postgres://u@127.0.0.1/db", "http://127.0.0.1:1");
     profile_gateway::crypto::decode_key(s.audit.hmac_key.as_ref().unwrap()).unwrap()
 }
 
 fn hmac_key_b64() -> String {
-    let s = base_settings("postgres://u@h/db", "http://127.0.0.1:1");
+    let s = base_settings("postgres://u@127.0.0.1/db", "http://127.0.0.1:1");
     s.audit.hmac_key.unwrap().expose().to_string()
 }
 
@@ -633,7 +633,8 @@ async fn the_verifier_flags_every_tampering() {
 
 #[tokio::test]
 async fn concurrent_changes_of_one_user_chain_without_gaps() {
-    let app = spawn_app().await;
+    // More changes at once than the default changes.max_pending_per_user.
+    let app = spawn_app_with(|s| s.changes.max_pending_per_user = 100).await;
     let mut tasks = Vec::new();
     for i in 0..6 {
         let client = app.client.clone();
@@ -675,7 +676,7 @@ async fn no_plaintext_pii_in_a_dump_of_the_database() {
         "first_name": CANARY_FIRST, "last_name": CANARY_LAST,
         "upi": {"upi_number": CANARY_UPI_NUMBER, "vpa": format!("{CANARY_VPA_HANDLE}@okaxis"),
                 "action": "change_vpa", "consent": true,
-                "device": {"fingerprint": "3f1c0d2e9a7b", "fingerprint_timestamp": 1767225600000u64}},
+                "device": {"fingerprint": "3f1c0d2e9a7b", "fingerprint_timestamp": now_ms()}},
     });
     // The simulator knows another UPI number for alice, so that step fails: the change and its
     // events are recorded all the same.

@@ -128,7 +128,9 @@ async fn a_full_patch_reaches_every_provider_with_the_exact_wire_format() {
     );
     assert_eq!(u.headers["content-type"], "application/json");
     assert_eq!(u.headers["x-device-fingerprint"], "3f1c0d2e9a7b");
-    assert_eq!(u.headers["x-device-fingerprint-timestamp"], "1767225600000");
+    // Forwarded as sent (the body's timestamp is "now", inside the accepted window).
+    let ts: u64 = u.headers["x-device-fingerprint-timestamp"].parse().unwrap();
+    assert!(ts.abs_diff(now_ms()) < 60_000, "{ts}");
     assert_eq!(u.headers["x-customer-reference"], "cref_demo_alice");
     assert_eq!(u.auth_principal.as_deref(), Some("rzp_sandbox_key"));
     assert!(u.auth_ok);
@@ -248,7 +250,7 @@ async fn each_field_group_reaches_exactly_its_providers() {
         ),
         (
             json!({"upi": {"upi_number": "912345678", "vpa": "bob.b@okhdfc", "action": "change_vpa", "consent": true,
-                "device": {"fingerprint": "fp", "fingerprint_timestamp": 1767225600000u64}}}),
+                "device": {"fingerprint": "fp", "fingerprint_timestamp": now_ms()}}}),
             vec!["razorpay_upi_update"],
         ),
     ];

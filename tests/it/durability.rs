@@ -207,9 +207,11 @@ async fn fifty_concurrent_duplicates_make_one_upstream_call_per_step() {
 
 #[tokio::test]
 async fn two_hundred_changes_for_one_user_through_three_replicas_apply_in_order() {
-    let app = spawn_app().await;
-    let b = spawn_replica(&app, |_| {}).await;
-    let c = spawn_replica(&app, |_| {}).await;
+    // All 200 may wait at once: the bound on pending changes is tested in limits.rs.
+    let unbounded = |s: &mut Settings| s.changes.max_pending_per_user = 1000;
+    let app = spawn_app_with(unbounded).await;
+    let b = spawn_replica(&app, unbounded).await;
+    let c = spawn_replica(&app, unbounded).await;
     let bases = [app.base.clone(), b, c];
     let n = 200;
     let requests = (0..n).map(|i| {
@@ -582,6 +584,7 @@ async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str
         )
         .env("PROFILE_GATEWAY__DATABASE__URL", db_url(app))
         .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
+        .env("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true")
         .env("PROFILE_GATEWAY__JUSPAY__API_KEY", "sandbox_juspay_api_key")
         .env("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID", "sandbox_merchant")
         .env("PROFILE_GATEWAY__RAZORPAY__BASE_URL", &sandbox)

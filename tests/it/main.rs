@@ -6,6 +6,7 @@ mod helpers;
 mod api_errors;
 mod audit;
 mod core_flow;
+mod db_tls;
 mod durability;
 mod failures;
 mod limits;
