@@ -585,6 +585,8 @@ async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str
         .env("PROFILE_GATEWAY__DATABASE__URL", db_url(app))
         .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
         .env("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        // Killed replicas leave changes pending for the survivor: not refused for the bound.
+        .env("PROFILE_GATEWAY__CHANGES__MAX_PENDING_PER_USER", "1000")
         .env("PROFILE_GATEWAY__JUSPAY__API_KEY", "sandbox_juspay_api_key")
         .env("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID", "sandbox_merchant")
         .env("PROFILE_GATEWAY__RAZORPAY__BASE_URL", &sandbox)
