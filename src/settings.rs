@@ -916,6 +916,33 @@ mod tests {
         ] {
             assert!(err.contains(key), "{key}: {err}");
         }
+        // Allowed, but said at start and by check-config.
+        let mut s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "http://10.0.0.1:8080"),
+                ("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true"),
+                (
+                    "PROFILE_GATEWAY__DATABASE__URL",
+                    "postgres://gw@db.internal/pg",
+                ),
+                ("PROFILE_GATEWAY__DATABASE__ALLOW_PLAINTEXT", "true"),
+            ]),
+        )
+        .unwrap();
+        let w = s.warnings(false);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("juspay.base_url is plain http://"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("database.url may run without TLS"),
+            "{w:?}"
+        );
+        s.upstream.allow_plain_http = false;
+        s.database.allow_plaintext = false;
+        assert!(s.warnings(false).is_empty());
         // Sandbox mode talks to the local simulator over plain HTTP.
         let s = Settings::load(
             None,
