@@ -617,6 +617,9 @@ async fn a_huge_upstream_body_ends_the_read_drops_the_connection_and_leaves_memo
             written < 64 * 1024 * 1024,
             "chunked={chunked}: the upstream got {written} bytes out before the drop"
         );
+        eprintln!(
+            "chunked={chunked}: RSS {before} KiB -> {after} KiB, upstream wrote {written} bytes before the drop"
+        );
         assert!(
             after < before + 8 * 1024,
             "chunked={chunked}: RSS went from {before} KiB to {after} KiB"
