@@ -54,6 +54,8 @@ pub enum ApiError {
     ChangeFailed(Box<ChangeView>),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -267,6 +269,12 @@ impl ApiError {
                 "internal_error",
                 "Internal error",
                 "an unexpected error occurred; quote request_id when reporting it".into(),
+            ),
+            NotReady(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "Not ready",
+                reason.clone(),
             ),
         }
     }

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod failpoint;
+pub mod lifecycle;
 pub mod providers;
 pub mod routes;
 pub mod sandbox;

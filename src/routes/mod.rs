@@ -19,6 +19,7 @@ pub struct AppState {
     pub callers: Callers,
     pub changes: Arc<ChangeService>,
     pub body_limit: usize,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl FromRef<AppState> for Callers {

@@ -8,4 +8,5 @@ mod audit;
 mod core_flow;
 mod durability;
 mod failures;
+mod lifecycle;
 mod sandbox;
