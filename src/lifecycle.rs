@@ -154,7 +154,9 @@ impl Lifecycle {
                 if o.failing_since.is_some() || o.last_ok.is_none() {
                     tracing::info!("database reachable");
                 }
-                if o.schema.as_ref() != Some(&schema) {
+                // Once per change between current and behind, not per migration applied.
+                let kind = std::mem::discriminant(&schema);
+                if o.schema.as_ref().map(std::mem::discriminant) != Some(kind) {
                     match &schema {
                         Schema::Current => {
                             tracing::info!(expected = self.expected, "database schema is current")

@@ -125,6 +125,9 @@ impl Application {
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
             .connect_lazy_with(connect_options(settings)?);
+        if settings.database.migrate_on_start {
+            migrate(&pool).await?;
+        }
         let lifecycle = Arc::new(Lifecycle::new(Duration::from_millis(
             settings.database.health_unreachable_after_ms,
         )));
@@ -132,9 +135,6 @@ impl Application {
             connect_options(settings)?,
             Duration::from_millis(settings.database.health_check_interval_ms),
         );
-        if settings.database.migrate_on_start {
-            migrate(&pool).await?;
-        }
         let client =
             providers::http::client(Duration::from_millis(settings.upstream.connect_timeout_ms));
         let missing = |k: &str| StartupError::Config(format!("{k} is required"));
