@@ -235,6 +235,101 @@ async fn readiness_stays_200_with_every_upstream_failing() {
     assert_stays_ready(&app.base, Duration::from_millis(1500)).await;
 }
 
+/// A TCP relay to PostgreSQL that a test can cut (closing every relayed connection and refusing
+/// new ones) and restore: a database outage as the gateway sees it.
+struct DbRelay {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    kill: Arc<Mutex<tokio_util::sync::CancellationToken>>,
+}
+
+impl DbRelay {
+    async fn start(target: String) -> DbRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = DbRelay {
+            addr: listener.local_addr().unwrap(),
+            cut: Arc::default(),
+            kill: Arc::default(),
+        };
+        let (cut, kill) = (Arc::clone(&relay.cut), Arc::clone(&relay.kill));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let stop = kill.lock().unwrap().clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut kill = self.kill.lock().unwrap();
+        kill.cancel();
+        *kill = tokio_util::sync::CancellationToken::new();
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn readiness_is_503_after_the_database_is_unreachable_for_a_while_and_recovers() {
+    let sandbox = spawn_sandbox().await;
+    let (_name, url) = fresh_database().await;
+    let mut direct = url::Url::parse(&url).unwrap();
+    let target = format!(
+        "{}:{}",
+        direct.host_str().unwrap(),
+        direct.port().unwrap_or(5432)
+    );
+    let relay = DbRelay::start(target).await;
+    direct.set_port(Some(relay.addr.port())).unwrap();
+    direct.set_host(Some("127.0.0.1")).unwrap();
+    let mut s = base_settings(direct.as_str(), &sandbox.base_url());
+    fast_health(&mut s);
+    let (base, _) = serve(&s).await;
+    assert_eq!(
+        await_ready_status(&base, 200, Duration::from_secs(5))
+            .await
+            .0,
+        200
+    );
+
+    relay.cut();
+    let (status, p) = await_ready_status(&base, 503, Duration::from_secs(5)).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (503, Some("not_ready")),
+        "{p}"
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("database unreachable for"),
+        "{p}"
+    );
+    let live = reqwest::get(format!("{base}/health/live")).await.unwrap();
+    assert_eq!(live.status(), 200, "liveness never depends on the database");
+
+    relay.restore();
+    let (status, body) = await_ready_status(&base, 200, Duration::from_secs(5)).await;
+    assert_eq!(status, 200, "ready again once the database is back: {body}");
+}
+
 // ---- the real binary as a child process ----
 
 struct Child {
