@@ -64,6 +64,8 @@ pub enum ApiError {
     TooManyPendingChanges,
     #[error("request body not received within server.body_read_timeout_ms")]
     BodyTimeout,
+    #[error("not ready: {0}")]
+    NotReady(String),
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -307,6 +309,12 @@ impl ApiError {
                 "too_many_pending_changes",
                 "Too many unfinished changes",
                 "the user already has the most unfinished changes allowed (changes.max_pending_per_user); nothing was recorded; retry after Retry-After".into(),
+            ),
+            NotReady(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "Not ready",
+                reason.clone(),
             ),
         }
     }

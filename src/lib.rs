@@ -7,6 +7,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod failpoint;
+pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod providers;

@@ -15,9 +15,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "One endpoint to change a user's payment profile at every provider"
 )]
 struct Cli {
-    /// TOML settings file (defaults < file < PROFILE_GATEWAY__SECTION__KEY environment variables).
-    #[arg(long, global = true, env = "PROFILE_GATEWAY_CONFIG")]
-    config: Option<PathBuf>,
+    /// TOML settings file; repeat it to layer files, later ones winning (e.g. a ConfigMap's
+    /// gateway.toml, then a Secret's secrets.toml). Defaults < files < PROFILE_GATEWAY__SECTION__KEY
+    /// environment variables. PROFILE_GATEWAY_CONFIG takes a comma-separated list.
+    #[arg(
+        long,
+        global = true,
+        env = "PROFILE_GATEWAY_CONFIG",
+        value_delimiter = ','
+    )]
+    config: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,8 +61,12 @@ enum Command {
     },
 }
 
-fn load(config: Option<&std::path::Path>, sandbox: bool) -> Result<Settings, String> {
-    let settings = Settings::load(config, std::env::vars()).map_err(|e| e.to_string())?;
+fn settings(config: &[PathBuf]) -> Result<Settings, String> {
+    Settings::load_layers(config, std::env::vars()).map_err(|e| e.to_string())
+}
+
+fn load(config: &[PathBuf], sandbox: bool) -> Result<Settings, String> {
+    let settings = settings(config)?;
     settings.validate(sandbox).map_err(|e| e.to_string())?;
     Ok(settings)
 }
@@ -74,26 +85,19 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { sandbox } => serve(cli.config.as_deref(), sandbox).await,
+        Command::Serve { sandbox } => serve(&cli.config, sandbox).await,
         Command::Migrate => {
-            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
-                .map_err(|e| e.to_string())?;
+            let settings = settings(&cli.config)?;
             telemetry::init(
                 &settings.telemetry.log_format,
                 &settings.telemetry.log_level,
             );
-            let pool = sqlx::PgPool::connect_with(
-                startup::connect_options(&settings).map_err(|e| e.to_string())?,
-            )
-            .await
-            .map_err(|e| format!("cannot connect to database.url: {e}"))?;
-            startup::migrate(&pool).await.map_err(|e| e.to_string())?;
-            tracing::info!("migrations applied");
+            let newest = startup::migrate_once(&settings).await?;
+            tracing::info!(version = newest, "migrations applied");
             Ok(())
         }
         Command::Sandbox { listen, seed } => {
-            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
-                .map_err(|e| e.to_string())?;
+            let settings = settings(&cli.config)?;
             telemetry::init(
                 &settings.telemetry.log_format,
                 &settings.telemetry.log_level,
@@ -103,7 +107,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
         Command::CheckConfig { sandbox } => {
-            let settings = load(cli.config.as_deref(), sandbox)?;
+            let settings = load(&cli.config, sandbox)?;
             println!("{settings:#?}");
             for w in settings.warnings(sandbox) {
                 println!("warning: {w}");
@@ -111,8 +115,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Audit { command } => {
-            let settings = Settings::load(cli.config.as_deref(), std::env::vars())
-                .map_err(|e| e.to_string())?;
+            let settings = settings(&cli.config)?;
             telemetry::init(&settings.telemetry.log_format, "warn");
             profile_gateway::audit::cli::run(command, &settings).await
         }
@@ -130,7 +133,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), String> {
+async fn serve(config: &[PathBuf], sandbox: bool) -> Result<(), String> {
     let mut settings = load(config, sandbox)?;
     telemetry::init(
         &settings.telemetry.log_format,
@@ -163,8 +166,12 @@ async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), St
             .map_err(|e| format!("cannot seed demo users: {e}"))?;
         println!("{}", demo::banner(app.local_addr(), &handle.base_url()));
     }
-    tracing::info!(addr = %app.local_addr(), "profile-gateway listening");
-    app.run_until(startup::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    // Tokio sizes its pool from available_parallelism(), which follows the cgroup CPU quota.
+    tracing::info!(
+        addr = %app.local_addr(),
+        tokio_workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "profile-gateway listening"
+    );
+    let shutdown = app.drain_on(startup::shutdown_signal());
+    app.run_until(shutdown).await.map_err(|e| e.to_string())
 }

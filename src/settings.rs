@@ -38,6 +38,9 @@ pub struct ServerSettings {
     pub idle_timeout_ms: u64,
     /// Open client connections per replica; further connections wait in the kernel's backlog.
     pub max_connections: usize,
+    /// After SIGTERM: how long readiness answers 503 while the listener still accepts, so load
+    /// balancers and kube-proxy stop routing here before the door closes.
+    pub shutdown_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +61,11 @@ pub struct DatabaseSettings {
     /// refused unless this is set.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// How often readiness's background check looks at the database (its own connection, never
+    /// one of the request pool's).
+    pub health_check_interval_ms: u64,
+    /// How long the database may be unreachable, as that check sees it, before readiness says 503.
+    pub health_unreachable_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +203,9 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Address of the separate metrics listener (`/metrics`), e.g. `0.0.0.0:9090`; unset: none.
+    /// Declared here so deployment configs validate; the listener itself is telemetry's work.
+    pub metrics_listen: Option<String>,
 }
 
 const DEFAULTS: &str = r#"
@@ -206,6 +217,7 @@ header_read_timeout_ms = 10000
 body_read_timeout_ms = 10000
 idle_timeout_ms = 60000
 max_connections = 4096
+shutdown_delay_ms = 5000
 
 [database]
 url = "postgres://postgres@127.0.0.1:5432/profile_gateway"
@@ -214,6 +226,8 @@ acquire_timeout_ms = 2000
 migrate_on_start = false
 max_batch = 64
 batch_linger_ms = 1
+health_check_interval_ms = 1000
+health_unreachable_after_ms = 5000
 
 [upstream]
 connect_timeout_ms = 1000
@@ -292,11 +306,21 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
+        Self::load_layers(file.as_slice(), env)
+    }
+
+    /// Like [`Settings::load`] with several files, each overriding the ones before it: the
+    /// deployment's `gateway.toml` from a ConfigMap, then a `secrets.toml` mounted from a Secret,
+    /// so no credential ever has to sit in the environment.
+    pub fn load_layers<P: AsRef<Path>>(
+        files: &[P],
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(path) = file {
+        for path in files {
             builder = builder.add_source(
-                config::File::from(path)
+                config::File::from(path.as_ref())
                     .format(config::FileFormat::Toml)
                     .required(true),
             );
@@ -438,6 +462,20 @@ impl Settings {
             }
         }
         self.validate_limits(sandbox, &mut bad);
+        if let Some(addr) = &self.telemetry.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "telemetry.metrics_listen",
+                "must be an address such as 0.0.0.0:9090",
+            );
+        }
+        if self.database.health_check_interval_ms == 0 {
+            bad(
+                "database.health_check_interval_ms",
+                "must be greater than 0",
+            );
+        }
         if self.database.max_batch == 0 {
             bad("database.max_batch", "must be at least 1");
         }
@@ -651,12 +689,15 @@ const KNOWN_KEYS: &[&str] = &[
     "limits.burst",
     "limits.fingerprint_max_age_ms",
     "limits.fingerprint_max_future_ms",
+    "server.shutdown_delay_ms",
     "database.url",
     "database.max_connections",
     "database.acquire_timeout_ms",
     "database.migrate_on_start",
     "database.max_batch",
     "database.batch_linger_ms",
+    "database.health_check_interval_ms",
+    "database.health_unreachable_after_ms",
     "upstream.connect_timeout_ms",
     "upstream.request_deadline_ms",
     "juspay.base_url",
@@ -688,6 +729,7 @@ const KNOWN_KEYS: &[&str] = &[
     "audit.retention_months",
     "telemetry.log_format",
     "telemetry.log_level",
+    "telemetry.metrics_listen",
 ];
 
 fn is_known_key(key: &str) -> bool {
@@ -951,6 +993,34 @@ mod tests {
         .unwrap();
         assert!(s.validate(true).is_ok());
         assert!(s.warnings(true).is_empty());
+    }
+
+    #[test]
+    fn later_config_files_override_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        let secrets = dir.path().join("secrets.toml");
+        std::fs::write(
+            &config,
+            "[database]\nurl = \"postgres://app@db/config\"\nmax_connections = 7\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &secrets,
+            "[database]\nurl = \"postgres://app:pw@db/secret\"\n[razorpay]\nkey_secret = \"rzp\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_layers(&[&config, &secrets], env(&[])).unwrap();
+        assert_eq!(s.database.url.expose(), "postgres://app:pw@db/secret");
+        assert_eq!(s.database.max_connections, 7);
+        assert_eq!(
+            s.razorpay.key_secret.as_ref().map(Secret::expose),
+            Some("rzp")
+        );
+        let err = Settings::load_layers(&[config, dir.path().join("missing.toml")], env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::changes::resilience::{Resilience, ResilienceConfig};
 use crate::changes::turns::Turns;
 use crate::changes::{ChangeService, Limits, Writes, completer};
 use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
+use crate::lifecycle::Lifecycle;
 use crate::providers::{self, JuspayConfig, RazorpayConfig};
 use crate::routes::{self, AppState};
 use crate::settings::Settings;
@@ -39,6 +40,8 @@ pub struct Application {
     router: axum::Router,
     pub pool: PgPool,
     pub changes: Arc<ChangeService>,
+    lifecycle: Arc<Lifecycle>,
+    shutdown_delay: Duration,
     grace: Duration,
     listener_limits: crate::listener::ListenerLimits,
     listen_options: PgConnectOptions,
@@ -68,8 +71,39 @@ pub async fn ensure_database(settings: &Settings) -> Result<(), StartupError> {
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
-    MIGRATOR.run(pool).await?;
+    migrator().run(pool).await?;
     Ok(())
+}
+
+/// The embedded migrations, tolerant of a schema ahead of them: an older binary (a rollback after
+/// an expand-only migration) must neither refuse to start nor fail its migration Job. sqlx holds
+/// a PostgreSQL advisory lock while it migrates, so two pods running `migrate` at once take turns.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("./migrations");
+    m.set_ignore_missing(true);
+    m
+}
+
+/// `profile-gateway migrate`: one connection of its own (no pool retries to hide a wrong URL),
+/// then the migrations. Returns the newest version now applied.
+pub async fn migrate_once(settings: &Settings) -> Result<i64, String> {
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::PgConnection::connect_with(&connect_options(settings).map_err(|e| e.to_string())?)
+            .await
+            .map_err(|e| format!("cannot connect to database.url: {e}"))?;
+    migrator()
+        .run_direct(&mut conn)
+        .await
+        .map_err(|e| format!("cannot apply migrations: {e}"))?;
+    let newest = sqlx::query_scalar::<_, i64>(
+        "select coalesce(max(version), 0) from _sqlx_migrations where success",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|e| format!("cannot read the applied migrations: {e}"))?;
+    let _ = conn.close().await;
+    Ok(newest)
 }
 
 fn key_or_sandbox(
@@ -96,6 +130,13 @@ impl Application {
         if settings.database.migrate_on_start {
             migrate(&pool).await?;
         }
+        let lifecycle = Arc::new(Lifecycle::new(Duration::from_millis(
+            settings.database.health_unreachable_after_ms,
+        )));
+        lifecycle.spawn_checker(
+            connect_options(settings)?,
+            Duration::from_millis(settings.database.health_check_interval_ms),
+        );
         let client = providers::http::client(
             Duration::from_millis(settings.upstream.connect_timeout_ms),
             settings.upstream.proxy.as_deref(),
@@ -201,12 +242,15 @@ impl Application {
             changes: Arc::clone(&changes),
             body_limit: settings.server.body_limit_bytes,
             limits: crate::limits::EdgeLimits::new(settings),
+            lifecycle: Arc::clone(&lifecycle),
         };
         Ok(Self {
             listener,
             router: routes::router(state),
             pool,
             changes,
+            lifecycle,
+            shutdown_delay: Duration::from_millis(settings.server.shutdown_delay_ms),
             grace: Duration::from_millis(settings.server.shutdown_grace_ms),
             listen_options: connect_options(settings)?,
             listener_limits: crate::listener::ListenerLimits {
@@ -224,6 +268,19 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The shutdown future for [`Application::run_until`]: on `signal` readiness turns 503 at
+    /// once, the listener keeps accepting for `server.shutdown_delay_ms`, then it resolves.
+    pub fn drain_on(
+        &self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        Arc::clone(&self.lifecycle).drain_after(signal, self.shutdown_delay)
+    }
+
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight changes finish within the grace

@@ -100,7 +100,11 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         let mut response = as_problem(response);
         let status = response.status().as_u16();
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // The kubelet probes every few seconds: at info they would drown the log. The lifecycle
+        // check logs readiness changes itself.
+        let is_probe = path.starts_with("/health/");
         match response.extensions().get::<LoggedError>() {
+            _ if is_probe => tracing::debug!(status, elapsed_ms, "probe answered"),
             Some(e) if e.status >= 500 => {
                 tracing::error!(status, code = e.code, error = %e.internal, elapsed_ms, "request failed")
             }

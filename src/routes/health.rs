@@ -1,4 +1,5 @@
-//! Probes: liveness says the process serves; readiness says it can record changes.
+//! Probes: liveness says the process serves (it never touches the database); readiness says this
+//! replica should get traffic, from the state `lifecycle` keeps (no database call in the probe).
 
 use super::AppState;
 use crate::error::ApiError;
@@ -18,9 +19,9 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx::query_scalar!("select 1 as \"one!\"")
-        .fetch_one(&state.pool)
-        .await
-        .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
+    state
+        .lifecycle
+        .readiness()
+        .map_err(|why| ApiError::NotReady(why.to_string()))?;
     Ok(Json(json!({"status": "ready"})))
 }

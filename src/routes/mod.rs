@@ -20,6 +20,7 @@ pub struct AppState {
     pub changes: Arc<ChangeService>,
     pub body_limit: usize,
     pub limits: crate::limits::EdgeLimits,
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl FromRef<AppState> for Callers {

@@ -9,5 +9,6 @@ mod core_flow;
 mod db_tls;
 mod durability;
 mod failures;
+mod lifecycle;
 mod limits;
 mod sandbox;
