@@ -22,5 +22,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .fetch_one(&state.pool)
         .await
         .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(json!({"status": "ready", "issuers": issuer_detail(&state)})))
+}
+
+/// The JWT issuers' key state (`[]` without issuers): an issuer whose keys cannot be fetched shows
+/// here without making the replica unready.
+pub fn issuer_detail(state: &AppState) -> Value {
+    state.callers.issuers.readiness_detail()
 }

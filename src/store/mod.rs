@@ -5,6 +5,8 @@ pub mod batch;
 pub mod changes;
 pub mod idempotency;
 pub mod links;
+pub mod assertions;
+pub mod mode;
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.
