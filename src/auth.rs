@@ -9,8 +9,8 @@ pub mod jwks;
 pub mod jwt;
 
 use crate::error::ApiError;
-use crate::settings::{AuthSettings, CallerSettings};
 use crate::settings::SettingError;
+use crate::settings::{AuthSettings, CallerSettings};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -103,14 +103,12 @@ impl Callers {
                     .and_then(|b| b.try_into().ok()),
                 jwt: c.issuer.clone().zip(c.subject.clone()),
                 scopes: c.scopes.clone(),
-                assertion: c
-                    .require_user_assertion
-                    .then(|| AssertionPolicy {
-                        issuer: c.user_assertion_issuer.clone().unwrap_or_default(),
-                        assert_reads: c.assert_reads,
-                        user_claim: c.user_claim.clone().unwrap_or_else(|| "sub".into()),
-                        max_age_s: c.max_assertion_age_s.unwrap_or(300),
-                    }),
+                assertion: c.require_user_assertion.then(|| AssertionPolicy {
+                    issuer: c.user_assertion_issuer.clone().unwrap_or_default(),
+                    assert_reads: c.assert_reads,
+                    user_claim: c.user_claim.clone().unwrap_or_else(|| "sub".into()),
+                    max_age_s: c.max_assertion_age_s.unwrap_or(300),
+                }),
             })
             .collect();
         Self {
@@ -152,9 +150,10 @@ impl Callers {
             .verify(credential, None)
             .await
             .map_err(|e| ApiError::UnauthorizedBecause(e.to_string()))?;
-        let subject = verified.subject.clone().ok_or_else(|| {
-            ApiError::UnauthorizedBecause("the token has no `sub` claim".into())
-        })?;
+        let subject = verified
+            .subject
+            .clone()
+            .ok_or_else(|| ApiError::UnauthorizedBecause("the token has no `sub` claim".into()))?;
         self.entries
             .iter()
             .find(|e| {
@@ -284,8 +283,7 @@ pub fn validate_settings(auth: &AuthSettings) -> Vec<SettingError> {
         }
         match (&caller.token_sha256, &caller.issuer, &caller.subject) {
             (Some(hash), None, None) => {
-                let hex_ok =
-                    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+                let hex_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
                 if !hex_ok {
                     bad(
                         key("token_sha256"),
@@ -370,12 +368,16 @@ pub fn validate_settings(auth: &AuthSettings) -> Vec<SettingError> {
         if issuer.issuer.is_empty() {
             bad(key("issuer"), "must not be empty".into());
         } else if !seen.insert(issuer.issuer.as_str()) {
-            bad(key("issuer"), format!("duplicate issuer `{}`", issuer.issuer));
+            bad(
+                key("issuer"),
+                format!("duplicate issuer `{}`", issuer.issuer),
+            );
         }
         if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
             bad(
                 key("audiences"),
-                "must list the audiences the gateway accepts (tokens must be audience-bound)".into(),
+                "must list the audiences the gateway accepts (tokens must be audience-bound)"
+                    .into(),
             );
         }
         match (&issuer.jwks_url, &issuer.jwks_file) {
@@ -383,8 +385,9 @@ pub fn validate_settings(auth: &AuthSettings) -> Vec<SettingError> {
                 let ok = url::Url::parse(url).is_ok_and(|u| {
                     u.scheme() == "https"
                         || (u.scheme() == "http"
-                            && u.host_str()
-                                .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]"))
+                            && u.host_str().is_some_and(|h| {
+                                h == "localhost" || h.starts_with("127.") || h == "[::1]"
+                            }))
                 });
                 if !ok {
                     bad(
@@ -457,10 +460,22 @@ mod tests {
         };
         let p = problems(&auth);
         let has = |needle: &str| p.iter().any(|e| e.contains(needle));
-        assert!(has("auth.callers[0].scopes[1]: unknown scope `profile:wrte`"), "{p:?}");
-        assert!(has("auth.callers[1].name: duplicate caller name `a`"), "{p:?}");
-        assert!(has("auth.callers[1].scopes: must list at least one scope"), "{p:?}");
-        assert!(has("auth.callers[2].token_sha256: duplicate token hash"), "{p:?}");
+        assert!(
+            has("auth.callers[0].scopes[1]: unknown scope `profile:wrte`"),
+            "{p:?}"
+        );
+        assert!(
+            has("auth.callers[1].name: duplicate caller name `a`"),
+            "{p:?}"
+        );
+        assert!(
+            has("auth.callers[1].scopes: must list at least one scope"),
+            "{p:?}"
+        );
+        assert!(
+            has("auth.callers[2].token_sha256: duplicate token hash"),
+            "{p:?}"
+        );
         assert!(has("auth.callers[2].scopes[1]: duplicate scope"), "{p:?}");
         assert_eq!(p.len(), 5, "{p:?}");
     }

@@ -98,8 +98,9 @@ pub async fn check(
         Use::Read => None,
         Use::Change { idem_key } => Some(idem_key),
     };
-    let fresh = crate::store::assertions::claim(pool, &assertion, &caller.name, user.as_str(), idem_key)
-        .await?;
+    let fresh =
+        crate::store::assertions::claim(pool, &assertion, &caller.name, user.as_str(), idem_key)
+            .await?;
     if !fresh {
         return Err(ApiError::UserAssertionReplayed);
     }

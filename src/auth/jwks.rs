@@ -129,7 +129,9 @@ impl Issuer {
 
     async fn fetch(&self) -> Result<Vec<Key>, String> {
         let body = match &self.source {
-            Source::File(path) => std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            Source::File(path) => {
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?
+            }
             Source::Url {
                 url,
                 client,
@@ -148,7 +150,9 @@ impl Issuer {
                 let mut body = Vec::new();
                 while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
                     if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                        return Err(format!("GET {url}: key set larger than {MAX_JWKS_BYTES} bytes"));
+                        return Err(format!(
+                            "GET {url}: key set larger than {MAX_JWKS_BYTES} bytes"
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -207,7 +211,10 @@ impl Issuer {
         alg: Algorithm,
     ) -> Result<Option<&'k DecodingKey>, JwtError> {
         let candidates: Vec<&Key> = match kid {
-            Some(kid) => keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+            Some(kid) => keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect(),
             // Without a kid only an unambiguous set will do.
             None if keys.len() == 1 => keys.iter().collect(),
             None => return Ok(None),

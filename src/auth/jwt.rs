@@ -22,14 +22,19 @@ pub fn looks_like_jwt(credential: &str) -> bool {
     let header = parts.next().unwrap_or("");
     parts.clone().count() == 2
         && header.starts_with("eyJ")
-        && parts.all(|p| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        && parts.all(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
     #[error("the token is not a well-formed JWT")]
     Malformed,
-    #[error("the token's algorithm is not allowed for its issuer (RS256, ES256 or EdDSA as configured)")]
+    #[error(
+        "the token's algorithm is not allowed for its issuer (RS256, ES256 or EdDSA as configured)"
+    )]
     AlgorithmNotAllowed,
     #[error("the token has no `iss` claim")]
     NoIssuer,
@@ -107,8 +112,8 @@ pub fn peek_issuer(token: &str) -> Result<String, JwtError> {
     struct Peek {
         iss: Option<String>,
     }
-    let peek: Peek = jsonwebtoken::dangerous::insecure_decode_claims(token)
-        .map_err(|_| JwtError::Malformed)?;
+    let peek: Peek =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| JwtError::Malformed)?;
     peek.iss.ok_or(JwtError::NoIssuer)
 }
 

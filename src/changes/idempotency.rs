@@ -59,7 +59,13 @@ impl Fingerprints {
     }
 
     /// The key and both fingerprints of one request.
-    pub fn key(&self, key: String, method: &str, path: &str, body: &serde_json::Value) -> IdempotencyKey {
+    pub fn key(
+        &self,
+        key: String,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> IdempotencyKey {
         IdempotencyKey {
             key,
             fingerprint: self.of(method, path, body),
@@ -69,8 +75,8 @@ impl Fingerprints {
 
     /// `[2] || HMAC(key, method \n path \n canonical body)`.
     pub fn of(&self, method: &str, path: &str, body: &serde_json::Value) -> Vec<u8> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
         mac.update(method.as_bytes());
         mac.update(b"\n");
         mac.update(path.as_bytes());
@@ -153,7 +159,11 @@ mod tests {
         let fa = a.of("PATCH", "/profile/u", &body);
         assert_eq!(fa.len(), 33);
         assert_eq!(fa[0], 2);
-        assert_ne!(fa, b.of("PATCH", "/profile/u", &body), "another key, another fingerprint");
+        assert_ne!(
+            fa,
+            b.of("PATCH", "/profile/u", &body),
+            "another key, another fingerprint"
+        );
         assert_ne!(&fa[1..], &fingerprint("PATCH", "/profile/u", &body)[..]);
         let k = a.key("k".into(), "PATCH", "/profile/u", &body);
         assert!(k.matches(&fa));

@@ -22,7 +22,9 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .fetch_one(&state.pool)
         .await
         .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
-    Ok(Json(json!({"status": "ready", "issuers": issuer_detail(&state)})))
+    Ok(Json(
+        json!({"status": "ready", "issuers": issuer_detail(&state)}),
+    ))
 }
 
 /// The JWT issuers' key state (`[]` without issuers): an issuer whose keys cannot be fetched shows

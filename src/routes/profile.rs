@@ -52,9 +52,7 @@ async fn patch_profile(
         &caller,
         &headers,
         &user,
-        Use::Change {
-            idem_key: &key.key,
-        },
+        Use::Change { idem_key: &key.key },
     )
     .await?;
     let ctx = acting_context(&caller, &meta, assertion.as_ref());
@@ -111,7 +109,15 @@ async fn get_links(
     headers: HeaderMap,
 ) -> Result<Json<ProfileLinks>, ApiError> {
     let user = user_param(&raw)?;
-    assertion::check(&state.callers, &state.pool, &caller, &headers, &user, Use::Read).await?;
+    assertion::check(
+        &state.callers,
+        &state.pool,
+        &caller,
+        &headers,
+        &user,
+        Use::Read,
+    )
+    .await?;
     crate::store::links::get(&state.pool, &user)
         .await?
         .map(Json)
@@ -128,9 +134,13 @@ async fn put_links(
     let user = user_param(&raw)?;
     let links = ProfileLinks::parse(&body).map_err(ApiError::Validation)?;
     use crate::store::links::PutOutcome;
-    let outcome =
-        crate::store::links::put(&state.pool, &user, &links, &acting_context(&caller, &meta, None))
-            .await?;
+    let outcome = crate::store::links::put(
+        &state.pool,
+        &user,
+        &links,
+        &acting_context(&caller, &meta, None),
+    )
+    .await?;
     // This replica plans the user's next change from the new links without a refused write first.
     state.changes.writes.links_cache.forget(user.as_str());
     let status = match outcome {

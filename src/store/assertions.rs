@@ -41,10 +41,10 @@ pub async fn claim(
 
 /// Deletes jtis whose assertions have expired (they can no longer be replayed anyway).
 pub async fn reap(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query!("delete from user_assertion_jtis where expires_at < now() - interval '5 minutes'")
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query!(
+        "delete from user_assertion_jtis where expires_at < now() - interval '5 minutes'"
     )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

@@ -32,7 +32,9 @@ async fn put_links(app: &TestApp, token: &str, user: &str, body: &Value) -> reqw
 async fn bola_linking_another_users_objects_is_refused() {
     let app = spawn_app().await;
     let before: Value = app.get("/profile/alice/links").await.json().await.unwrap();
-    let events_before = app.count("select count(*) from audit_events where event_type = 'links_updated'").await;
+    let events_before = app
+        .count("select count(*) from audit_events where event_type = 'links_updated'")
+        .await;
 
     let resp = put_links(&app, ALICE, "mallory", &alice_links()).await;
     let (status, body) = problem(resp).await;
@@ -52,14 +54,22 @@ async fn bola_linking_another_users_objects_is_refused() {
             "/razorpay_customer_reference"
         ]
     );
-    assert!(!body.to_string().contains("alice"), "never names the holder: {body}");
+    assert!(
+        !body.to_string().contains("alice"),
+        "never names the holder: {body}"
+    );
 
     // Nothing changed: mallory has no links, alice keeps hers, no upstream was called.
-    assert_eq!(app.count("select count(*) from profile_links where user_id = 'mallory'").await, 0);
+    assert_eq!(
+        app.count("select count(*) from profile_links where user_id = 'mallory'")
+            .await,
+        0
+    );
     let after: Value = app.get("/profile/alice/links").await.json().await.unwrap();
     assert_eq!(before, after);
     assert_eq!(
-        app.count("select count(*) from audit_events where event_type = 'links_updated'").await,
+        app.count("select count(*) from audit_events where event_type = 'links_updated'")
+            .await,
         events_before
     );
     assert_eq!(
@@ -70,7 +80,10 @@ async fn bola_linking_another_users_objects_is_refused() {
         .patch("mallory", &json!({"email_address": "m@evil.example"}))
         .await;
     let (status, body) = problem(resp).await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("user_not_found")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("user_not_found"))
+    );
     assert_eq!(app.count("select count(*) from changes").await, 0);
     assert!(app.journal().is_empty());
 
@@ -82,11 +95,17 @@ async fn bola_linking_another_users_objects_is_refused() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("another user"), "{err}");
-    let err = sqlx::query("insert into profile_links (user_id, juspay_customer_id) values ('eve', 'cst_demo_bob')")
-        .execute(&app.pool)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("profile_links_juspay_customer_once"), "{err}");
+    let err = sqlx::query(
+        "insert into profile_links (user_id, juspay_customer_id) values ('eve', 'cst_demo_bob')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("profile_links_juspay_customer_once"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -116,7 +135,11 @@ async fn links_need_their_own_scopes_checked_before_the_body() {
             .await
             .unwrap();
         let (status, p) = problem(resp).await;
-        assert_eq!((status, p["code"].as_str()), (403, Some("forbidden")), "{ct}");
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (403, Some("forbidden")),
+            "{ct}"
+        );
         assert!(p["detail"].as_str().unwrap().contains("links:write"));
     }
     let resp = app
@@ -127,16 +150,31 @@ async fn links_need_their_own_scopes_checked_before_the_body() {
         .await
         .unwrap();
     assert_eq!(problem(resp).await.0, 403);
-    assert_eq!(app.count("select count(*) from profile_links where user_id = 'mallory'").await, 0);
+    assert_eq!(
+        app.count("select count(*) from profile_links where user_id = 'mallory'")
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
 async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
     let app = spawn_app().await;
-    let resp = app.patch("_system", &json!({"email_address": "a@b.example"})).await;
+    let resp = app
+        .patch("_system", &json!({"email_address": "a@b.example"}))
+        .await;
     let (status, body) = problem(resp).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_path_parameter")));
-    let resp = put_links(&app, ALICE, "_system", &json!({"juspay_customer_id": "cst_x"})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_path_parameter"))
+    );
+    let resp = put_links(
+        &app,
+        ALICE,
+        "_system",
+        &json!({"juspay_customer_id": "cst_x"}),
+    )
+    .await;
     assert_eq!(problem(resp).await.0, 400);
 
     let resp = put_links(
@@ -147,7 +185,10 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
     )
     .await;
     let (status, body) = problem(resp).await;
-    assert_eq!((status, body["code"].as_str()), (422, Some("validation_failed")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("validation_failed"))
+    );
     let pointers: Vec<&str> = body["errors"]
         .as_array()
         .unwrap()
@@ -163,7 +204,11 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
             "/juspay_wallet_ids/2"
         ]
     );
-    assert_eq!(app.count("select count(*) from profile_links where user_id = 'mallory'").await, 0);
+    assert_eq!(
+        app.count("select count(*) from profile_links where user_id = 'mallory'")
+            .await,
+        0
+    );
 
     // A dot-only id stored before ids were checked never becomes a path: the step fails, nothing
     // is sent with the merchant's credentials.
@@ -172,7 +217,10 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
         .await
         .unwrap();
     let resp = app
-        .patch("legacy", &json!({"email_address": "l@example.com", "mobile_number": "9812345678"}))
+        .patch(
+            "legacy",
+            &json!({"email_address": "l@example.com", "mobile_number": "9812345678"}),
+        )
         .await;
     assert!(resp.status().is_client_error() || resp.status().is_server_error());
     assert!(app.journal().is_empty(), "{:?}", app.journal());
@@ -203,10 +251,9 @@ impl TestKey {
 
     fn p256(kid: &str) -> Self {
         use rand::RngCore;
-        let mut der = hex::decode(
-            "3041020100301306072a8648ce3d020106082a8648ce3d030107042730250201010420",
-        )
-        .unwrap();
+        let mut der =
+            hex::decode("3041020100301306072a8648ce3d020106082a8648ce3d030107042730250201010420")
+                .unwrap();
         let mut scalar = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut scalar);
         scalar[0] &= 0x7f; // below the group order
@@ -310,14 +357,23 @@ async fn links_as(app: &TestApp, bearer: &str) -> reqwest::Response {
 
 async fn unauthorized_detail(resp: reqwest::Response) -> String {
     let (status, body) = problem(resp).await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
     body["detail"].as_str().unwrap().to_string()
 }
 
-fn jwt_app_settings(jwks: &JwksServer, idp: Option<&JwksServer>) -> impl FnOnce(&mut profile_gateway::settings::Settings) {
+fn jwt_app_settings(
+    jwks: &JwksServer,
+    idp: Option<&JwksServer>,
+) -> impl FnOnce(&mut profile_gateway::settings::Settings) {
     let (k8s, idp) = (jwks.url.clone(), idp.map(|i| i.url.clone()));
     move |s| {
-        s.auth.issuers.push(issuer(ISSUER, &k8s, "profile-gateway", 0));
+        s.auth
+            .issuers
+            .push(issuer(ISSUER, &k8s, "profile-gateway", 0));
         s.auth.callers.push(CallerSettings {
             name: "checkout-app".into(),
             issuer: Some(ISSUER.into()),
@@ -344,7 +400,12 @@ async fn jwt_callers_are_verified_rule_by_rule() {
     let ok = key.sign(&sa_claims("profile-gateway"));
     let resp = links_as(&app, &ok).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(links_as(&app, &ec.sign(&sa_claims("profile-gateway"))).await.status(), 200);
+    assert_eq!(
+        links_as(&app, &ec.sign(&sa_claims("profile-gateway")))
+            .await
+            .status(),
+        200
+    );
 
     let mut expired = sa_claims("profile-gateway");
     expired["exp"] = json!(now() - 10);
@@ -400,18 +461,41 @@ async fn jwks_key_rotation_takes_effect_after_one_refresh() {
     let old = TestKey::ed25519("2026-old");
     let jwks = JwksServer::start(&[&old]).await;
     let app = spawn_app_with(jwt_app_settings(&jwks, None)).await;
-    assert_eq!(links_as(&app, &old.sign(&sa_claims("profile-gateway"))).await.status(), 200);
+    assert_eq!(
+        links_as(&app, &old.sign(&sa_claims("profile-gateway")))
+            .await
+            .status(),
+        200
+    );
     let fetched = jwks.fetches();
 
     // The issuer rotates: the new key is published, the old one removed.
     let new = TestKey::p256("2026-new");
     jwks.serve(&[&new]);
-    assert_eq!(links_as(&app, &new.sign(&sa_claims("profile-gateway"))).await.status(), 200);
-    assert_eq!(jwks.fetches(), fetched + 1, "one refresh, on the unknown kid");
-    let detail = unauthorized_detail(links_as(&app, &old.sign(&sa_claims("profile-gateway"))).await).await;
+    assert_eq!(
+        links_as(&app, &new.sign(&sa_claims("profile-gateway")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        jwks.fetches(),
+        fetched + 1,
+        "one refresh, on the unknown kid"
+    );
+    let detail =
+        unauthorized_detail(links_as(&app, &old.sign(&sa_claims("profile-gateway"))).await).await;
     assert!(detail.contains("key id"), "{detail}");
 
-    let ready: Value = app.client.get(app.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["issuers"][0]["issuer"], ISSUER);
     assert_eq!(ready["issuers"][0]["keys_current"], true);
 }
@@ -422,8 +506,12 @@ async fn unknown_kids_refresh_at_most_once_per_min_refresh_and_unreachable_issue
     let jwks = JwksServer::start(&[&key]).await;
     let url = jwks.url.clone();
     let app = spawn_app_with(move |s| {
-        s.auth.issuers.push(issuer(ISSUER, &url, "profile-gateway", 3600));
-        s.auth.issuers.push(issuer(IDP, "http://127.0.0.1:9/jwks", "profile-gateway", 0));
+        s.auth
+            .issuers
+            .push(issuer(ISSUER, &url, "profile-gateway", 3600));
+        s.auth
+            .issuers
+            .push(issuer(IDP, "http://127.0.0.1:9/jwks", "profile-gateway", 0));
         s.auth.callers.push(CallerSettings {
             name: "checkout-app".into(),
             issuer: Some(ISSUER.into()),
@@ -433,19 +521,35 @@ async fn unknown_kids_refresh_at_most_once_per_min_refresh_and_unreachable_issue
         });
     })
     .await;
-    assert_eq!(links_as(&app, &key.sign(&sa_claims("profile-gateway"))).await.status(), 200);
+    assert_eq!(
+        links_as(&app, &key.sign(&sa_claims("profile-gateway")))
+            .await
+            .status(),
+        200
+    );
     let fetched = jwks.fetches();
     for i in 0..5 {
         let t = TestKey::ed25519(&format!("random-{i}")).sign(&sa_claims("profile-gateway"));
         assert_eq!(links_as(&app, &t).await.status(), 401);
     }
-    assert!(jwks.fetches() <= fetched + 1, "unknown kids cannot make the gateway hammer the issuer");
+    assert!(
+        jwks.fetches() <= fetched + 1,
+        "unknown kids cannot make the gateway hammer the issuer"
+    );
 
     let mut claims = sa_claims("profile-gateway");
     claims["iss"] = json!(IDP);
     let detail = unauthorized_detail(links_as(&app, &key.sign(&claims)).await).await;
     assert!(detail.contains("cannot be fetched"), "{detail}");
-    let ready: Value = app.client.get(app.url("/health/ready")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["issuers"][1]["keys_current"], false, "{ready}");
     assert!(ready["issuers"][1]["last_error"].is_string(), "{ready}");
 }
@@ -456,7 +560,13 @@ fn assertion(idp: &TestKey, sub: &str, jti: &str, life: i64) -> String {
     idp.sign(&json!({"iss": IDP, "sub": sub, "aud": "profile-gateway", "iat": now(), "exp": now() + life, "jti": jti}))
 }
 
-async fn patch_as(app: &TestApp, bearer: &str, user: &str, key: &str, assertion: Option<&str>) -> reqwest::Response {
+async fn patch_as(
+    app: &TestApp,
+    bearer: &str,
+    user: &str,
+    key: &str,
+    assertion: Option<&str>,
+) -> reqwest::Response {
     let mut req = app
         .client
         .patch(app.url(&format!("/profile/{user}")))
@@ -481,9 +591,21 @@ async fn end_user_assertions_bind_a_change_to_the_signed_in_user_once() {
 
     let refused = [
         (None, 401, "user_assertion_required"),
-        (Some(assertion(&idp_key, "bob", "j-bob", 60)), 403, "user_assertion_mismatch"),
-        (Some(assertion(&idp_key, "alice", "j-long", 3600)), 401, "user_assertion_invalid"),
-        (Some(assertion(&TestKey::p256("idp"), "alice", "j-forged", 60)), 401, "user_assertion_invalid"),
+        (
+            Some(assertion(&idp_key, "bob", "j-bob", 60)),
+            403,
+            "user_assertion_mismatch",
+        ),
+        (
+            Some(assertion(&idp_key, "alice", "j-long", 3600)),
+            401,
+            "user_assertion_invalid",
+        ),
+        (
+            Some(assertion(&TestKey::p256("idp"), "alice", "j-forged", 60)),
+            401,
+            "user_assertion_invalid",
+        ),
     ];
     for (a, status, code) in refused {
         let (s, body) = problem(patch_as(&app, &bearer, "alice", &key(), a.as_deref()).await).await;
@@ -501,7 +623,10 @@ async fn end_user_assertions_bind_a_change_to_the_signed_in_user_once() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["idempotent-replayed"], "true");
     let (s, body) = problem(patch_as(&app, &bearer, "alice", &key(), Some(&a)).await).await;
-    assert_eq!((s, body["code"].as_str()), (409, Some("user_assertion_replayed")));
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (409, Some("user_assertion_replayed"))
+    );
     assert_eq!(app.count("select count(*) from changes").await, 1);
 
     // Who acted: the caller, how it authenticated, its subject, the end user and the jti.
@@ -527,12 +652,22 @@ async fn the_sandbox_refuses_a_database_a_production_gateway_used() {
     let app = spawn_app().await;
     // The production gateway claims its database in the background.
     for _ in 0..100 {
-        if app.count("select count(*) from gateway_metadata where key = 'mode' and value = 'production'").await == 1 {
+        if app
+            .count(
+                "select count(*) from gateway_metadata where key = 'mode' and value = 'production'",
+            )
+            .await
+            == 1
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let db_url = format!("{}/{}", admin_url().rsplit_once('/').unwrap().0, app.db_name);
+    let db_url = format!(
+        "{}/{}",
+        admin_url().rsplit_once('/').unwrap().0,
+        app.db_name
+    );
     let mut settings = base_settings(&db_url, &app.sandbox.base_url());
     settings.sandbox = true;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -542,5 +677,9 @@ async fn the_sandbox_refuses_a_database_a_production_gateway_used() {
     };
     assert!(err.contains(&app.db_name), "{err}");
     assert!(err.contains("database.url"), "{err}");
-    assert_eq!(app.count("select count(*) from profile_links").await, 2, "no demo links seeded");
+    assert_eq!(
+        app.count("select count(*) from profile_links").await,
+        2,
+        "no demo links seeded"
+    );
 }

@@ -71,7 +71,8 @@ impl JuspayCustomer {
 
     async fn update(&self, customer_id: &str, form: wire::UpdateCustomerForm<'_>) -> StepResult {
         let body = serde_urlencoded::to_string(&form).map_err(|_| misrouted(TARGET))?;
-        let request = self.request(reqwest::Method::POST, customer_id)?
+        let request = self
+            .request(reqwest::Method::POST, customer_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
         let (status, customer) = self.fetch(request, customer_id).await?;

@@ -76,7 +76,8 @@ impl JuspayWallet {
             mobile_number,
         })
         .map_err(|_| misrouted(TARGET))?;
-        let request = self.request(reqwest::Method::POST, wallet_id)?
+        let request = self
+            .request(reqwest::Method::POST, wallet_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form);
         let (status, echoed) = self.fetch(request, wallet_id).await?;

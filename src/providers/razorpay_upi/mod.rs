@@ -40,7 +40,11 @@ impl RazorpayUpi {
             .client
             .request(
                 method,
-                endpoint(TARGET, &self.config.base_url, &["v1", "upi", "tpap", "upi_number"])?,
+                endpoint(
+                    TARGET,
+                    &self.config.base_url,
+                    &["v1", "upi", "tpap", "upi_number"],
+                )?,
             )
             .header(AUTHORIZATION, self.authorization.clone())
             .header("x-device-fingerprint", upi.device_fingerprint.as_str())
