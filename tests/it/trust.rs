@@ -683,3 +683,120 @@ async fn the_sandbox_refuses_a_database_a_production_gateway_used() {
         "no demo links seeded"
     );
 }
+
+// ---- Migration and fingerprints --------------------------------------------------------------
+
+#[tokio::test]
+async fn the_ownership_migration_stops_on_existing_duplicates_and_names_them() {
+    use profile_gateway::startup::MIGRATOR;
+    let (_name, url) = fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < 20261201000100)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "insert into profile_links (user_id, juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference) values
+           ('alice', 'cst_shared', '{wlt_a}', 'cref_a'),
+           ('mallory', 'cst_shared', '{wlt_b}', 'cref_b'),
+           ('bob', null, '{wlt_shared}', 'cref_c'),
+           ('eve', null, '{wlt_shared, wlt_e}', 'cref_d')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = MIGRATOR.run(&pool).await.unwrap_err().to_string();
+    // The failed run's session may keep the migration lock; the Job process would exit here.
+    pool.close().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    assert!(
+        err.contains("juspay_customer_id held by users 'alice', 'mallory'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("juspay_wallet_ids held by users 'bob', 'eve'"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("cst_shared") && !err.contains("wlt_shared"),
+        "no object ids: {err}"
+    );
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("select count(*) from profile_links").await,
+        4,
+        "no row dropped"
+    );
+    assert_eq!(
+        count("select count(*) from _sqlx_migrations where version >= 20261201000100").await,
+        0
+    );
+    // Once the operator resolves them, the migration goes through.
+    for fix in [
+        "update profile_links set juspay_customer_id = 'cst_m' where user_id = 'mallory'",
+        "update profile_links set juspay_wallet_ids = '{wlt_e}' where user_id = 'eve'",
+    ] {
+        sqlx::query(fix).execute(&pool).await.unwrap();
+    }
+    MIGRATOR.run(&pool).await.unwrap();
+    assert_eq!(count("select count(*) from profile_link_wallets").await, 4);
+}
+
+#[tokio::test]
+async fn idempotency_fingerprints_are_keyed_and_old_ones_still_replay() {
+    let app = spawn_app().await;
+    let body = json!({"mobile_number": "9812345678"});
+    let key = uuid::Uuid::new_v4().to_string();
+    assert_eq!(app.patch_with_key("alice", &body, &key).await.status(), 200);
+    let stored: Vec<u8> =
+        sqlx::query_scalar("select fingerprint from idempotency_keys where idem_key = $1")
+            .bind(&key)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((stored.len(), stored[0]), (33, 2), "version 2, HMAC");
+    let unkeyed =
+        profile_gateway::changes::idempotency::fingerprint("PATCH", "/profile/alice", &body);
+    assert_ne!(
+        &stored[1..],
+        &unkeyed[..],
+        "not the unkeyed hash a guess can be tested against"
+    );
+
+    // A key recorded before the change (version 1, unkeyed) still compares until it is reaped.
+    sqlx::query("update idempotency_keys set fingerprint = $1 where idem_key = $2")
+        .bind(&unkeyed)
+        .bind(&key)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let resp = app.patch_with_key("alice", &body, &key).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["idempotent-replayed"], "true");
+    let (status, p) = problem(
+        app.patch_with_key("alice", &json!({"mobile_number": "9812340000"}), &key)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    assert_eq!(app.count("select count(*) from changes").await, 1);
+}
