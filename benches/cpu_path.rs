@@ -161,5 +161,109 @@ fn cpu_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_path);
+/// A key of each accepted algorithm: Ed25519 and P-256 from random bytes, RSA-2048 from the
+/// `openssl` CLI (skipped when it is missing).
+fn bench_keys() -> Vec<(
+    &'static str,
+    jsonwebtoken::Algorithm,
+    jsonwebtoken::EncodingKey,
+)> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use rand::RngCore;
+    let mut rng = rand::thread_rng();
+    let mut ed = hex::decode("302e020100300506032b657004220420").unwrap();
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    ed.extend_from_slice(&seed);
+    let mut ec =
+        hex::decode("3041020100301306072a8648ce3d020106082a8648ce3d030107042730250201010420")
+            .unwrap();
+    rng.fill_bytes(&mut seed);
+    seed[0] &= 0x7f;
+    ec.extend_from_slice(&seed);
+    let mut keys = vec![
+        ("EdDSA", Algorithm::EdDSA, EncodingKey::from_ed_der(&ed)),
+        ("ES256", Algorithm::ES256, EncodingKey::from_ec_der(&ec)),
+    ];
+    let rsa = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | openssl pkey -traditional -outform DER",
+        ])
+        .output();
+    match rsa {
+        Ok(out) if out.status.success() && !out.stdout.is_empty() => keys.push((
+            "RS256",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_der(&out.stdout),
+        )),
+        _ => eprintln!("openssl not available: skipping the RS256 case"),
+    }
+    keys
+}
+
+/// Verifying a caller's JWT with the issuer's keys already cached: the CPU cost a JWT caller adds
+/// to each request (signature, claims, issuer and audience rules; no fetch).
+fn jwt_verify(c: &mut Criterion) {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use profile_gateway::auth::jwks::Issuers;
+    use profile_gateway::settings::IssuerSettings;
+    let keys = bench_keys();
+    let set = JwkSet {
+        keys: keys
+            .iter()
+            .map(|(kid, alg, key)| {
+                let mut jwk = Jwk::from_encoding_key(key, *alg).unwrap();
+                jwk.common.key_id = Some(kid.to_string());
+                jwk
+            })
+            .collect(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, serde_json::to_vec(&set).unwrap()).unwrap();
+    let issuer = "https://kubernetes.default.svc.cluster.local";
+    let issuers = Issuers::build(&[IssuerSettings {
+        issuer: issuer.into(),
+        audiences: vec!["profile-gateway".into()],
+        jwks_url: None,
+        ca_file: None,
+        jwks_bearer_token_file: None,
+        jwks_file: Some(path),
+        algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        leeway_s: 30,
+        refresh_interval_s: 3600,
+        min_refresh_s: 3600,
+    }])
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": issuer, "sub": "system:serviceaccount:checkout:checkout-app",
+        "aud": ["profile-gateway"], "iat": now, "nbf": now, "exp": now + 3600,
+        "kubernetes.io": {"namespace": "checkout", "serviceaccount": {"name": "checkout-app"}}
+    });
+    let mut g = c.benchmark_group("jwt_verify_cached_keys");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    for (kid, alg, key) in &keys {
+        let mut header = jsonwebtoken::Header::new(*alg);
+        header.kid = Some(kid.to_string());
+        let token = jsonwebtoken::encode(&header, &claims, key).unwrap();
+        // The first verification loads the keys; the measured ones use the cache.
+        rt.block_on(issuers.verify(&token, None)).unwrap();
+        g.bench_function(*kid, |b| {
+            b.iter(|| {
+                rt.block_on(issuers.verify(black_box(&token), None))
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cpu_path, jwt_verify);
 criterion_main!(benches);

@@ -23,13 +23,22 @@ pub async fn start_sandbox(settings: &mut Settings) -> std::io::Result<SandboxHa
     settings.razorpay.key_id = Some(sandbox::DEMO_RAZORPAY_KEY_ID.to_string());
     settings.razorpay.key_secret = Some(Secret::new(sandbox::DEMO_RAZORPAY_KEY_SECRET));
     settings.database.migrate_on_start = true;
+    settings.sandbox = true;
     if !settings.auth.callers.iter().any(|c| c.name == "demo") {
         settings.auth.callers.push(CallerSettings {
             name: "demo".into(),
-            token_sha256: crate::auth::token_sha256(DEMO_TOKEN),
-            scopes: Vec::new(),
-            rate_per_s: None,
-            burst: None,
+            token_sha256: Some(crate::auth::token_sha256(DEMO_TOKEN)),
+            // Written out (no "*"): what the demo and the conformance run need, and no more.
+            scopes: [
+                crate::auth::SCOPE_WRITE,
+                crate::auth::SCOPE_READ,
+                crate::auth::SCOPE_LINKS_READ,
+                crate::auth::SCOPE_LINKS_WRITE,
+                crate::auth::SCOPE_OPERATE,
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Default::default()
         });
     }
     Ok(handle)
@@ -66,14 +75,44 @@ pub async fn seed_links(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
         request_id: "sandbox-seed".into(),
         trace_id: None,
         caller_addr: None,
+        actor: crate::audit::Actor::system(),
     };
     for (user, links) in demo_links() {
         let user = UserId::parse(user).expect("demo user ids are valid");
-        if crate::store::links::get(pool, &user).await?.as_ref() != Some(&links) {
-            crate::store::links::put(pool, &user, &links, &ctx).await?;
+        if crate::store::links::get(pool, &user).await?.as_ref() != Some(&links)
+            && let crate::store::links::PutOutcome::Conflict(_) =
+                crate::store::links::put(pool, &user, &links, &ctx).await?
+        {
+            return Err(sqlx::Error::Protocol(format!(
+                "the demo objects of {user} are linked to another user"
+            )));
         }
     }
     Ok(())
+}
+
+/// Where the sandbox listens: loopback unless `server.listen` was set explicitly (by the settings
+/// file or `PROFILE_GATEWAY__SERVER__LISTEN`); another address is allowed, with a warning, since
+/// the demo token is published.
+pub fn sandbox_listen(settings: &mut Settings, config: &[std::path::PathBuf]) {
+    let in_env = std::env::var_os("PROFILE_GATEWAY__SERVER__LISTEN").is_some();
+    let in_file = config.iter().any(|path| {
+        config::Config::builder()
+            .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+            .build()
+            .is_ok_and(|c| c.get_string("server.listen").is_ok())
+    });
+    if !(in_env || in_file) {
+        settings.server.listen = "127.0.0.1:8080".into();
+    }
+    let loopback = settings
+        .server
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        tracing::warn!(listen = %settings.server.listen, "SANDBOX MODE on a non-loopback address: anyone who can reach it can use the published demo token");
+    }
 }
 
 pub fn banner(addr: std::net::SocketAddr, sandbox_url: &str) -> String {
@@ -89,7 +128,7 @@ pub fn banner(addr: std::net::SocketAddr, sandbox_url: &str) -> String {
    curl -sS -X PATCH http://127.0.0.1:{port}/profile/alice \
      -H 'Authorization: Bearer {DEMO_TOKEN}' -H 'Content-Type: application/json' \
      -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
-     -d '{{"mobile_number":"9812345678","email_address":"alice.new@example.com","upi":{{"upi_number":"9876543210","vpa":"alice.new@okaxis","action":"change_vpa","consent":true,"device":{{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":'"$(date +%s000)"'}}}}}}'
+     -d '{{"mobile_number":"9812345678","email_address":"alice.new@example.com","upi":{{"upi_number":"9876543210","vpa":"alice.new@okaxis","action":"change_vpa","consent":true,"device":{{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":1767225600000}}}}}}'
 ================================================================================
 "#
     )

@@ -66,6 +66,18 @@ pub enum ApiError {
     BodyTimeout,
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("credentials refused: {0}")]
+    UnauthorizedBecause(String),
+    #[error("provider objects linked to another user")]
+    LinkConflict(Vec<FieldError>),
+    #[error("User-Assertion header missing")]
+    UserAssertionRequired,
+    #[error("User-Assertion refused: {0}")]
+    UserAssertionInvalid(String),
+    #[error("User-Assertion is for another user")]
+    UserAssertionMismatch,
+    #[error("User-Assertion jti already used")]
+    UserAssertionReplayed,
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -316,6 +328,42 @@ impl ApiError {
                 "Not ready",
                 reason.clone(),
             ),
+            UnauthorizedBecause(why) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+                why.clone(),
+            ),
+            LinkConflict(_) => (
+                StatusCode::CONFLICT,
+                "link_conflict",
+                "Provider object linked to another user",
+                "a provider object in the links belongs to another user; nothing was changed; see errors[]".into(),
+            ),
+            UserAssertionRequired => (
+                StatusCode::UNAUTHORIZED,
+                "user_assertion_required",
+                "User assertion required",
+                "this caller must send a User-Assertion header: a JWT from its user_assertion_issuer for the user in the path".into(),
+            ),
+            UserAssertionInvalid(why) => (
+                StatusCode::UNAUTHORIZED,
+                "user_assertion_invalid",
+                "Invalid user assertion",
+                format!("the User-Assertion was refused: {why}"),
+            ),
+            UserAssertionMismatch => (
+                StatusCode::FORBIDDEN,
+                "user_assertion_mismatch",
+                "User assertion for another user",
+                "the User-Assertion names another user than the one in the path".into(),
+            ),
+            UserAssertionReplayed => (
+                StatusCode::CONFLICT,
+                "user_assertion_replayed",
+                "User assertion already used",
+                "this User-Assertion (its jti) was already used for another request; get a fresh one (a retry of the same change may reuse it with the same Idempotency-Key)".into(),
+            ),
         }
     }
 
@@ -357,7 +405,6 @@ impl IntoResponse for ApiError {
         // The rest of a slow body may never come: the connection is not reused.
         let close = matches!(self, ApiError::BodyTimeout);
         let (errors, change) = match self {
-            ApiError::Validation(e) | ApiError::MissingLink(e) => (e, None),
             ApiError::DuplicateMember(pointer) => (
                 vec![FieldError::new(
                     pointer,
@@ -366,6 +413,9 @@ impl IntoResponse for ApiError {
                 )],
                 None,
             ),
+            ApiError::Validation(e) | ApiError::MissingLink(e) | ApiError::LinkConflict(e) => {
+                (e, None)
+            }
             ApiError::ChangeFailed(c) => (Vec::new(), Some(c)),
             _ => (Vec::new(), None),
         };

@@ -146,6 +146,7 @@ async fn serve(config: &[PathBuf], sandbox: bool) -> Result<(), String> {
         let handle = demo::start_sandbox(&mut settings)
             .await
             .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+        demo::sandbox_listen(&mut settings, config);
         tracing::warn!(upstream = %handle.base_url(), "SANDBOX MODE: upstreams are simulated; never use this in production");
         startup::ensure_database(&settings)
             .await

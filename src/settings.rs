@@ -19,6 +19,10 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitsSettings,
+    /// Set by `serve --sandbox` (never by configuration): the database guard of
+    /// `store::mode` then refuses a database a production gateway has used.
+    #[serde(skip)]
+    pub sandbox: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,17 +113,42 @@ pub struct RazorpaySettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub callers: Vec<CallerSettings>,
+    /// Issuers whose signed JWTs identify callers (workload identity) or end users (assertions).
+    #[serde(default)]
+    pub issuers: Vec<IssuerSettings>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerSettings {
     pub name: String,
-    /// Hex SHA-256 of the bearer token: the plaintext token never sits in configuration.
-    pub token_sha256: String,
-    /// Empty means every scope.
+    /// Hex SHA-256 of the bearer token: the plaintext token never sits in configuration. A caller
+    /// has either this or (`issuer`, `subject`).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// With `subject`: the caller presents a JWT of this issuer (an `auth.issuers[].issuer`).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The JWT `sub`, e.g. `system:serviceaccount:checkout:checkout-app`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Required and non-empty; `["*"]` grants every scope.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Every PATCH (and, with `assert_reads`, every read of a user) must carry a `User-Assertion`
+    /// JWT of `user_assertion_issuer` for the user in the path.
+    #[serde(default)]
+    pub require_user_assertion: bool,
+    #[serde(default)]
+    pub user_assertion_issuer: Option<String>,
+    #[serde(default)]
+    pub assert_reads: bool,
+    /// The assertion claim that must equal `{user}` (default `sub`).
+    #[serde(default)]
+    pub user_claim: Option<String>,
+    /// Longest accepted assertion lifetime (`exp - iat`), default 300 s.
+    #[serde(default)]
+    pub max_assertion_age_s: Option<u64>,
     /// Requests per second this caller may make on each replica (token bucket refill); unset
     /// means `limits.rate_per_s`, and no limit when that is unset too.
     #[serde(default)]
@@ -127,6 +156,53 @@ pub struct CallerSettings {
     /// Bucket size: requests the caller may make at once after being idle.
     #[serde(default)]
     pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The `iss` claim, exactly, e.g. `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Where the JSON Web Key Set is fetched (https, or http on loopback for tests)...
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// ...trusting this PEM CA bundle besides the system roots (a cluster's private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A file whose contents are sent as a bearer token when fetching the keys, re-read on every
+    /// fetch (Kubernetes: the pod's own projected ServiceAccount token).
+    #[serde(default)]
+    pub jwks_bearer_token_file: Option<std::path::PathBuf>,
+    /// Or a local JWKS file (re-read on the same schedule).
+    #[serde(default)]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Subset of RS256, ES256, EdDSA (the default: all three). Never `none` or HMAC.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// How often the keys are fetched again.
+    #[serde(default = "default_refresh_interval_s")]
+    pub refresh_interval_s: u64,
+    /// An unknown `kid` fetches the keys at once, but at most once per this many seconds.
+    #[serde(default = "default_min_refresh_s")]
+    pub min_refresh_s: u64,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway_s() -> u64 {
+    30
+}
+fn default_refresh_interval_s() -> u64 {
+    300
+}
+fn default_min_refresh_s() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -509,19 +585,7 @@ impl Settings {
                 "must be `id:base64key` pairs separated by commas, each key 32 bytes",
             );
         }
-        for (i, caller) in self.auth.callers.iter().enumerate() {
-            if caller.name.trim().is_empty() {
-                bad(&format!("auth.callers[{i}].name"), "must not be empty");
-            }
-            let hex_ok = caller.token_sha256.len() == 64
-                && caller.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
-            if !hex_ok {
-                bad(
-                    &format!("auth.callers[{i}].token_sha256"),
-                    "must be the 64-hex-digit SHA-256 of the token",
-                );
-            }
-        }
+        errors.extend(crate::auth::validate_settings(&self.auth));
         if errors.is_empty() {
             Ok(())
         } else {
@@ -890,10 +954,9 @@ mod tests {
         let mut s = Settings::load(None, env(&pairs)).map_err(|e| e.to_string())?;
         s.auth.callers.push(CallerSettings {
             name: "app".into(),
-            token_sha256: "0".repeat(64),
-            scopes: vec![],
-            rate_per_s: None,
-            burst: None,
+            token_sha256: Some("0".repeat(64)),
+            scopes: vec!["profile:write".into()],
+            ..Default::default()
         });
         s.validate(false).map_err(|e| e.to_string())
     }

@@ -127,9 +127,23 @@ impl Application {
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
             .connect_lazy_with(connect_options(settings)?);
+        if settings.sandbox {
+            crate::store::mode::check_sandbox(&pool)
+                .await
+                .map_err(|e| StartupError::Config(e.to_string()))?;
+        }
         if settings.database.migrate_on_start {
             migrate(&pool).await?;
         }
+        if settings.sandbox {
+            crate::store::mode::record_sandbox(&pool)
+                .await
+                .map_err(|e| StartupError::Config(e.to_string()))?;
+        } else {
+            crate::store::mode::spawn_record_production(pool.clone());
+        }
+        let issuers = crate::auth::jwks::Issuers::build(&settings.auth.issuers)
+            .map_err(|e| StartupError::Config(e.to_string()))?;
         let lifecycle = Arc::new(Lifecycle::new(Duration::from_millis(
             settings.database.health_unreachable_after_ms,
         )));
@@ -197,6 +211,10 @@ impl Application {
             settings.audit.hmac_key_id.clone(),
             key_or_sandbox(&settings.audit.hmac_key, "audit.hmac_key")?,
         );
+        let fingerprints = crate::changes::idempotency::Fingerprints::new(&key_or_sandbox(
+            &settings.audit.hmac_key,
+            "audit.hmac_key",
+        )?);
         let c = &settings.changes;
         let ms = Duration::from_millis;
         let limits = Limits {
@@ -222,6 +240,7 @@ impl Application {
             providers: providers::build(client, juspay, razorpay),
             cipher,
             hasher,
+            fingerprints,
             instance_id,
             limits,
             writes,
@@ -238,7 +257,11 @@ impl Application {
         });
         let state = AppState {
             pool: pool.clone(),
-            callers: Callers::new(&settings.auth.callers),
+            callers: {
+                // Keys are fetched at once and refreshed for the life of the process.
+                issuers.spawn_refresh(tokio_util::sync::CancellationToken::new());
+                Callers::with_issuers(&settings.auth.callers, issuers)
+            },
             changes: Arc::clone(&changes),
             body_limit: settings.server.body_limit_bytes,
             limits: crate::limits::EdgeLimits::new(settings),

@@ -16,6 +16,33 @@ pub struct AuditContext {
     pub request_id: String,
     pub trace_id: Option<String>,
     pub caller_addr: Option<String>,
+    pub actor: Actor,
+}
+
+/// Who acted, beyond the caller's name: how it authenticated, for which signed-in user, and the
+/// gateway's own id for the request (the caller chooses `request_id`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Actor {
+    /// `token`, `jwt:{issuer}`, or `system` for the gateway's own acts.
+    pub auth: String,
+    pub subject: Option<String>,
+    pub assertion_subject: Option<String>,
+    pub assertion_jti: Option<String>,
+    pub gateway_request_id: String,
+}
+
+impl Actor {
+    pub fn system() -> Self {
+        Self {
+            auth: "system".into(),
+            gateway_request_id: Uuid::new_v4().to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,9 @@ pub async fn run(service: Arc<ChangeService>, interval: Duration, stop: Cancella
             last_janitor = Some(Instant::now());
             let reaped = crate::store::idempotency::reap(&service.pool).await;
             let erased = crate::store::changes::erase_expired_payloads(&service.pool).await;
+            if let Err(e) = crate::store::assertions::reap(&service.pool).await {
+                tracing::debug!(error = %e, "could not reap expired user-assertion jtis");
+            }
             if let (Ok(k), Ok(p)) = (&reaped, &erased)
                 && (*k > 0 || *p > 0)
             {

@@ -47,6 +47,7 @@ pub struct ChangeService {
     pub providers: Providers,
     pub cipher: PayloadCipher,
     pub hasher: PiiHasher,
+    pub fingerprints: idempotency::Fingerprints,
     /// Names this replica in leases.
     pub instance_id: String,
     pub limits: Limits,
@@ -149,6 +150,7 @@ fn origin(ctx: &AuditContext) -> batch::Origin {
         request_id: ctx.request_id.clone(),
         trace_id: ctx.trace_id.clone(),
         caller_addr: ctx.caller_addr.clone(),
+        actor: ctx.actor.to_json(),
     }
 }
 
@@ -382,7 +384,7 @@ impl ChangeService {
         let existing = store::idempotency::find(&self.pool, &ctx.caller, user.as_str(), &key.key)
             .await?
             .ok_or(SubmitError::KeyInFlight)?;
-        if existing.fingerprint != key.fingerprint {
+        if !key.matches(&existing.fingerprint) {
             return Err(SubmitError::KeyReused);
         }
         if existing.in_flight {
@@ -404,6 +406,8 @@ impl ChangeService {
         };
         let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
         event.change_id = Some(change_id);
+        // The operator who retried, not the caller who first asked (the change row keeps that one).
+        event.values = serde_json::json!({"actor": ctx.actor.to_json()});
         let can_open = |key_id: &str, sealed: &[u8]| {
             self.cipher
                 .open(key_id, sealed, change_id.as_bytes())
@@ -501,6 +505,8 @@ impl ChangeService {
             request_id: c.request_id.clone(),
             trace_id: c.trace_id.clone(),
             caller_addr: c.caller_addr.clone(),
+            // Only new changes record their actor; a resumed one keeps the one it was recorded with.
+            actor: Default::default(),
         });
         let Some(user) = UserId::parse(&c.user_id) else {
             return Ok(None);

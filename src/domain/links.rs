@@ -11,8 +11,11 @@ use serde_json::Value;
 pub struct UserId(String);
 
 impl UserId {
+    /// Ids starting with `_` are reserved for the gateway's own records (`_system`): a caller
+    /// cannot name them, so its changes never land in the gateway's audit chains.
     pub fn parse(s: &str) -> Option<Self> {
         let ok = (1..=128).contains(&s.len())
+            && !s.starts_with('_')
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._:-@".contains(c));
         ok.then(|| Self(s.to_string()))
@@ -30,9 +33,11 @@ impl std::fmt::Display for UserId {
 }
 
 /// An upstream object id (`cst_...`, `wlt_...`, a customer reference). It becomes a URL path
-/// segment or a header, so only URL- and header-safe characters are allowed.
+/// segment or a header: only URL- and header-safe characters, starting with a letter or digit, so
+/// `.` and `..` (which a URL resolves to "this" and "the parent" resource) can never be one.
 fn upstream_id(s: &str) -> bool {
     (1..=128).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }

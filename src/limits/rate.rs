@@ -154,10 +154,9 @@ mod tests {
     fn caller(name: &str, rate: Option<f64>, burst: Option<u32>) -> CallerSettings {
         CallerSettings {
             name: name.into(),
-            token_sha256: String::new(),
-            scopes: vec![],
             rate_per_s: rate,
             burst,
+            ..Default::default()
         }
     }
 

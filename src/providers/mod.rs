@@ -156,10 +156,39 @@ pub(crate) async fn exchange(
     }
 }
 
-/// Joins a configured base URL and a path whose dynamic segments were already validated as
-/// URL-safe ids.
-pub(crate) fn endpoint(base_url: &str, path: &str) -> String {
-    format!("{}{}", base_url.trim_end_matches('/'), path)
+/// The base URL with `segments` pushed onto its path, each percent-encoded, so an id can never
+/// add, remove or climb a path level. Empty and dot-only segments (which URL resolution would
+/// drop or turn into "the parent") are refused: links stored before ids were checked at the API
+/// may hold them.
+pub(crate) fn endpoint(
+    target: Target,
+    base_url: &str,
+    segments: &[&str],
+) -> Result<reqwest::Url, StepError> {
+    let refused = || StepError {
+        code: StepErrorCode::UpstreamBadResponse,
+        retryable: false,
+        outcome_unknown: false,
+        upstream_status: None,
+        upstream_code: None,
+        message: format!(
+            "{}: the linked object id cannot be sent in a URL; fix the user's links",
+            target.as_str()
+        ),
+        retry_after: None,
+    };
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || s.bytes().all(|b| b == b'.'))
+    {
+        return Err(refused());
+    }
+    let mut url = reqwest::Url::parse(base_url).map_err(|_| misrouted(target))?;
+    url.path_segments_mut()
+        .map_err(|_| misrouted(target))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
 }
 
 /// A request handed to the wrong adapter: a bug in the registry, reported as a step failure rather

@@ -27,13 +27,27 @@ async fn get_change(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(raw): PathParam,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<ChangeView>, ApiError> {
     caller.require(SCOPE_READ)?;
     let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
-    crate::store::changes::load(&state.pool, id)
+    let view = crate::store::changes::load(&state.pool, id)
         .await?
-        .map(Json)
-        .ok_or(ApiError::ChangeNotFound)
+        .ok_or(ApiError::ChangeNotFound)?;
+    // A read of the change's user: with `assert_reads`, the caller shows an assertion for them.
+    if caller.assertion.is_some() {
+        let user = user_param(&view.user)?;
+        crate::auth::assertion::check(
+            &state.callers,
+            &state.pool,
+            &caller,
+            &headers,
+            &user,
+            crate::auth::assertion::Use::Read,
+        )
+        .await?;
+    }
+    Ok(Json(view))
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,9 +61,19 @@ async fn list_changes(
     caller: Caller,
     PathParam(raw): PathParam,
     QueryParams(page): QueryParams<Page>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(SCOPE_READ)?;
     let user = user_param(&raw)?;
+    crate::auth::assertion::check(
+        &state.callers,
+        &state.pool,
+        &caller,
+        &headers,
+        &user,
+        crate::auth::assertion::Use::Read,
+    )
+    .await?;
     let limit = match page.limit.as_deref() {
         None => 50,
         Some(s) => s

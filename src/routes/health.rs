@@ -23,5 +23,13 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .lifecycle
         .readiness()
         .map_err(|why| ApiError::NotReady(why.to_string()))?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(
+        json!({"status": "ready", "issuers": issuer_detail(&state)}),
+    ))
+}
+
+/// The JWT issuers' key state (`[]` without issuers): an issuer whose keys cannot be fetched shows
+/// here without making the replica unready.
+pub fn issuer_detail(state: &AppState) -> Value {
+    state.callers.issuers.readiness_detail()
 }

@@ -97,11 +97,28 @@ pub(crate) fn audit_context(
     caller: &crate::auth::Caller,
     meta: &crate::telemetry::RequestMeta,
 ) -> crate::audit::AuditContext {
+    acting_context(caller, meta, None)
+}
+
+/// The audit context with who acted: the caller, how it authenticated, the end user it acted for
+/// (when it showed an assertion) and a gateway-made request id beside the caller-chosen one.
+pub(crate) fn acting_context(
+    caller: &crate::auth::Caller,
+    meta: &crate::telemetry::RequestMeta,
+    assertion: Option<&crate::auth::assertion::UserAssertion>,
+) -> crate::audit::AuditContext {
     crate::audit::AuditContext {
         caller: caller.name.clone(),
         request_id: meta.request_id.clone(),
         trace_id: meta.trace_id.clone(),
         caller_addr: meta.caller_addr.clone(),
+        actor: crate::audit::Actor {
+            auth: caller.auth.label(),
+            subject: caller.auth.subject().map(str::to_string),
+            assertion_subject: assertion.map(|a| a.subject.clone()),
+            assertion_jti: assertion.map(|a| a.jti.clone()),
+            gateway_request_id: uuid::Uuid::new_v4().to_string(),
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 //! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
 
-use super::{AppState, JsonBody, PathParam, audit_context, user_param};
-use crate::auth::{Caller, SCOPE_READ, SCOPE_WRITE};
+use super::{AppState, JsonBody, PathParam, acting_context, user_param};
+use crate::auth::assertion::{self, Use};
+use crate::auth::{Authorized, LinksRead, LinksWrite, ProfileWrite};
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
 use crate::changes::model::ChangeStatus;
 use crate::changes::{SubmitError, Submitted};
@@ -23,12 +24,11 @@ pub fn router() -> Router<AppState> {
 async fn patch_profile(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<ProfileWrite>,
     PathParam(raw): PathParam,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    caller.require(SCOPE_WRITE)?;
     let user = user_param(&raw)?;
     let key = idempotency::parse_key(
         headers
@@ -41,11 +41,22 @@ async fn patch_profile(
     })?;
     let patch = ProfilePatch::parse(&body, &state.limits.fingerprint_window())
         .map_err(ApiError::Validation)?;
-    let key = IdempotencyKey {
-        key,
-        fingerprint: idempotency::fingerprint("PATCH", &format!("/profile/{user}"), &body),
-    };
-    let ctx = audit_context(&caller, &meta);
+    let key: IdempotencyKey =
+        state
+            .changes
+            .fingerprints
+            .key(key, "PATCH", &format!("/profile/{user}"), &body);
+    // Last of the checks: it claims the assertion's jti, which only a retry may then reuse.
+    let assertion = assertion::check(
+        &state.callers,
+        &state.pool,
+        &caller,
+        &headers,
+        &user,
+        Use::Change { idem_key: &key.key },
+    )
+    .await?;
+    let ctx = acting_context(&caller, &meta, assertion.as_ref());
     let submitted = state
         .changes
         .submit(user, patch, ctx, key)
@@ -95,11 +106,20 @@ pub(crate) fn change_response(submitted: Submitted) -> Response {
 
 async fn get_links(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<LinksRead>,
     PathParam(raw): PathParam,
+    headers: HeaderMap,
 ) -> Result<Json<ProfileLinks>, ApiError> {
-    caller.require(SCOPE_READ)?;
     let user = user_param(&raw)?;
+    assertion::check(
+        &state.callers,
+        &state.pool,
+        &caller,
+        &headers,
+        &user,
+        Use::Read,
+    )
+    .await?;
     crate::store::links::get(&state.pool, &user)
         .await?
         .map(Json)
@@ -109,22 +129,26 @@ async fn get_links(
 async fn put_links(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
-    caller: Caller,
+    Authorized(caller, _): Authorized<LinksWrite>,
     PathParam(raw): PathParam,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    caller.require(SCOPE_WRITE)?;
     let user = user_param(&raw)?;
     let links = ProfileLinks::parse(&body).map_err(ApiError::Validation)?;
-    let created =
-        crate::store::links::put(&state.pool, &user, &links, &audit_context(&caller, &meta))
-            .await?;
+    use crate::store::links::PutOutcome;
+    let outcome = crate::store::links::put(
+        &state.pool,
+        &user,
+        &links,
+        &acting_context(&caller, &meta, None),
+    )
+    .await?;
     // This replica plans the user's next change from the new links without a refused write first.
     state.changes.writes.links_cache.forget(user.as_str());
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Replaced => StatusCode::OK,
+        PutOutcome::Conflict(members) => return Err(ApiError::LinkConflict(members)),
     };
     Ok((status, Json(links)).into_response())
 }

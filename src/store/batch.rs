@@ -23,6 +23,8 @@ pub struct Origin {
     pub request_id: String,
     pub trace_id: Option<String>,
     pub caller_addr: Option<String>,
+    /// `audit::Actor` as JSON, stored in `changes.actor`.
+    pub actor: Value,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,7 @@ pub async fn record_changes(
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
     let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
+    let actors: Vec<Value> = batch.iter().map(|c| c.origin.actor.clone()).collect();
     let mut step_change = Vec::new();
     let mut step_no = Vec::new();
     let mut step_target = Vec::new();
@@ -143,10 +146,10 @@ pub async fn record_changes(
         r#"with input as (
              select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
-                                  $12::timestamptz[], $13::jsonb[], $14::text[])
+                                  $12::timestamptz[], $13::jsonb[], $14::text[], $25::jsonb[])
                  with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
                                       payload_key_id, payload_enc, idem_key, fingerprint, links_version,
-                                      audit_values, hmac_key_id, ord)
+                                      audit_values, hmac_key_id, actor, ord)
            ),
            locked as (
              select p.user_id, p.updated_at, p.last_change_seq - p.finished_seq as pending
@@ -195,10 +198,10 @@ pub async fn record_changes(
            ),
            ch as (
              insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
-                                  payload_key_id, payload_enc, lease_owner, lease_expires_at)
+                                  payload_key_id, payload_enc, lease_owner, lease_expires_at, actor)
              select id, user_id, seq, caller, request_id, trace_id, caller_addr,
                     string_to_array(fields, ','), payload_key_id, payload_enc, $17,
-                    now() + make_interval(secs => $18)
+                    now() + make_interval(secs => $18), actor
                from numbered
              returning id, created_at
            ),
@@ -252,6 +255,7 @@ pub async fn record_changes(
         &step_ref,
         &step_fields,
         p.max_pending,
+        &actors,
     )
     .fetch_all(pool)
     .await?;

@@ -1,10 +1,12 @@
 //! SQL, one module per table group. Every statement is a checked `sqlx::query!` whose offline data
 //! lives in `.sqlx/` (regenerate with `scripts/sqlx-prepare`).
 
+pub mod assertions;
 pub mod batch;
 pub mod changes;
 pub mod idempotency;
 pub mod links;
+pub mod mode;
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.

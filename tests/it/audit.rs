@@ -1210,6 +1210,7 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
             "find_by_mobile",
             "provider_failures",
             "user_history",
+            "who_acted",
         ],
         "every documented query has its expectations below"
     );
@@ -1232,6 +1233,33 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
         ])
     );
     assert!(rows.iter().any(|r| r["request_id"] == "req-doc-2"));
+
+    let rows = run("who_acted");
+    let requested: Vec<_> = rows
+        .iter()
+        .filter(|r| r["event_type"] == "change_requested")
+        .collect();
+    assert_eq!(requested.len(), 2, "{rows:?}");
+    for r in &requested {
+        assert_eq!(
+            (r["caller"].as_str(), r["auth_method"].as_str()),
+            ("test-writer", "token")
+        );
+        assert!(
+            uuid::Uuid::parse_str(&r["gateway_request_id"]).is_ok(),
+            "{r:?}"
+        );
+        assert_ne!(r["gateway_request_id"], r["request_id"]);
+    }
+    assert_ne!(
+        requested[0]["gateway_request_id"],
+        requested[1]["gateway_request_id"]
+    );
+    let seeded = rows
+        .iter()
+        .find(|r| r["event_type"] == "links_updated")
+        .unwrap();
+    assert_eq!(seeded["auth_method"], "system", "{seeded:?}");
 
     let rows = run("field_changes_in_range");
     let alice_changes: Vec<(&str, &str, &str)> = rows

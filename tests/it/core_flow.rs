@@ -281,6 +281,16 @@ async fn each_field_group_reaches_exactly_its_providers() {
 #[tokio::test]
 async fn links_are_stored_and_gate_changes() {
     let app = spawn_app().await;
+    // Bob gives up his customer first: an object belongs to one user.
+    let resp = app
+        .client
+        .put(app.url("/profile/bob/links"))
+        .bearer_auth(TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     let resp = app
         .client
         .put(app.url("/profile/carol/links"))

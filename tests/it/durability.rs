@@ -637,7 +637,7 @@ async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "[[auth.callers]]\nname = \"crash-test\"\ntoken_sha256 = \"{}\"\n",
+            "[[auth.callers]]\nname = \"crash-test\"\ntoken_sha256 = \"{}\"\nscopes = [\"*\"]\n",
             profile_gateway::auth::token_sha256(TOKEN)
         ),
     )
@@ -817,7 +817,9 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
     // This replica plans alice's change (and remembers her links) ...
     let resp = app.patch("alice", &json!({"first_name": "Alice"})).await;
     assert_eq!(resp.status(), 200);
-    // ... then her customer link moves through the other replica.
+    // ... then her customer link moves through the other replica (to bob's customer, which bob
+    // gives up first: an object belongs to one user).
+    put_links_via_b("bob", json!({})).await;
     put_links_via_b(
         "alice",
         json!({"juspay_customer_id": "cst_demo_bob", "juspay_wallet_ids": [],
@@ -839,6 +841,7 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
     assert_eq!(refs, vec!["cst_demo_bob".to_string()]);
 
     // A link added through the other replica: not a 422 from the links this one remembered.
+    put_links_via_b("alice", json!({"juspay_customer_id": "cst_demo_alice"})).await;
     put_links_via_b("carol", json!({"juspay_customer_id": "cst_demo_bob"})).await;
     let resp = app.patch("carol", &json!({"first_name": "Carol"})).await;
     assert_eq!(resp.status(), 200);
@@ -895,6 +898,7 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
             request_id: format!("fence-{fence}"),
             trace_id: None,
             caller_addr: None,
+            actor: serde_json::Value::Null,
         },
         outcomes: vec![StepOutcome {
             step_no: 0,

@@ -86,21 +86,21 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
     s.auth.callers = vec![
         CallerSettings {
             name: "test-writer".into(),
-            token_sha256: profile_gateway::auth::token_sha256(TOKEN),
+            token_sha256: Some(profile_gateway::auth::token_sha256(TOKEN)),
             scopes: vec![
                 "profile:write".into(),
                 "profile:read".into(),
+                "links:write".into(),
+                "links:read".into(),
                 "changes:operate".into(),
             ],
-            rate_per_s: None,
-            burst: None,
+            ..Default::default()
         },
         CallerSettings {
             name: "test-reader".into(),
-            token_sha256: profile_gateway::auth::token_sha256(READ_ONLY_TOKEN),
-            scopes: vec!["profile:read".into()],
-            rate_per_s: None,
-            burst: None,
+            token_sha256: Some(profile_gateway::auth::token_sha256(READ_ONLY_TOKEN)),
+            scopes: vec!["profile:read".into(), "links:read".into()],
+            ..Default::default()
         },
     ];
     s.validate(false)

@@ -12,3 +12,4 @@ mod failures;
 mod lifecycle;
 mod limits;
 mod sandbox;
+mod trust;

@@ -29,8 +29,12 @@ impl JuspayCustomer {
         }
     }
 
-    fn request(&self, method: reqwest::Method, customer_id: &str) -> reqwest::RequestBuilder {
-        let url = endpoint(&self.config.base_url, &format!("/customers/{customer_id}"));
+    fn request(
+        &self,
+        method: reqwest::Method,
+        customer_id: &str,
+    ) -> Result<reqwest::RequestBuilder, StepError> {
+        let url = endpoint(TARGET, &self.config.base_url, &["customers", customer_id])?;
         let request = self
             .client
             .request(method, url)
@@ -38,10 +42,10 @@ impl JuspayCustomer {
             .header("version", &self.config.version)
             // Juspay routes all calls of one customer to one shard by this id.
             .header("x-routing-id", customer_id);
-        match &self.config.merchant_id {
+        Ok(match &self.config.merchant_id {
             Some(m) => request.header("x-merchantid", m),
             None => request,
-        }
+        })
     }
 
     async fn fetch(
@@ -68,7 +72,7 @@ impl JuspayCustomer {
     async fn update(&self, customer_id: &str, form: wire::UpdateCustomerForm<'_>) -> StepResult {
         let body = serde_urlencoded::to_string(&form).map_err(|_| misrouted(TARGET))?;
         let request = self
-            .request(reqwest::Method::POST, customer_id)
+            .request(reqwest::Method::POST, customer_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
         let (status, customer) = self.fetch(request, customer_id).await?;
@@ -87,7 +91,7 @@ impl JuspayCustomer {
         customer_id: &str,
         form: wire::UpdateCustomerForm<'_>,
     ) -> Result<bool, StepError> {
-        let request = self.request(reqwest::Method::GET, customer_id);
+        let request = self.request(reqwest::Method::GET, customer_id)?;
         let (_, customer) = self.fetch(request, customer_id).await?;
         // Confirming a write needs positive evidence: the object is the one asked for and every
         // sent field is present with the sent value (absent is "not held", unlike in an echo).

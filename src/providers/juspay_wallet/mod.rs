@@ -29,17 +29,21 @@ impl JuspayWallet {
         }
     }
 
-    fn request(&self, method: reqwest::Method, wallet_id: &str) -> reqwest::RequestBuilder {
-        let url = endpoint(&self.config.base_url, &format!("/wallets/{wallet_id}"));
+    fn request(
+        &self,
+        method: reqwest::Method,
+        wallet_id: &str,
+    ) -> Result<reqwest::RequestBuilder, StepError> {
+        let url = endpoint(TARGET, &self.config.base_url, &["wallets", wallet_id])?;
         let request = self
             .client
             .request(method, url)
             .header(AUTHORIZATION, self.authorization.clone())
             .header("version", &self.config.version);
-        match &self.config.merchant_id {
+        Ok(match &self.config.merchant_id {
             Some(m) => request.header("x-merchantid", m),
             None => request,
-        }
+        })
     }
 
     async fn fetch(
@@ -73,7 +77,7 @@ impl JuspayWallet {
         })
         .map_err(|_| misrouted(TARGET))?;
         let request = self
-            .request(reqwest::Method::POST, wallet_id)
+            .request(reqwest::Method::POST, wallet_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form);
         let (status, echoed) = self.fetch(request, wallet_id).await?;
@@ -88,7 +92,7 @@ impl JuspayWallet {
     }
 
     async fn holds(&self, wallet_id: &str, mobile_number: &str) -> Result<bool, StepError> {
-        let request = self.request(reqwest::Method::GET, wallet_id);
+        let request = self.request(reqwest::Method::GET, wallet_id)?;
         let (_, current) = self.fetch(request, wallet_id).await?;
         Ok(current.as_deref() == Some(mobile_number))
     }

@@ -35,11 +35,16 @@ impl RazorpayUpi {
         method: reqwest::Method,
         customer_reference: &str,
         upi: &UpiChange,
-    ) -> reqwest::RequestBuilder {
-        self.client
+    ) -> Result<reqwest::RequestBuilder, StepError> {
+        Ok(self
+            .client
             .request(
                 method,
-                endpoint(&self.config.base_url, "/v1/upi/tpap/upi_number"),
+                endpoint(
+                    TARGET,
+                    &self.config.base_url,
+                    &["v1", "upi", "tpap", "upi_number"],
+                )?,
             )
             .header(AUTHORIZATION, self.authorization.clone())
             .header("x-device-fingerprint", upi.device_fingerprint.as_str())
@@ -47,11 +52,11 @@ impl RazorpayUpi {
                 "x-device-fingerprint-timestamp",
                 upi.fingerprint_timestamp.to_string(),
             )
-            .header("x-customer-reference", customer_reference)
+            .header("x-customer-reference", customer_reference))
     }
 
     async fn holds(&self, customer_reference: &str, upi: &UpiChange) -> Result<bool, StepError> {
-        let request = self.request(reqwest::Method::GET, customer_reference, upi);
+        let request = self.request(reqwest::Method::GET, customer_reference, upi)?;
         let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
         let list: wire::UpiNumberList = serde_json::from_slice(&response.body).map_err(|_| {
             bad_success(TARGET, response.status, "its body is not a UPI number list")
@@ -78,7 +83,7 @@ impl RazorpayUpi {
             consent: true,
         };
         let request = self
-            .request(reqwest::Method::PATCH, customer_reference, upi)
+            .request(reqwest::Method::PATCH, customer_reference, upi)?
             .header(CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
         let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
