@@ -127,18 +127,30 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// How long `serve` waits at exit for queued spans to reach the collector.
+const TRACE_FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), String> {
     let mut settings = load(config, sandbox)?;
-    telemetry::init(
+    let traces = telemetry::init_traced(
         &settings.telemetry.log_format,
         &settings.telemetry.log_level,
-    );
+    )?;
+    if traces.exporting {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    let served = serve_with(&mut settings, sandbox).await;
+    traces.shutdown(TRACE_FLUSH_BOUND).await;
+    served
+}
+
+async fn serve_with(settings: &mut Settings, sandbox: bool) -> Result<(), String> {
     let sandbox_handle = if sandbox {
-        let handle = demo::start_sandbox(&mut settings)
+        let handle = demo::start_sandbox(settings)
             .await
             .map_err(|e| format!("cannot start the sandbox: {e}"))?;
         tracing::warn!(upstream = %handle.base_url(), "SANDBOX MODE: upstreams are simulated; never use this in production");
-        startup::ensure_database(&settings)
+        startup::ensure_database(settings)
             .await
             .map_err(|e| e.to_string())?;
         Some(handle)
@@ -148,7 +160,7 @@ async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), St
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", settings.server.listen))?;
-    let app = startup::Application::build(&settings, listener)
+    let app = startup::Application::build(settings, listener)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(handle) = &sandbox_handle {
@@ -156,6 +168,9 @@ async fn serve(config: Option<&std::path::Path>, sandbox: bool) -> Result<(), St
             .await
             .map_err(|e| format!("cannot seed demo users: {e}"))?;
         println!("{}", demo::banner(app.local_addr(), &handle.base_url()));
+    }
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(%addr, "metrics at /metrics");
     }
     tracing::info!(addr = %app.local_addr(), "profile-gateway listening");
     app.run_until(startup::shutdown_signal())

@@ -143,6 +143,14 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Address of the admin listener serving Prometheus metrics at `/metrics` (e.g.
+    /// `0.0.0.0:9090`); unset: no metrics listener.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// Send the W3C `traceparent` of each upstream attempt to the providers. Global for now: a
+    /// provider that refuses unknown headers needs it off for all until per-provider settings
+    /// exist.
+    pub propagate_trace_context: bool,
 }
 
 const DEFAULTS: &str = r#"
@@ -195,6 +203,7 @@ retention_months = 13
 [telemetry]
 log_format = "json"
 log_level = "info"
+propagate_trace_context = true
 "#;
 
 const ENV_PREFIX: &str = "PROFILE_GATEWAY";
@@ -289,6 +298,14 @@ impl Settings {
         };
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             bad("server.listen", "must be an address such as 0.0.0.0:8080");
+        }
+        if let Some(addr) = &self.telemetry.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "telemetry.metrics_listen",
+                "must be an address such as 0.0.0.0:9090",
+            );
         }
         if url::Url::parse(self.database.url.expose()).is_err() {
             bad(
@@ -481,6 +498,8 @@ const KNOWN_KEYS: &[&str] = &[
     "audit.retention_months",
     "telemetry.log_format",
     "telemetry.log_level",
+    "telemetry.metrics_listen",
+    "telemetry.propagate_trace_context",
 ];
 
 fn is_known_key(key: &str) -> bool {
@@ -506,7 +525,7 @@ fn typed_value(key: &str, value: String) -> config::Value {
     {
         return config::Value::from(f);
     }
-    if key.ends_with("migrate_on_start")
+    if (key.ends_with("migrate_on_start") || key.ends_with("propagate_trace_context"))
         && let Ok(b) = value.parse::<bool>()
     {
         return config::Value::from(b);

@@ -19,6 +19,7 @@ pub struct AppState {
     pub callers: Callers,
     pub changes: Arc<ChangeService>,
     pub body_limit: usize,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl FromRef<AppState> for Callers {
@@ -28,6 +29,7 @@ impl FromRef<AppState> for Callers {
 }
 
 pub fn router(state: AppState) -> Router {
+    let metrics = Arc::clone(&state.metrics);
     Router::new()
         .merge(profile::router())
         .merge(changes::router())
@@ -35,7 +37,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn(crate::telemetry::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::telemetry::edge,
+        ))
         .with_state(state)
 }
 

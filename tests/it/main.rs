@@ -9,3 +9,4 @@ mod core_flow;
 mod durability;
 mod failures;
 mod sandbox;
+mod telemetry;
