@@ -23,8 +23,8 @@ const SCOPE: &str = "profile-gateway";
 /// otherwise (the OTLP default, 10 s, is longer than a pod's shutdown budget allows).
 const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The process's tracer provider. `exporting` is false when no OTLP endpoint is configured:
-/// spans are still created (so trace ids are real and propagate), but nothing is sent.
+/// The process's tracer provider. `exporting` is false when no OTLP endpoint is configured: then
+/// no OpenTelemetry layer is installed and nothing is recorded or sent.
 pub struct Traces {
     provider: SdkTracerProvider,
     pub exporting: bool,
@@ -67,8 +67,8 @@ fn resource() -> Resource {
 
 impl Traces {
     /// Builds the provider from the environment. With `export` false (or no endpoint) nothing is
-    /// exported, and unless `OTEL_TRACES_SAMPLER` says otherwise only traces a caller marked
-    /// sampled are recorded, so tracing costs almost nothing.
+    /// exported; should a layer use it anyway (the benchmark), unless `OTEL_TRACES_SAMPLER` says
+    /// otherwise only traces a caller marked sampled are recorded.
     pub fn from_env(export: bool) -> Result<Traces, String> {
         let exporting = export && export_requested();
         let mut builder = SdkTracerProvider::builder().with_resource(resource());
