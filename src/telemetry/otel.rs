@@ -209,17 +209,17 @@ pub fn upstream_span(provider: &'static str, request: &mut reqwest::Request) -> 
         otel.name = %method,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
-        http.request.method = %method,
         server.address = url.host_str().unwrap_or(""),
         server.port = i64::from(url.port_or_known_default().unwrap_or(0)),
         profile_gateway.provider = provider,
-        http.request.resend_count = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
     );
-    // The convention sets the resend count only on a resend.
+    // Set on the OpenTelemetry span only (these never go to the logs); the convention sets the
+    // resend count only on a resend.
+    span.set_attribute("http.request.method", method);
     if attempt.resend_count > 0 {
-        span.record("http.request.resend_count", i64::from(attempt.resend_count));
+        span.set_attribute("http.request.resend_count", i64::from(attempt.resend_count));
     }
     if attempt.propagate {
         inject(&span, request.headers_mut());
