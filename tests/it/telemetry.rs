@@ -542,6 +542,48 @@ async fn with_the_collector_down_requests_succeed_and_shutdown_is_bounded() {
     }
 }
 
+#[tokio::test]
+async fn trace_context_propagation_upstream_can_be_turned_off() {
+    let (collector, received) = otlp_receiver().await;
+    let sandbox = spawn_sandbox().await;
+    let mut gw = start_gateway(
+        &sandbox.base_url(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+            (
+                "PROFILE_GATEWAY__TELEMETRY__PROPAGATE_TRACE_CONTEXT",
+                "false",
+            ),
+        ],
+    )
+    .await;
+    sandbox.clear_journal();
+    let resp = reqwest::Client::new()
+        .patch(format!("{}/profile/bob", gw.base))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"email_address": "bob.quiet@example.org"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (exit, _) = gw.terminate(Duration::from_secs(30)).await;
+    assert!(exit.success(), "{}", gw.logs());
+    let journal = sandbox.journal();
+    assert!(!journal.is_empty());
+    for e in &journal {
+        assert!(!e.headers.contains_key("traceparent"), "{e:?}");
+    }
+    // The client spans are still exported.
+    let clients = received
+        .spans()
+        .into_iter()
+        .filter(|(_, s)| s.kind == SpanKind::Client as i32)
+        .filter(|(_, s)| str_attr(&s.attributes, "profile_gateway.provider").is_some())
+        .count();
+    assert_eq!(clients, journal.len());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics
 
