@@ -635,6 +635,34 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_settings_load_from_the_environment_and_are_checked() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.telemetry.metrics_listen, None);
+        assert!(s.telemetry.propagate_trace_context);
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__TELEMETRY__METRICS_LISTEN", "0.0.0.0:9090"),
+                (
+                    "PROFILE_GATEWAY__TELEMETRY__PROPAGATE_TRACE_CONTEXT",
+                    "false",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.telemetry.metrics_listen.as_deref(), Some("0.0.0.0:9090"));
+        assert!(!s.telemetry.propagate_trace_context);
+        assert!(s.validate(true).is_ok());
+        let s = Settings::load(
+            None,
+            env(&[("PROFILE_GATEWAY__TELEMETRY__METRICS_LISTEN", "9090")]),
+        )
+        .unwrap();
+        let err = s.validate(true).unwrap_err().to_string();
+        assert!(err.contains("telemetry.metrics_listen"), "{err}");
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug() {
         let s = Settings::load(
             None,
