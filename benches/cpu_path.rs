@@ -7,9 +7,13 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;
+use profile_gateway::changes::model::{ChangeStatus, StepStatus};
 use profile_gateway::crypto::PiiHasher;
+use profile_gateway::domain::Target;
 use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
 use profile_gateway::providers::{juspay_customer, juspay_wallet, razorpay_upi};
+use profile_gateway::telemetry::metrics::Metrics;
+use profile_gateway::telemetry::otel;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::time::Duration;
@@ -265,5 +269,169 @@ fn jwt_verify(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_path, jwt_verify);
+/// The tracing and metrics work of one 3-step PATCH, as the gateway does it: the server span
+/// (parent extracted, trace id read), one client span per upstream call with `traceparent`
+/// injected and its outcome recorded, a span per group-commit write (record, settle), and the
+/// metrics the request, its attempts, its writes and its final state update.
+fn request_telemetry(metrics: &Metrics, incoming: &axum::http::HeaderMap) -> usize {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        target: "profile_gateway::telemetry",
+        "request",
+        otel.name = "PATCH /profile/{user}",
+        otel.kind = "server",
+        method = "PATCH",
+        path = "/profile/bench",
+        http.route = "/profile/{user}",
+        http.response.status_code = tracing::field::Empty,
+        request_id = "bench-request-0001",
+        trace_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(otel::extract(incoming));
+    let trace_id = otel::trace_id(&span).unwrap_or_default();
+    span.record("trace_id", trace_id.as_str());
+    let active = metrics
+        .http_active
+        .with_label_values(&["PATCH", "/profile/{user}"]);
+    active.inc();
+    let mut injected = 0;
+    span.in_scope(|| {
+        for statement in ["record", "settle"] {
+            let w = tracing::info_span!(
+                target: "profile_gateway::changes::batcher",
+                "db.write",
+                otel.name = "group commit",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.batch.size = 1i64,
+                profile_gateway.statement = statement,
+            );
+            w.in_scope(|| {});
+            metrics.db_write(statement, 1, Duration::from_micros(800));
+        }
+        for target in [
+            Target::JuspayCustomer,
+            Target::JuspayWallet,
+            Target::RazorpayUpi,
+        ] {
+            let mut request = reqwest::Request::new(
+                reqwest::Method::POST,
+                "http://127.0.0.1:8090/customers/cst_bench".parse().unwrap(),
+            );
+            let client = otel::upstream_span(target.as_str(), &mut request);
+            injected += request.headers().len();
+            client.in_scope(|| {});
+            otel::upstream_outcome(&client, Ok(200));
+            metrics.upstream_attempt(target, "applied", Duration::from_millis(3));
+        }
+    });
+    metrics.change_finished(
+        ChangeStatus::Applied,
+        &[
+            (Target::JuspayCustomer, StepStatus::Applied),
+            (Target::JuspayWallet, StepStatus::Applied),
+            (Target::RazorpayUpi, StepStatus::Applied),
+        ],
+    );
+    span.record("http.response.status_code", 200i64);
+    metrics
+        .http_duration
+        .with_label_values(&["PATCH", "/profile/{user}", "200"])
+        .observe(0.012);
+    active.dec();
+    injected
+}
+
+/// The subscriber `telemetry::init` builds, without the log layer (the same whether or not
+/// traces are exported): the OpenTelemetry layer filtered to the gateway's own spans.
+fn traced(traces: &otel::Traces) -> tracing::Dispatch {
+    assert!(
+        traces.exporting,
+        "without export the gateway installs no OpenTelemetry layer"
+    );
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target("profile_gateway", tracing::Level::INFO);
+    // The SDK's own warnings (a dropped span, a failed export) stay visible.
+    let sdk = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("opentelemetry_sdk", tracing::Level::WARN)
+                .with_target("opentelemetry_otlp", tracing::Level::WARN),
+        );
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(traces.tracer())
+                .with_filter(spans),
+        )
+        .with(sdk);
+    tracing::Dispatch::new(subscriber)
+}
+
+/// Answers OTLP exports with 200, counting the bytes, so "export on" pays for real encoding and
+/// HTTP (on the batch processor's thread and the runtime, beside the measured thread).
+async fn otlp_sink() -> String {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            black_box(body.len());
+            ""
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn telemetry(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sink = rt.block_on(otlp_sink());
+    let no_parent = axum::http::HeaderMap::new();
+    let mut g = c.benchmark_group("telemetry");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50);
+
+    // No subscriber and no metrics: what the request path costs without any of it.
+    g.bench_function("none", |b| {
+        b.iter(|| {
+            let span = tracing::info_span!(target: "profile_gateway", "request");
+            span.in_scope(|| black_box(1))
+        })
+    });
+    let metrics = Metrics::new(16);
+    // No OTLP endpoint (the default): a subscriber without the OpenTelemetry layer, as
+    // `telemetry::init` installs it then; metrics as always.
+    let off = tracing::Dispatch::new(tracing_subscriber::registry());
+    tracing::dispatcher::with_default(&off, || {
+        g.bench_function("export_off", |b| {
+            b.iter(|| request_telemetry(&metrics, black_box(&no_parent)))
+        });
+    });
+    // An OTLP endpoint: every span recorded, queued and exported.
+    // SAFETY: set before any other thread of this process reads the environment.
+    unsafe { std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", &sink) };
+    let on = {
+        let _entered = rt.enter();
+        otel::Traces::from_env(true).unwrap()
+    };
+    assert!(on.exporting);
+    tracing::dispatcher::with_default(&traced(&on), || {
+        g.bench_function("export_on", |b| {
+            b.iter(|| request_telemetry(&metrics, black_box(&no_parent)))
+        });
+    });
+    g.finish();
+    rt.block_on(on.shutdown(Duration::from_secs(3)));
+}
+
+criterion_group!(benches, cpu_path, jwt_verify, telemetry);
 criterion_main!(benches);

@@ -82,6 +82,7 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        crate::telemetry::metrics::note_db_error(&e);
         if crate::store::is_unavailable(&e) {
             ApiError::DatabaseUnavailable(e.to_string())
         } else {
@@ -99,6 +100,9 @@ pub struct Problem {
     pub detail: String,
     pub code: &'static str,
     pub request_id: String,
+    /// The W3C trace id the request's spans are exported under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,6 +430,7 @@ impl IntoResponse for ApiError {
             detail,
             code,
             request_id: crate::telemetry::current_request_id(),
+            trace_id: crate::telemetry::current_trace_id(),
             errors,
             change_id: change.as_ref().map(|c| c.change_id),
             change_status: change.as_ref().map(|c| c.status),

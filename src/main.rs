@@ -133,22 +133,38 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// How long `serve` waits at exit for queued spans to reach the collector.
+const TRACE_FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn serve(config: &[PathBuf], sandbox: bool) -> Result<(), String> {
     let mut settings = load(config, sandbox)?;
-    telemetry::init(
+    let traces = telemetry::init_traced(
         &settings.telemetry.log_format,
         &settings.telemetry.log_level,
-    );
+    )?;
     for w in settings.warnings(sandbox) {
         tracing::warn!("{w}");
     }
+    if traces.exporting {
+        tracing::info!("exporting traces over OTLP/HTTP");
+    }
+    let served = serve_with(&mut settings, config, sandbox).await;
+    traces.shutdown(TRACE_FLUSH_BOUND).await;
+    served
+}
+
+async fn serve_with(
+    settings: &mut Settings,
+    config: &[PathBuf],
+    sandbox: bool,
+) -> Result<(), String> {
     let sandbox_handle = if sandbox {
-        let handle = demo::start_sandbox(&mut settings)
+        let handle = demo::start_sandbox(settings)
             .await
             .map_err(|e| format!("cannot start the sandbox: {e}"))?;
-        demo::sandbox_listen(&mut settings, config);
+        demo::sandbox_listen(settings, config);
         tracing::warn!(upstream = %handle.base_url(), "SANDBOX MODE: upstreams are simulated; never use this in production");
-        startup::ensure_database(&settings)
+        startup::ensure_database(settings)
             .await
             .map_err(|e| e.to_string())?;
         Some(handle)
@@ -158,7 +174,7 @@ async fn serve(config: &[PathBuf], sandbox: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", settings.server.listen))?;
-    let app = startup::Application::build(&settings, listener)
+    let app = startup::Application::build(settings, listener)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(handle) = &sandbox_handle {
@@ -166,6 +182,9 @@ async fn serve(config: &[PathBuf], sandbox: bool) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot seed demo users: {e}"))?;
         println!("{}", demo::banner(app.local_addr(), &handle.base_url()));
+    }
+    if let Some(addr) = app.metrics_addr() {
+        tracing::info!(%addr, "metrics at /metrics");
     }
     // Tokio sizes its pool from available_parallelism(), which follows the cgroup CPU quota.
     tracing::info!(

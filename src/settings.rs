@@ -279,9 +279,14 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub log_level: String,
-    /// Address of the separate metrics listener (`/metrics`), e.g. `0.0.0.0:9090`; unset: none.
-    /// Declared here so deployment configs validate; the listener itself is telemetry's work.
+    /// Address of the admin listener serving Prometheus metrics at `/metrics` (e.g.
+    /// `0.0.0.0:9090`); unset: no metrics listener.
+    #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Send the W3C `traceparent` of each upstream attempt to the providers. Global for now: a
+    /// provider that refuses unknown headers needs it off for all until per-provider settings
+    /// exist.
+    pub propagate_trace_context: bool,
 }
 
 const DEFAULTS: &str = r#"
@@ -344,6 +349,7 @@ retention_months = 13
 [telemetry]
 log_format = "json"
 log_level = "info"
+propagate_trace_context = true
 
 [limits]
 max_inflight_patches = 1024
@@ -454,6 +460,14 @@ impl Settings {
         };
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             bad("server.listen", "must be an address such as 0.0.0.0:8080");
+        }
+        if let Some(addr) = &self.telemetry.metrics_listen
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "telemetry.metrics_listen",
+                "must be an address such as 0.0.0.0:9090",
+            );
         }
         if url::Url::parse(self.database.url.expose()).is_err() {
             bad(
@@ -794,6 +808,7 @@ const KNOWN_KEYS: &[&str] = &[
     "telemetry.log_format",
     "telemetry.log_level",
     "telemetry.metrics_listen",
+    "telemetry.propagate_trace_context",
 ];
 
 fn is_known_key(key: &str) -> bool {
@@ -822,7 +837,9 @@ fn typed_value(key: &str, value: String) -> config::Value {
     {
         return config::Value::from(f);
     }
-    if (key.ends_with("migrate_on_start") || key.contains(".allow_"))
+    if (key.ends_with("migrate_on_start")
+        || key.contains(".allow_")
+        || key.ends_with("propagate_trace_context"))
         && let Ok(b) = value.parse::<bool>()
     {
         return config::Value::from(b);
@@ -1084,6 +1101,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_settings_load_from_the_environment_and_are_checked() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.telemetry.metrics_listen, None);
+        assert!(s.telemetry.propagate_trace_context);
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__TELEMETRY__METRICS_LISTEN", "0.0.0.0:9090"),
+                (
+                    "PROFILE_GATEWAY__TELEMETRY__PROPAGATE_TRACE_CONTEXT",
+                    "false",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.telemetry.metrics_listen.as_deref(), Some("0.0.0.0:9090"));
+        assert!(!s.telemetry.propagate_trace_context);
+        assert!(s.validate(true).is_ok());
+        let s = Settings::load(
+            None,
+            env(&[("PROFILE_GATEWAY__TELEMETRY__METRICS_LISTEN", "9090")]),
+        )
+        .unwrap();
+        let err = s.validate(true).unwrap_err().to_string();
+        assert!(err.contains("telemetry.metrics_listen"), "{err}");
     }
 
     #[test]

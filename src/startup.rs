@@ -37,6 +37,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     listener: TcpListener,
+    /// The admin listener for `/metrics` (`telemetry.metrics_listen`), when configured.
+    metrics_listener: Option<TcpListener>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     router: axum::Router,
     pub pool: PgPool,
     pub changes: Arc<ChangeService>,
@@ -227,6 +230,13 @@ impl Application {
             max_pending_per_user: c.max_pending_per_user,
             turn_poll: ms(c.turn_poll_ms),
         };
+        let metrics = crate::telemetry::metrics::Metrics::new(settings.database.max_connections);
+        let metrics_listener = match &settings.telemetry.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                StartupError::Config(format!("telemetry.metrics_listen {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let instance_id = instance_id();
         let writes = Writes::spawn(
             &pool,
@@ -234,6 +244,7 @@ impl Application {
             &instance_id,
             settings.database.max_batch,
             Duration::from_millis(settings.database.batch_linger_ms),
+            &metrics,
         );
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
@@ -251,9 +262,12 @@ impl Application {
                 budget_min_per_sec: c.retry_budget_min_per_sec,
                 breaker_threshold: c.breaker_failure_threshold,
                 breaker_open: ms(c.breaker_open_ms),
-            }),
+            })
+            .with_metrics(Arc::clone(&metrics)),
             turns: Turns::default(),
             tracker: TaskTracker::new(),
+            metrics: Arc::clone(&metrics),
+            propagate_trace_context: settings.telemetry.propagate_trace_context,
         });
         let state = AppState {
             pool: pool.clone(),
@@ -266,9 +280,12 @@ impl Application {
             body_limit: settings.server.body_limit_bytes,
             limits: crate::limits::EdgeLimits::new(settings),
             lifecycle: Arc::clone(&lifecycle),
+            metrics: Arc::clone(&metrics),
         };
         Ok(Self {
             listener,
+            metrics_listener,
+            metrics,
             router: routes::router(state),
             pool,
             changes,
@@ -285,6 +302,13 @@ impl Application {
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
             audit_retention_months: settings.audit.retention_months,
         })
+    }
+
+    /// Where `/metrics` is served, when `telemetry.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -319,10 +343,16 @@ impl Application {
                 .clone()
                 .listen(self.listen_options.clone(), background.clone()),
         );
+        let audit_metrics = Arc::clone(&self.metrics);
         let maintenance = crate::audit::maintenance_loop(
             self.pool.clone(),
             self.audit_retention_months,
             Duration::from_secs(24 * 3600),
+            move || {
+                audit_metrics
+                    .audit_maintenance_last_success
+                    .set(crate::telemetry::metrics::unix_now())
+            },
         );
         let stop = background.clone();
         tokio::spawn(async move {
@@ -331,6 +361,19 @@ impl Application {
                 _ = maintenance => {}
             }
         });
+        if let Some(listener) = self.metrics_listener {
+            let admin =
+                crate::telemetry::metrics::router(Arc::clone(&self.metrics), self.pool.clone());
+            let stop = background.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, admin)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
+        }
         tokio::spawn(completer::run(
             Arc::clone(&self.changes),
             self.completer_interval,

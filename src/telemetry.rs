@@ -1,39 +1,86 @@
 //! Logs, request ids and the edge middleware that logs each error once, inside the request span.
 
 use crate::error::{ApiError, LoggedError, PROBLEM_JSON};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 
+pub mod metrics;
+pub mod otel;
+
+/// Logs only (no trace export): the one-shot commands and the tests' in-process apps.
 pub fn init(format: &str, level: &str) {
+    let _ = install(format, level, false);
+}
+
+/// Logs and, when an OTLP endpoint is configured, trace export (`serve`). The returned provider
+/// must be shut down at exit so queued spans are flushed.
+pub fn init_traced(format: &str, level: &str) -> Result<otel::Traces, String> {
+    install(format, level, true)
+}
+
+fn install(format: &str, level: &str, export: bool) -> Result<otel::Traces, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let traces = otel::Traces::from_env(export)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests building several apps) is harmless, hence `try_init`.
-    let _ = if format == "pretty" {
-        builder.try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "pretty" {
+        fmt.boxed()
     } else {
-        builder
-            .json()
+        fmt.json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .boxed()
     };
+    // Spans go to OpenTelemetry by their own filter: a quieter log level must not turn traces
+    // off, and only the gateway's own spans are exported (never a dependency's, which could
+    // carry SQL or loop through the exporter's own HTTP calls). Without export there is no
+    // OpenTelemetry layer at all: it would cost ~15 us per PATCH for spans nobody receives
+    // (bench/README.md); trace ids then come from the caller's `traceparent` or are new.
+    let otel = traces.exporting.then(|| {
+        let spans = tracing_subscriber::filter::Targets::new()
+            .with_target("profile_gateway", tracing::Level::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer())
+            .with_filter(spans)
+    });
+    // A second init (tests building several apps) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Ok(traces)
+}
+
+#[derive(Clone)]
+struct RequestIds {
+    request_id: String,
+    trace_id: String,
 }
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    static REQUEST_IDS: RequestIds;
 }
 
 /// The id of the request being served by this task, for problem bodies.
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+    REQUEST_IDS
+        .try_with(|ids| ids.request_id.clone())
+        .unwrap_or_default()
+}
+
+/// The trace id of the request being served by this task (the one its spans export under).
+pub fn current_trace_id() -> Option<String> {
+    REQUEST_IDS.try_with(|ids| ids.trace_id.clone()).ok()
 }
 
 /// What the edge learned about a request, for handlers and audit rows.
@@ -61,7 +108,21 @@ fn trace_id_from(traceparent: &str) -> Option<String> {
     ok.then(|| trace.to_ascii_lowercase())
 }
 
-pub async fn edge(mut req: Request, next: Next) -> Response {
+/// Keeps `http_server_active_requests` right when a request's future is dropped (the client
+/// went away) as well as when it completes.
+struct Active(prometheus::IntGauge);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub async fn edge(
+    State(metrics): State<Arc<metrics::Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -70,48 +131,98 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         .filter(|v| valid_request_id(v))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let trace_id = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(trace_id_from)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let caller_addr = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // The route template, never the raw path: span names and metric labels stay few and hold
+    // no user id.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let span_name = match &route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
     let span = tracing::info_span!(
         "request",
+        otel.name = %span_name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
         %method,
         %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
-        trace_id = %trace_id,
+        trace_id = tracing::field::Empty,
         caller = tracing::field::Empty,
     );
+    if let Some(r) = &route {
+        span.record("http.route", r.as_str());
+    }
+    let _ = span.set_parent(otel::extract(req.headers()));
+    // The id the spans export under; without an OpenTelemetry layer (a bare library user), the
+    // incoming one or a fresh one, as before.
+    let trace_id = otel::trace_id(&span)
+        .or_else(|| {
+            req.headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(trace_id_from)
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    span.record("trace_id", trace_id.as_str());
     req.extensions_mut().insert(RequestMeta {
         request_id: request_id.clone(),
-        trace_id: Some(trace_id),
+        trace_id: Some(trace_id.clone()),
         caller_addr,
     });
+    let route_label = route.as_deref().unwrap_or("unmatched").to_string();
+    let active = metrics
+        .http_active
+        .with_label_values(&[method.as_str(), &route_label]);
+    active.inc();
+    let active = Active(active);
+    let record_span = span.clone();
     let handle = async move {
         let response = next.run(req).await;
         let mut response = as_problem(response);
         let status = response.status().as_u16();
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        // As i64: the OpenTelemetry layer turns unsigned integers into strings.
+        record_span.record("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            record_span.record("otel.status_code", "error");
+        }
+        metrics
+            .http_duration
+            .with_label_values(&[method.as_str(), &route_label, &status.to_string()])
+            .observe(elapsed.as_secs_f64());
+        drop(active);
         // The kubelet probes every few seconds: at info they would drown the log. The lifecycle
         // check logs readiness changes itself.
         let is_probe = path.starts_with("/health/");
         match response.extensions().get::<LoggedError>() {
             _ if is_probe => tracing::debug!(status, elapsed_ms, "probe answered"),
-            Some(e) if e.status >= 500 => {
-                tracing::error!(status, code = e.code, error = %e.internal, elapsed_ms, "request failed")
-            }
             Some(e) => {
-                tracing::warn!(status, code = e.code, error = %e.internal, elapsed_ms, "request refused")
+                metrics.problems.with_label_values(&[e.code]).inc();
+                if e.code == "idempotency_key_in_flight" {
+                    metrics.idempotency_conflicts.inc();
+                }
+                if e.status >= 500 {
+                    tracing::error!(status, code = e.code, error = %e.internal, elapsed_ms, "request failed")
+                } else {
+                    tracing::warn!(status, code = e.code, error = %e.internal, elapsed_ms, "request refused")
+                }
             }
             None => tracing::info!(status, elapsed_ms, "request served"),
+        }
+        if response.headers().contains_key("idempotent-replayed") {
+            metrics.idempotent_replays.inc();
         }
         if let Ok(v) = HeaderValue::from_str(&current_request_id()) {
             response.headers_mut().insert("x-request-id", v);
@@ -119,7 +230,11 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         response
     }
     .instrument(span);
-    REQUEST_ID.scope(request_id, handle).await
+    let ids = RequestIds {
+        request_id,
+        trace_id,
+    };
+    REQUEST_IDS.scope(ids, handle).await
 }
 
 /// A safety net for errors produced below our handlers (the router's 405, a caught panic):

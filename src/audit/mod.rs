@@ -221,12 +221,17 @@ pub async fn maintenance_loop(
     pool: sqlx::PgPool,
     retention_months: u32,
     every: std::time::Duration,
+    on_success: impl Fn() + Send,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match maintain(&pool, retention_months).await {
+        let done = maintain(&pool, retention_months).await;
+        if done.is_ok() {
+            on_success();
+        }
+        match done {
             Ok(r) if r.created > 0 || !r.detached.is_empty() => tracing::info!(
                 created = r.created,
                 detached = ?r.detached,

@@ -20,6 +20,7 @@ pub struct BatchError {
 
 impl From<&sqlx::Error> for BatchError {
     fn from(e: &sqlx::Error) -> Self {
+        crate::telemetry::metrics::note_db_error(e);
         BatchError {
             unavailable: crate::store::is_unavailable(e),
             message: e.to_string(),
@@ -35,8 +36,20 @@ impl std::fmt::Display for BatchError {
 
 type Reply<O> = oneshot::Sender<Result<O, BatchError>>;
 
+/// An item, where to answer, and the span of the request that wants it written (the write's span
+/// is its child, or links to it when the write carries several requests' items).
+type Item<I, O> = (I, Reply<O>, tracing::Span);
+
+/// What a writer reports for each write: a span with the batch size, and the batch size and
+/// commit duration metrics, by statement.
+#[derive(Clone, Default)]
+pub struct Observe {
+    pub statement: &'static str,
+    pub metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
+}
+
 pub struct Batcher<I, O> {
-    tx: mpsc::Sender<(I, Reply<O>)>,
+    tx: mpsc::Sender<Item<I, O>>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
@@ -56,7 +69,21 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Arc<[I]>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, sqlx::Error>> + Send,
     {
-        let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max_batch.max(1) * 8);
+        Self::spawn_observed(Observe::default(), max_batch, linger, exec)
+    }
+
+    /// `spawn`, with each write traced and measured as `observe` says.
+    pub fn spawn_observed<F, Fut>(
+        observe: Observe,
+        max_batch: usize,
+        linger: Duration,
+        exec: F,
+    ) -> Self
+    where
+        F: Fn(Arc<[I]>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, sqlx::Error>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<Item<I, O>>(max_batch.max(1) * 8);
         let exec = Arc::new(exec);
         tokio::spawn(async move {
             // Lingering pays only under concurrency: after a batch of one (an idle gateway), the
@@ -76,17 +103,27 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                     }
                 }
                 concurrent = items.len() > 1;
-                let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = items.into_iter().unzip();
+                let mut inputs = Vec::with_capacity(items.len());
+                let mut replies: Vec<Reply<O>> = Vec::with_capacity(items.len());
+                let mut spans = Vec::with_capacity(items.len());
+                for (input, reply, span) in items {
+                    inputs.push(input);
+                    replies.push(reply);
+                    spans.push(span);
+                }
                 let inputs: Arc<[I]> = inputs.into();
-                match exec(Arc::clone(&inputs)).await {
+                match observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await {
                     Ok(outputs) if outputs.len() == replies.len() => {
                         for (reply, out) in replies.into_iter().zip(outputs) {
                             let _ = reply.send(Ok(out));
                         }
                     }
                     result if replies.len() > 1 && !is_unavailable(&result) => {
-                        for (input, reply) in inputs.iter().zip(replies) {
-                            let out = match exec(Arc::from([input.clone()])).await {
+                        for ((input, reply), span) in inputs.iter().zip(replies).zip(&spans) {
+                            let one = exec(Arc::from([input.clone()]));
+                            let out = match observed(&observe, std::slice::from_ref(span), one, 1)
+                                .await
+                            {
                                 Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
                                 Ok(_) => Err(mismatch()),
                                 Err(e) => Err(BatchError::from(&e)),
@@ -111,9 +148,61 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
 
     pub async fn submit(&self, input: I) -> Result<O, BatchError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((input, reply)).await.map_err(|_| stopped())?;
+        self.tx
+            .send((input, reply, tracing::Span::current()))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
+}
+
+/// Runs one write inside its span and measures it.
+async fn observed<O>(
+    observe: &Observe,
+    requests: &[tracing::Span],
+    write: impl Future<Output = Result<Vec<O>, sqlx::Error>>,
+    size: usize,
+) -> Result<Vec<O>, sqlx::Error> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let Some(metrics) = &observe.metrics else {
+        return write.await;
+    };
+    let statement = observe.statement;
+    let parent = match requests {
+        [one] => one.clone(),
+        _ => tracing::Span::none(),
+    };
+    let span = tracing::info_span!(
+        parent: &parent,
+        "db.write",
+        otel.name = %format_args!("group commit {statement}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = "postgresql",
+        db.operation.batch.size = size as i64,
+        profile_gateway.statement = statement,
+        error.type = tracing::field::Empty,
+    );
+    if requests.len() > 1 {
+        for r in requests {
+            span.add_link(r.context().span().span_context().clone());
+        }
+    }
+    let started = std::time::Instant::now();
+    let result = write.instrument(span.clone()).await;
+    metrics.db_write(statement, size, started.elapsed());
+    if let Err(e) = &result {
+        let kind = if crate::store::is_unavailable(e) {
+            "database_unavailable"
+        } else {
+            "database_error"
+        };
+        span.record("error.type", kind);
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 fn is_unavailable<O>(r: &Result<Vec<O>, sqlx::Error>) -> bool {

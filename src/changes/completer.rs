@@ -54,13 +54,28 @@ pub async fn tick(service: &Arc<ChangeService>) -> Result<usize, sqlx::Error> {
             break;
         };
         let (change_id, fence) = (claimed.id, claimed.fence);
+        if claimed
+            .previous_owner
+            .as_deref()
+            .is_some_and(|o| o != service.instance_id)
+        {
+            service.metrics.lease_takeovers.inc();
+        }
         match service.resume(claimed, None).await? {
             Some(running) => {
                 tracing::info!(%change_id, "completer resumes a change");
                 let s = Arc::clone(service);
-                service
-                    .tracker
-                    .spawn(async move { s.drive(running, None).await });
+                // Its own trace: the request that recorded it has long been answered.
+                let span = tracing::info_span!(
+                    parent: None,
+                    "completer.resume",
+                    otel.name = "resume change",
+                    change_id = %change_id,
+                );
+                service.tracker.spawn(tracing::Instrument::instrument(
+                    async move { s.drive(running, None).await },
+                    span,
+                ));
                 resumed += 1;
             }
             None => {

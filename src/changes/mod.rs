@@ -55,6 +55,9 @@ pub struct ChangeService {
     pub turns: turns::Turns,
     pub writes: Writes,
     pub tracker: TaskTracker,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// `telemetry.propagate_trace_context`: send `traceparent` upstream.
+    pub propagate_trace_context: bool,
 }
 
 /// The group-commit writers of the hot path (see `batcher`).
@@ -72,15 +75,25 @@ impl Writes {
         owner: &str,
         max_batch: usize,
         linger: Duration,
+        metrics: &Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
+        let observe = |statement| batcher::Observe {
+            statement,
+            metrics: Some(Arc::clone(metrics)),
+        };
         let p = pool.clone();
-        let links = batcher::Batcher::spawn(max_batch, linger, move |users: Arc<[String]>| {
-            let p = p.clone();
-            async move {
-                let found = batch::read_links(&p, &users).await?;
-                Ok(users.iter().map(|u| found.get(u).cloned()).collect())
-            }
-        });
+        let links = batcher::Batcher::spawn_observed(
+            observe("links"),
+            max_batch,
+            linger,
+            move |users: Arc<[String]>| {
+                let p = p.clone();
+                async move {
+                    let found = batch::read_links(&p, &users).await?;
+                    Ok(users.iter().map(|u| found.get(u).cloned()).collect())
+                }
+            },
+        );
         let p = pool.clone();
         let (owner, lease, in_flight, retention, max_pending) = (
             owner.to_string(),
@@ -89,8 +102,11 @@ impl Writes {
             limits.idempotency_retention,
             limits.max_pending_per_user,
         );
-        let record =
-            batcher::Batcher::spawn(max_batch, linger, move |items: Arc<[batch::NewChange]>| {
+        let record = batcher::Batcher::spawn_observed(
+            observe("record"),
+            max_batch,
+            linger,
+            move |items: Arc<[batch::NewChange]>| {
                 let (p, owner) = (p.clone(), owner.clone());
                 async move {
                     let params = batch::RecordParams {
@@ -127,14 +143,19 @@ impl Writes {
                         })
                         .collect())
                 }
-            });
+            },
+        );
         let p = pool.clone();
         let keep = limits.failed_payload_retention;
-        let settle =
-            batcher::Batcher::spawn(max_batch, linger, move |items: Arc<[batch::Settle]>| {
+        let settle = batcher::Batcher::spawn_observed(
+            observe("settle"),
+            max_batch,
+            linger,
+            move |items: Arc<[batch::Settle]>| {
                 let p = p.clone();
                 async move { batch::settle_changes(&p, &items, keep).await }
-            });
+            },
+        );
         Self {
             links,
             links_cache: links_cache::LinksCache::default(),
@@ -253,9 +274,12 @@ impl ChangeService {
         key: IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         let service = Arc::clone(self);
+        // The task keeps the request's span, so its upstream and database spans join the trace.
         let task = self
             .tracker
-            .spawn(async move { service.submit_here(user, patch, ctx, key).await });
+            .spawn(tracing::Instrument::in_current_span(async move {
+                service.submit_here(user, patch, ctx, key).await
+            }));
         task.await
             .unwrap_or_else(|e| Err(SubmitError::Internal(format!("submit task failed: {e}"))))
     }
@@ -446,7 +470,9 @@ impl ChangeService {
         let answer_by = Some(Instant::now() + self.limits.deadline);
         let task = self
             .tracker
-            .spawn(async move { service.drive(running, answer_by).await });
+            .spawn(tracing::Instrument::in_current_span(async move {
+                service.drive(running, answer_by).await
+            }));
         match tokio::time::timeout(self.limits.deadline, task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) | Err(_) => match store::changes::load(&self.pool, id).await {
@@ -632,7 +658,15 @@ impl ChangeService {
             .submit(self.settlement(&ch, outcomes, Some(finish)))
             .await;
         match finished {
-            Ok(true) => Submitted::Final(view(&ch, status, true)),
+            Ok(true) => {
+                let steps: Vec<_> = ch
+                    .steps
+                    .iter()
+                    .map(|s| (s.planned.target, s.status))
+                    .collect();
+                self.metrics.change_finished(status, &steps);
+                Submitted::Final(view(&ch, status, true))
+            }
             Ok(false) => self.halted(&ch, Halt::LostLease).await,
             Err(e) => {
                 tracing::warn!(change_id = %ch.id, error = %e, "could not record the final state; a completer will");
@@ -777,6 +811,10 @@ impl ChangeService {
         if step.attempts == 0 {
             self.resilience.first_attempt(target);
         } else if !self.resilience.try_retry(target) {
+            self.metrics
+                .retry_budget_denied
+                .with_label_values(&[target.as_str()])
+                .inc();
             let mut e = resilience::breaker_open(target);
             e.message = format!("{} retry budget exhausted; retrying later", target.as_str());
             return not_sent(e);
@@ -784,6 +822,42 @@ impl ChangeService {
         if self.resilience.admit(target) == Admission::FailFast {
             return not_sent(resilience::breaker_open(target));
         }
+        if step.attempts > 0 {
+            // Counted once it really goes out, not when the breaker stops it.
+            self.metrics
+                .retries
+                .with_label_values(&[target.as_str()])
+                .inc();
+        }
+        let attempt = crate::telemetry::otel::Attempt {
+            resend_count: step.attempts,
+            propagate: self.propagate_trace_context,
+        };
+        let started = Instant::now();
+        let result = crate::telemetry::otel::with_attempt(
+            attempt,
+            self.send(adapter, request, step, confirmed),
+        )
+        .await;
+        let outcome = match &result {
+            Ok(()) => "applied",
+            Err(e) => e.code.as_str(),
+        };
+        self.metrics
+            .upstream_attempt(target, outcome, started.elapsed());
+        result
+    }
+
+    /// What reaches the upstream in one attempt: a read-back when an earlier send may have taken
+    /// effect, then the write unless the read-back confirmed it.
+    async fn send(
+        &self,
+        adapter: &dyn crate::providers::ProviderAdapter,
+        request: &crate::domain::StepRequest,
+        step: &StepState,
+        confirmed: &mut bool,
+    ) -> Result<(), StepError> {
+        let target = step.planned.target;
         if step.read_back_first {
             let read = adapter.read_back(request).await;
             self.resilience

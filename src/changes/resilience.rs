@@ -56,6 +56,18 @@ struct Provider {
 pub struct Resilience {
     config: ResilienceConfig,
     providers: Mutex<HashMap<Target, Provider>>,
+    metrics: Option<std::sync::Arc<crate::telemetry::metrics::Metrics>>,
+}
+
+impl BreakerState {
+    /// The state's name in `breaker_transitions_total{to}`.
+    fn name(self) -> &'static str {
+        match self {
+            BreakerState::Closed { .. } => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// What the breaker says about sending now.
@@ -72,6 +84,24 @@ impl Resilience {
         Self {
             config,
             providers: Mutex::new(HashMap::new()),
+            metrics: None,
+        }
+    }
+
+    /// Reports breaker states and transitions to `metrics`.
+    pub fn with_metrics(
+        mut self,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn transition(&self, target: Target, from: BreakerState, to: BreakerState) {
+        if from.name() != to.name()
+            && let Some(m) = &self.metrics
+        {
+            m.breaker_state(target, to.name());
         }
     }
 
@@ -93,14 +123,20 @@ impl Resilience {
 
     /// Called before every send.
     pub fn admit(&self, target: Target) -> Admission {
-        self.with(target, |p, _| match p.breaker {
-            BreakerState::Closed { .. } => Admission::Send,
-            BreakerState::Open { until } if Instant::now() >= until => {
-                p.breaker = BreakerState::HalfOpen;
-                Admission::Send
-            }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => Admission::FailFast,
-        })
+        let (admission, from, to) = self.with(target, |p, _| {
+            let from = p.breaker;
+            let admission = match p.breaker {
+                BreakerState::Closed { .. } => Admission::Send,
+                BreakerState::Open { until } if Instant::now() >= until => {
+                    p.breaker = BreakerState::HalfOpen;
+                    Admission::Send
+                }
+                BreakerState::Open { .. } | BreakerState::HalfOpen => Admission::FailFast,
+            };
+            (admission, from, p.breaker)
+        });
+        self.transition(target, from, to);
+        admission
     }
 
     /// A first attempt earns the budget a fraction of a retry.
@@ -136,7 +172,8 @@ impl Resilience {
                     | StepErrorCode::UpstreamRateLimited
             )
         );
-        self.with(target, |p, c| {
+        let (from, to) = self.with(target, |p, c| {
+            let from = p.breaker;
             p.breaker = match (p.breaker, trouble) {
                 (_, false) => BreakerState::Closed { failures: 0 },
                 (BreakerState::HalfOpen, true) => BreakerState::Open {
@@ -155,7 +192,9 @@ impl Resilience {
                 },
                 (open @ BreakerState::Open { .. }, true) => open,
             };
-        })
+            (from, p.breaker)
+        });
+        self.transition(target, from, to);
     }
 }
 

@@ -141,9 +141,20 @@ pub(crate) async fn exchange(
     read: &http::ReadLimits,
     facts: fn(&[u8]) -> classify::ErrorFacts,
 ) -> Result<http::UpstreamResponse, StepError> {
-    let response = http::send(request, read)
-        .await
-        .map_err(|e| classify::transport_failure(target, e))?;
+    // Split to add the trace context and trace the exchange as a client span; the request is
+    // then sent exactly as built.
+    let (client, built) = request.build_split();
+    let Ok(mut built) = built else {
+        return Err(classify::transport_failure(
+            target,
+            http::TransportError::Broken { status: None },
+        ));
+    };
+    let span = crate::telemetry::otel::upstream_span(target.as_str(), &mut built);
+    let request = reqwest::RequestBuilder::from_parts(client, built);
+    let sent = tracing::Instrument::instrument(http::send(request, read), span.clone()).await;
+    crate::telemetry::otel::upstream_outcome(&span, sent.as_ref().map(|r| r.status));
+    let response = sent.map_err(|e| classify::transport_failure(target, e))?;
     if response.is_success() {
         Ok(response)
     } else {

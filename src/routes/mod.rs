@@ -21,6 +21,7 @@ pub struct AppState {
     pub body_limit: usize,
     pub limits: crate::limits::EdgeLimits,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl FromRef<AppState> for Callers {
@@ -30,6 +31,7 @@ impl FromRef<AppState> for Callers {
 }
 
 pub fn router(state: AppState) -> Router {
+    let metrics = Arc::clone(&state.metrics);
     Router::new()
         .merge(profile::router())
         .merge(changes::router())
@@ -41,7 +43,10 @@ pub fn router(state: AppState) -> Router {
             crate::limits::guard,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn(crate::telemetry::edge))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::telemetry::edge,
+        ))
         .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .with_state(state)
 }

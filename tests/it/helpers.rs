@@ -22,6 +22,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     #[allow(dead_code)]
     pub db_name: String,
+    /// `http://addr` of the metrics listener, when `telemetry.metrics_listen` was set.
+    #[allow(dead_code)]
+    pub metrics_base: Option<String>,
 }
 
 pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
@@ -141,6 +144,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("app builds");
     let base = format!("http://{}", app.local_addr());
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let pool = PgPool::connect(&db_url).await.unwrap();
     tokio::spawn(app.run_until(std::future::pending()));
     let t = TestApp {
@@ -149,6 +153,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         sandbox,
         client: reqwest::Client::new(),
         db_name,
+        metrics_base,
     };
     profile_gateway::demo::seed_links(&t.pool).await.unwrap();
     t.sandbox.clear_journal();

@@ -12,4 +12,5 @@ mod failures;
 mod lifecycle;
 mod limits;
 mod sandbox;
+mod telemetry;
 mod trust;
