@@ -43,7 +43,14 @@ pub struct Application {
     listener_limits: crate::listener::ListenerLimits,
     listen_options: PgConnectOptions,
     completer_interval: Duration,
-    audit_retention_months: u32,
+    checkpoints: Option<CheckpointTask>,
+}
+
+/// The interval checkpoints (audit.signing_key_file set).
+struct CheckpointTask {
+    signer: Arc<crate::audit::checkpoint::CheckpointSigner>,
+    interval: Duration,
+    witness_dir: Option<std::path::PathBuf>,
 }
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
@@ -216,7 +223,7 @@ impl Application {
                 drain: Duration::from_millis(settings.server.shutdown_grace_ms),
             },
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
-            audit_retention_months: settings.audit.retention_months,
+            checkpoints: checkpoint_task(settings)?,
         })
     }
 
@@ -239,18 +246,23 @@ impl Application {
                 .clone()
                 .listen(self.listen_options.clone(), background.clone()),
         );
-        let maintenance = crate::audit::maintenance_loop(
-            self.pool.clone(),
-            self.audit_retention_months,
-            Duration::from_secs(24 * 3600),
-        );
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = maintenance => {}
-            }
-        });
+        // Partitions and retention are not the gateway's: `audit maintain` runs as the
+        // maintenance role (a CronJob), which the gateway's role cannot become.
+        if let Some(c) = self.checkpoints {
+            let checkpoints = crate::audit::checkpoint::run(
+                self.pool.clone(),
+                c.signer,
+                c.interval,
+                c.witness_dir,
+            );
+            let stop = background.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = checkpoints => {}
+                }
+            });
+        }
         tokio::spawn(completer::run(
             Arc::clone(&self.changes),
             self.completer_interval,
@@ -274,6 +286,35 @@ impl Application {
         }
         Ok(())
     }
+}
+
+fn checkpoint_task(settings: &Settings) -> Result<Option<CheckpointTask>, StartupError> {
+    let Some(path) = &settings.audit.signing_key_file else {
+        tracing::warn!(
+            "audit.signing_key_file is not set: no signed checkpoints of the audit trail are taken"
+        );
+        return Ok(None);
+    };
+    let signer = crate::audit::checkpoint::CheckpointSigner::from_file(std::path::Path::new(path))
+        .map_err(StartupError::Config)?;
+    let witness_dir = settings
+        .audit
+        .witness_dir
+        .as_ref()
+        .map(std::path::PathBuf::from);
+    if let Some(dir) = &witness_dir
+        && !dir.is_dir()
+    {
+        return Err(StartupError::Config(format!(
+            "audit.witness_dir {}: not a directory",
+            dir.display()
+        )));
+    }
+    Ok(Some(CheckpointTask {
+        signer: Arc::new(signer),
+        interval: Duration::from_secs(settings.audit.checkpoint_interval_s),
+        witness_dir,
+    }))
 }
 
 fn instance_id() -> String {

@@ -3,8 +3,12 @@
 
 use crate::crypto::PiiHasher;
 use crate::domain::ProfilePatch;
+pub mod checkpoint;
 pub mod cli;
+pub mod merkle;
+pub mod roles;
 pub mod verify;
+pub mod witnessed;
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -152,8 +156,8 @@ pub struct MaintainReport {
 
 /// Creates the audit partitions of this month and the next [`PARTITIONS_AHEAD`] months, and
 /// detaches those older than `retention_months` (each detach is itself an audit event). Safe to
-/// run concurrently from every replica; the gateway's role may run it (the SQL functions are
-/// SECURITY DEFINER).
+/// run concurrently; runs as the maintenance role (`profile_gateway_maintenance`, migration
+/// 20261201000501), never as the gateway's, and the SQL refuses fewer than 12 months too.
 pub async fn maintain(
     pool: &sqlx::PgPool,
     retention_months: u32,
