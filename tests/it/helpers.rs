@@ -131,8 +131,14 @@ pub async fn app_role_url(db_url: &str) -> String {
     let pool = PgPool::connect(db_url).await.unwrap();
     profile_gateway::startup::migrate(&pool).await.unwrap();
     pool.close().await;
-    // Roles are cluster-wide and tests run in parallel: one creator at a time (advisory locks
-    // are per database, so all take it in the admin database).
+    ensure_login_role(APP_LOGIN, "profile_gateway_app").await;
+    db_url.replacen("://postgres@", &format!("://{APP_LOGIN}@"), 1)
+}
+
+/// Creates login role `name` in group `group` unless it exists. Roles are cluster-wide and tests
+/// run in parallel: one creator at a time (advisory locks are per database, so all take it in
+/// the admin database).
+pub async fn ensure_login_role(name: &str, group: &str) {
     let admin = PgPool::connect(&admin_url()).await.unwrap();
     let mut tx = admin.begin().await.unwrap();
     sqlx::query("select pg_advisory_xact_lock(hashtext('pgw_test_roles'))")
@@ -141,8 +147,8 @@ pub async fn app_role_url(db_url: &str) -> String {
         .unwrap();
     sqlx::query(&format!(
         "do $$ begin
-           if not exists (select 1 from pg_roles where rolname = '{APP_LOGIN}') then
-             create role {APP_LOGIN} login in role profile_gateway_app;
+           if not exists (select 1 from pg_roles where rolname = '{name}') then
+             create role {name} login in role {group};
            end if;
          end $$"
     ))
@@ -151,7 +157,6 @@ pub async fn app_role_url(db_url: &str) -> String {
     .unwrap();
     tx.commit().await.unwrap();
     admin.close().await;
-    db_url.replacen("://postgres@", &format!("://{APP_LOGIN}@"), 1)
 }
 
 pub async fn spawn_sandbox() -> SandboxHandle {

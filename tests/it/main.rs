@@ -5,6 +5,7 @@ mod helpers;
 
 mod api_errors;
 mod audit;
+mod audit_roles;
 mod checkpoints;
 mod core_flow;
 mod db_tls;
