@@ -12,4 +12,5 @@ mod db_tls;
 mod durability;
 mod failures;
 mod limits;
+mod pgaudit;
 mod sandbox;
