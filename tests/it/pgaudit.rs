@@ -3,7 +3,6 @@
 //! cannot be restarted by a test). docs/auditing.md says what a deployment enables.
 
 use crate::db_tls::{as_postgres, pg_bin, run};
-use crate::helpers::*;
 use sqlx::PgPool;
 use std::process::Command;
 
