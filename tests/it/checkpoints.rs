@@ -151,7 +151,21 @@ async fn history() -> History {
     for u in ["u1", "u4", "u6"] {
         add_events(&pool, u, 2).await;
     }
-    checkpoint_now(&pool, &signer, witness.path()).await;
+    // The third on demand, through the CLI, as an operator would.
+    let out = Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
+        .args(["audit", "checkpoint"])
+        .env("PROFILE_GATEWAY__DATABASE__URL", &url)
+        .env("PROFILE_GATEWAY__AUDIT__SIGNING_KEY_FILE", &keys.private)
+        .env("PROFILE_GATEWAY__AUDIT__WITNESS_DIR", witness.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("checkpoint 3 signed with key {}", signer.key_id()))
+            && text.contains("0 checkpoint(s) still to write"),
+        "{text}"
+    );
     add_events(&pool, "u2", 1).await;
     pool.close().await;
     History {
@@ -576,4 +590,44 @@ async fn a_proof_of_inclusion_checks_offline_with_the_public_key() {
         !ok && out.contains("no checkpoint has seen nobody's chain"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn a_witness_that_is_down_delays_no_request_and_its_backlog_is_written_later() {
+    let keys = openssl_keys();
+    let parent = tempfile::tempdir().unwrap();
+    let witness = parent.path().join("witness");
+    std::fs::create_dir(&witness).unwrap();
+    let (private, dir) = (keys.private.clone(), witness.clone());
+    let app = spawn_app_with(move |s| {
+        s.audit.signing_key_file = Some(private.to_str().unwrap().into());
+        s.audit.witness_dir = Some(dir.to_str().unwrap().into());
+        s.audit.checkpoint_interval_s = 1;
+    })
+    .await;
+    // The mount goes away.
+    let away = parent.path().join("away");
+    std::fs::rename(&witness, &away).unwrap();
+    let resp = app
+        .patch("alice", &serde_json::json!({"mobile_number": "9812345678"}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let backlog = checkpoint::witness_backlog(&app.pool).await.unwrap();
+    assert!(
+        backlog >= 2,
+        "checkpoints kept while the witness is down: {backlog}"
+    );
+    // It comes back: the backlog is written, oldest first, none lost.
+    std::fs::rename(&away, &witness).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let taken: i64 = sqlx::query_scalar("select max(seq) from audit_checkpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let files = std::fs::read_dir(&witness).unwrap().count() as i64;
+    assert!(files >= taken - 1 && files >= backlog, "{files} of {taken}");
+    let (ok, out) = cli_verify(&app.db_name, &keys, &witness);
+    assert!(ok, "{out}");
+    assert!(out.contains("checked "), "{out}");
 }
