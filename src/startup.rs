@@ -51,6 +51,7 @@ struct CheckpointTask {
     signer: Arc<crate::audit::checkpoint::CheckpointSigner>,
     interval: Duration,
     witness_dir: Option<std::path::PathBuf>,
+    witness: crate::audit::checkpoint::WitnessStatus,
 }
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
@@ -202,12 +203,17 @@ impl Application {
             turns: Turns::default(),
             tracker: TaskTracker::new(),
         });
+        let checkpoints = checkpoint_task(settings)?;
         let state = AppState {
             pool: pool.clone(),
             callers: Callers::new(&settings.auth.callers),
             changes: Arc::clone(&changes),
             body_limit: settings.server.body_limit_bytes,
             limits: crate::limits::EdgeLimits::new(settings),
+            audit_witness: checkpoints
+                .as_ref()
+                .filter(|c| c.witness_dir.is_some())
+                .map(|c| c.witness.clone()),
         };
         Ok(Self {
             listener,
@@ -223,7 +229,7 @@ impl Application {
                 drain: Duration::from_millis(settings.server.shutdown_grace_ms),
             },
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
-            checkpoints: checkpoint_task(settings)?,
+            checkpoints,
         })
     }
 
@@ -254,6 +260,7 @@ impl Application {
                 c.signer,
                 c.interval,
                 c.witness_dir,
+                c.witness,
             );
             let stop = background.clone();
             tokio::spawn(async move {
@@ -314,6 +321,7 @@ fn checkpoint_task(settings: &Settings) -> Result<Option<CheckpointTask>, Startu
         signer: Arc::new(signer),
         interval: Duration::from_secs(settings.audit.checkpoint_interval_s),
         witness_dir,
+        witness: Default::default(),
     }))
 }
 

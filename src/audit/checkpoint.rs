@@ -502,6 +502,38 @@ fn write_once(path: &Path, text: &str) -> Result<(), WriteOnce> {
     }
 }
 
+/// What readiness reports of the witness (detail only: a witness that is down never makes the
+/// gateway unready, since requests do not wait for it).
+#[derive(Debug, Clone, Default)]
+pub struct WitnessStatus(std::sync::Arc<WitnessState>);
+
+#[derive(Debug, Default)]
+struct WitnessState {
+    backlog: std::sync::atomic::AtomicI64,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl WitnessStatus {
+    /// Checkpoints not yet written to the witness, as of the last attempt.
+    pub fn backlog(&self) -> i64 {
+        self.0.backlog.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the last attempt to write to the witness failed.
+    pub fn failing(&self) -> bool {
+        self.0.failing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, backlog: i64, failing: bool) {
+        self.0
+            .backlog
+            .store(backlog, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Every `interval`, by whichever replica gets the lock first: one checkpoint per interval, then
 /// the witness backlog. Never on the request path; failures are logged and retried next tick.
 pub async fn run(
@@ -509,6 +541,7 @@ pub async fn run(
     signer: std::sync::Arc<CheckpointSigner>,
     interval: std::time::Duration,
     witness_dir: Option<PathBuf>,
+    status: WitnessStatus,
 ) {
     let secs = interval.as_secs().max(1);
     // Several looks per interval, so that a replica that stops mid-interval leaves the interval
@@ -525,12 +558,16 @@ pub async fn run(
         }
         if let Some(dir) = &witness_dir {
             match flush_witness(&pool, dir).await {
-                Ok(_) if witness_failing => {
-                    witness_failing = false;
-                    tracing::info!("audit witness caught up");
+                Ok(left) => {
+                    status.set(left, false);
+                    if witness_failing {
+                        witness_failing = false;
+                        tracing::info!("audit witness caught up");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
+                    let left = witness_backlog(&pool).await.unwrap_or(status.backlog());
+                    status.set(left, true);
                     if !witness_failing {
                         tracing::error!(error = %e, "audit witness write failed; checkpoints are kept and retried");
                     }

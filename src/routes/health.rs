@@ -22,5 +22,10 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .fetch_one(&state.pool)
         .await
         .map_err(|e| ApiError::DatabaseUnavailable(e.to_string()))?;
-    Ok(Json(json!({"status": "ready"})))
+    let mut body = json!({"status": "ready"});
+    // Detail only: requests never wait for the witness.
+    if let Some(w) = &state.audit_witness {
+        body["audit_witness"] = json!({"backlog": w.backlog(), "failing": w.failing()});
+    }
+    Ok(Json(body))
 }

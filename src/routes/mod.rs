@@ -20,6 +20,8 @@ pub struct AppState {
     pub changes: Arc<ChangeService>,
     pub body_limit: usize,
     pub limits: crate::limits::EdgeLimits,
+    /// Set when checkpoints go to a witness directory: readiness shows its backlog.
+    pub audit_witness: Option<crate::audit::checkpoint::WitnessStatus>,
 }
 
 impl FromRef<AppState> for Callers {

@@ -627,6 +627,8 @@ async fn a_witness_that_is_down_delays_no_request_and_its_backlog_is_written_lat
         .unwrap();
     let files = std::fs::read_dir(&witness).unwrap().count() as i64;
     assert!(files >= taken - 1 && files >= backlog, "{files} of {taken}");
+    let ready: serde_json::Value = app.get("/health/ready").await.json().await.unwrap();
+    assert_eq!(ready["audit_witness"]["failing"], false, "{ready}");
     let (ok, out) = cli_verify(&app.db_name, &keys, &witness);
     assert!(ok, "{out}");
     assert!(out.contains("checked "), "{out}");
