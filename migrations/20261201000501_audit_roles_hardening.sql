@@ -6,7 +6,8 @@
 -- 2. The 12-month minimum (PCI DSS 10.5.1) is enforced here, not only in Rust: the old function
 --    is kept under another name that nobody but its owner may call, behind a checking wrapper.
 -- 3. Reads through the gateway's CLI are recorded as `audit_read` events (PCI DSS 10.2.1.3), with
---    the login role as the caller, which the reader cannot choose.
+--    the login role as the caller, which the reader cannot choose; maintenance runs as
+--    `maintenance_ran` events.
 -- 4. The auditor's `audit_log` view takes status and outcome from the audit events alone, never
 --    from `changes` or `change_steps`, which the gateway's role may update.
 
@@ -56,6 +57,18 @@ grant execute on function audit_record_read(text, text)
     to profile_gateway_auditor, profile_gateway_app, profile_gateway_maintenance;
 grant select on audit_chain_heads, audit_chain_anchors, audit_checkpoints
     to profile_gateway_maintenance;
+
+-- Each `audit maintain` run is an event too: when retention last ran, as whom, and what it did,
+-- is then in the record (and the gateway can export it without running maintenance itself).
+create function audit_record_maintenance(created int, detached text[]) returns void
+language sql security definer set search_path = public, pg_temp
+as $$
+    insert into audit_events (user_id, event_type, caller, outcome, "values")
+    values ('_system', 'maintenance_ran', session_user, 'ok',
+            jsonb_build_object('partitions_created', created, 'detached', to_jsonb(coalesce(detached, '{}'))))
+$$;
+revoke all on function audit_record_maintenance(int, text[]) from public;
+grant execute on function audit_record_maintenance(int, text[]) to profile_gateway_maintenance;
 
 -- Same columns as before. Status, outcome, times and attempts come from the change's own events;
 -- the provider's diagnostics (upstream status, code, message, retryable) are not in the events,

@@ -188,8 +188,28 @@ pub async fn maintain(
     )
     .fetch_all(&mut *tx)
     .await?;
+    sqlx::query!(
+        "select audit_record_maintenance($1, $2)",
+        created,
+        &detached
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(MaintainReport { created, detached })
+}
+
+/// When `audit maintain` last succeeded (its `maintenance_ran` event), for the
+/// `profile_gateway_audit_maintenance_last_success_timestamp_seconds` gauge now that the gateway
+/// no longer runs maintenance itself.
+pub async fn last_maintenance(
+    pool: &sqlx::PgPool,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select max(occurred_at) from audit_events where user_id = '_system' and event_type = 'maintenance_ran'"
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Runs [`maintain`] now and then every `every` (a day in production), until the task is

@@ -105,15 +105,28 @@ fn cli_verify(db: &str, keys: &Keys, dir: &Path) -> (bool, String) {
 async fn clone_db(from: &str) -> String {
     let name = format!("pgw_test_{}", uuid::Uuid::new_v4().simple());
     let admin = PgPool::connect(&admin_url()).await.unwrap();
-    // A closed pool's backends may take a moment to go; the template must have none.
+    // The template must have no session; a closed pool's may linger under load (seen: an idle
+    // one for minutes), so end them as an operator would before copying.
     let mut tries = 0;
-    while let Err(e) = sqlx::query(&format!("create database {name} template {from}"))
+    loop {
+        sqlx::query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+        )
+        .bind(from)
         .execute(&admin)
         .await
-    {
-        tries += 1;
-        assert!(tries < 50, "create database from {from}: {e}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        .unwrap();
+        match sqlx::query(&format!("create database {name} template {from}"))
+            .execute(&admin)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 10, "create database from {from}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
     }
     admin.close().await;
     name
