@@ -209,7 +209,8 @@ pub async fn check_database(
         *e = (*e).max(*s);
         m
     });
-    let ends: HashMap<String, i64> = sqlx::query!(
+    // Where each chain ends: its last live event, or where retention detached it.
+    let mut ends: HashMap<String, i64> = sqlx::query!(
         r#"select user_id as "user_id!", max(seq) as "seq!" from audit_events group by user_id"#
     )
     .fetch_all(&mut *conn)
@@ -217,6 +218,10 @@ pub async fn check_database(
     .into_iter()
     .map(|r| (r.user_id, r.seq))
     .collect();
+    for (user, seq) in &last_anchor {
+        let e = ends.entry(user.to_string()).or_insert(*seq);
+        *e = (*e).max(*seq);
+    }
 
     let mut out = Vec::new();
     let mut reported: std::collections::HashSet<String> = Default::default();
@@ -242,7 +247,7 @@ pub async fn check_database(
                 {
                     continue;
                 }
-                None if end.is_none() && !last_anchor.contains_key(l.user.as_str()) => (
+                None if end.is_none() => (
                     "deleted_chain",
                     format!(
                         "checkpoint {cp} saw {} event(s) of this chain; none is in the database",
@@ -380,17 +385,16 @@ pub async fn prove(
     user: &str,
     seq: Option<i64>,
 ) -> Result<Option<Proof>, String> {
-    let rows = sqlx::query!(
+    use futures_util::TryStreamExt;
+    let mut rows = sqlx::query!(
         r#"select seq, note, leaves from audit_checkpoints
             where position(($1::text) in leaves) > 0
             order by case when $2::bigint is null then -seq else seq end"#,
         user,
         seq
     )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| e.to_string())?;
-    for r in rows {
+    .fetch(&mut *conn);
+    while let Some(r) = rows.try_next().await.map_err(|e| e.to_string())? {
         let w = Witnessed::parse(&Witnessed::file_text(&r.note, &r.leaves))?;
         if let Some(index) = w
             .leaves
