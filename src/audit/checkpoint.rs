@@ -489,6 +489,24 @@ fn write_once(path: &Path, text: &str) -> Result<(), WriteOnce> {
         .and_then(|()| f.sync_all())
         .and_then(|()| std::fs::hard_link(&tmp, path));
     let _ = std::fs::remove_file(&tmp);
+    // Object-store mounts (e.g. an S3 bucket with object lock) have no hard links, but publish an
+    // object only when it is closed: there, create the file itself, exclusively.
+    let written = match written {
+        Err(e)
+            if e.kind() != std::io::ErrorKind::AlreadyExists
+                && e.kind() != std::io::ErrorKind::NotFound =>
+        {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .and_then(|mut f| {
+                    f.write_all(text.as_bytes())?;
+                    f.sync_all()
+                })
+        }
+        other => other,
+    };
     match written {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
