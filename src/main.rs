@@ -177,6 +177,9 @@ async fn serve_with(
     let app = startup::Application::build(settings, listener)
         .await
         .map_err(|e| e.to_string())?;
+    if !sandbox {
+        profile_gateway::audit::roles::refuse_privileged(&app.pool).await?;
+    }
     if let Some(handle) = &sandbox_handle {
         demo::seed_links(&app.pool)
             .await

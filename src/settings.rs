@@ -251,6 +251,21 @@ pub struct AuditSettings {
     /// Months of audit events kept in the live table (PCI DSS 10.5.1 wants at least 12); older
     /// monthly partitions are detached into the `audit_archive` schema.
     pub retention_months: u32,
+    /// Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`) that signs the
+    /// audit checkpoints; mounted from a Secret, never stored in the database. Unset: no
+    /// checkpoints.
+    #[serde(default)]
+    pub signing_key_file: Option<String>,
+    /// Seconds between checkpoints (one per interval across all replicas).
+    #[serde(default = "default_checkpoint_interval_s")]
+    pub checkpoint_interval_s: u64,
+    /// Append-only directory (a write-once bucket mount) that receives every checkpoint.
+    #[serde(default)]
+    pub witness_dir: Option<String>,
+}
+
+fn default_checkpoint_interval_s() -> u64 {
+    60
 }
 
 /// Per-replica bounds on work in flight and on callers (README "Limits").
@@ -569,6 +584,9 @@ impl Settings {
         if self.database.max_batch == 0 {
             bad("database.max_batch", "must be at least 1");
         }
+        if self.audit.checkpoint_interval_s == 0 {
+            bad("audit.checkpoint_interval_s", "must be at least 1");
+        }
         if self.audit.retention_months < 12 {
             bad(
                 "audit.retention_months",
@@ -805,6 +823,9 @@ const KNOWN_KEYS: &[&str] = &[
     "audit.hmac_key",
     "audit.hmac_key_id",
     "audit.retention_months",
+    "audit.signing_key_file",
+    "audit.checkpoint_interval_s",
+    "audit.witness_dir",
     "telemetry.log_format",
     "telemetry.log_level",
     "telemetry.metrics_listen",
@@ -824,6 +845,7 @@ fn typed_value(key: &str, value: String) -> config::Value {
         || key.ends_with("_attempts")
         || key.ends_with("_hours")
         || key.ends_with("_months")
+        || key.ends_with("_interval_s")
         || key.ends_with("_threshold")
         || key.ends_with("max_batch")
         || key.starts_with("limits.max_inflight_")

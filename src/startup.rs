@@ -49,7 +49,15 @@ pub struct Application {
     listener_limits: crate::listener::ListenerLimits,
     listen_options: PgConnectOptions,
     completer_interval: Duration,
-    audit_retention_months: u32,
+    checkpoints: Option<CheckpointTask>,
+}
+
+/// The interval checkpoints (audit.signing_key_file set).
+struct CheckpointTask {
+    signer: Arc<crate::audit::checkpoint::CheckpointSigner>,
+    interval: Duration,
+    witness_dir: Option<std::path::PathBuf>,
+    witness: crate::audit::checkpoint::WitnessStatus,
 }
 
 pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
@@ -269,6 +277,7 @@ impl Application {
             metrics: Arc::clone(&metrics),
             propagate_trace_context: settings.telemetry.propagate_trace_context,
         });
+        let checkpoints = checkpoint_task(settings)?;
         let state = AppState {
             pool: pool.clone(),
             callers: {
@@ -281,6 +290,10 @@ impl Application {
             limits: crate::limits::EdgeLimits::new(settings),
             lifecycle: Arc::clone(&lifecycle),
             metrics: Arc::clone(&metrics),
+            audit_witness: checkpoints
+                .as_ref()
+                .filter(|c| c.witness_dir.is_some())
+                .map(|c| c.witness.clone()),
         };
         Ok(Self {
             listener,
@@ -300,7 +313,7 @@ impl Application {
                 drain: Duration::from_millis(settings.server.shutdown_grace_ms),
             },
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
-            audit_retention_months: settings.audit.retention_months,
+            checkpoints,
         })
     }
 
@@ -343,24 +356,24 @@ impl Application {
                 .clone()
                 .listen(self.listen_options.clone(), background.clone()),
         );
-        let audit_metrics = Arc::clone(&self.metrics);
-        let maintenance = crate::audit::maintenance_loop(
-            self.pool.clone(),
-            self.audit_retention_months,
-            Duration::from_secs(24 * 3600),
-            move || {
-                audit_metrics
-                    .audit_maintenance_last_success
-                    .set(crate::telemetry::metrics::unix_now())
-            },
-        );
-        let stop = background.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = maintenance => {}
-            }
-        });
+        // Partitions and retention are not the gateway's: `audit maintain` runs as the
+        // maintenance role (a CronJob), which the gateway's role cannot become.
+        if let Some(c) = self.checkpoints {
+            let checkpoints = crate::audit::checkpoint::run(
+                self.pool.clone(),
+                c.signer,
+                c.interval,
+                c.witness_dir,
+                c.witness,
+            );
+            let stop = background.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = checkpoints => {}
+                }
+            });
+        }
         if let Some(listener) = self.metrics_listener {
             let admin =
                 crate::telemetry::metrics::router(Arc::clone(&self.metrics), self.pool.clone());
@@ -397,6 +410,36 @@ impl Application {
         }
         Ok(())
     }
+}
+
+fn checkpoint_task(settings: &Settings) -> Result<Option<CheckpointTask>, StartupError> {
+    let Some(path) = &settings.audit.signing_key_file else {
+        tracing::warn!(
+            "audit.signing_key_file is not set: no signed checkpoints of the audit trail are taken"
+        );
+        return Ok(None);
+    };
+    let signer = crate::audit::checkpoint::CheckpointSigner::from_file(std::path::Path::new(path))
+        .map_err(StartupError::Config)?;
+    let witness_dir = settings
+        .audit
+        .witness_dir
+        .as_ref()
+        .map(std::path::PathBuf::from);
+    if let Some(dir) = &witness_dir
+        && !dir.is_dir()
+    {
+        return Err(StartupError::Config(format!(
+            "audit.witness_dir {}: not a directory",
+            dir.display()
+        )));
+    }
+    Ok(Some(CheckpointTask {
+        signer: Arc::new(signer),
+        interval: Duration::from_secs(settings.audit.checkpoint_interval_s),
+        witness_dir,
+        witness: Default::default(),
+    }))
 }
 
 fn instance_id() -> String {

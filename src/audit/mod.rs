@@ -3,8 +3,12 @@
 
 use crate::crypto::PiiHasher;
 use crate::domain::ProfilePatch;
+pub mod checkpoint;
 pub mod cli;
+pub mod merkle;
+pub mod roles;
 pub mod verify;
+pub mod witnessed;
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -179,8 +183,8 @@ pub struct MaintainReport {
 
 /// Creates the audit partitions of this month and the next [`PARTITIONS_AHEAD`] months, and
 /// detaches those older than `retention_months` (each detach is itself an audit event). Safe to
-/// run concurrently from every replica; the gateway's role may run it (the SQL functions are
-/// SECURITY DEFINER).
+/// run concurrently; runs as the maintenance role (`profile_gateway_maintenance`, migration
+/// 20261201000501), never as the gateway's, and the SQL refuses fewer than 12 months too.
 pub async fn maintain(
     pool: &sqlx::PgPool,
     retention_months: u32,
@@ -211,8 +215,28 @@ pub async fn maintain(
     )
     .fetch_all(&mut *tx)
     .await?;
+    sqlx::query!(
+        "select audit_record_maintenance($1, $2)",
+        created,
+        &detached
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(MaintainReport { created, detached })
+}
+
+/// When `audit maintain` last succeeded (its `maintenance_ran` event), for the
+/// `profile_gateway_audit_maintenance_last_success_timestamp_seconds` gauge now that the gateway
+/// no longer runs maintenance itself.
+pub async fn last_maintenance(
+    pool: &sqlx::PgPool,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "select max(occurred_at) from audit_events where user_id = '_system' and event_type = 'maintenance_ran'"
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Runs [`maintain`] now and then every `every` (a day in production), until the task is

@@ -23,9 +23,12 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .lifecycle
         .readiness()
         .map_err(|why| ApiError::NotReady(why.to_string()))?;
-    Ok(Json(
-        json!({"status": "ready", "issuers": issuer_detail(&state)}),
-    ))
+    let mut body = json!({"status": "ready", "issuers": issuer_detail(&state)});
+    // Detail only: requests never wait for the witness.
+    if let Some(w) = &state.audit_witness {
+        body["audit_witness"] = json!({"backlog": w.backlog(), "failing": w.failing()});
+    }
+    Ok(Json(body))
 }
 
 /// The JWT issuers' key state (`[]` without issuers): an issuer whose keys cannot be fetched shows

@@ -22,6 +22,8 @@ pub struct AppState {
     pub limits: crate::limits::EdgeLimits,
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Set when checkpoints go to a witness directory: readiness shows its backlog.
+    pub audit_witness: Option<crate::audit::checkpoint::WitnessStatus>,
 }
 
 impl FromRef<AppState> for Callers {

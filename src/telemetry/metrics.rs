@@ -316,6 +316,21 @@ impl Metrics {
             }
             Err(_) => tracing::debug!("sampling the completer backlog timed out"),
         }
+        // `audit maintain` runs as its own role (a CronJob), not in this process: its last
+        // success is the newest `maintenance_ran` event.
+        match tokio::time::timeout(Duration::from_secs(2), crate::audit::last_maintenance(pool))
+            .await
+        {
+            Ok(Ok(Some(at))) => self
+                .audit_maintenance_last_success
+                .set(at.timestamp_millis() as f64 / 1000.0),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                note_db_error(&e);
+                tracing::debug!(error = %e, "cannot sample the last audit maintenance")
+            }
+            Err(_) => tracing::debug!("sampling the last audit maintenance timed out"),
+        }
     }
 
     pub fn encode(&self) -> String {

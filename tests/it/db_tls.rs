@@ -6,7 +6,7 @@ use crate::helpers::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn pg_bin(tool: &str) -> PathBuf {
+pub fn pg_bin(tool: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("PostgreSQL server binaries under /usr/lib/postgresql")
         .map(|e| e.unwrap().path().join("bin"))
@@ -15,7 +15,7 @@ fn pg_bin(tool: &str) -> PathBuf {
     dirs.pop().unwrap().join(tool)
 }
 
-fn run(cmd: &mut Command) {
+pub fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -24,7 +24,7 @@ fn run(cmd: &mut Command) {
     );
 }
 
-fn as_postgres(tool: &str) -> Command {
+pub fn as_postgres(tool: &str) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--"]).arg(pg_bin(tool));
     c

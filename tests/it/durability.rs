@@ -574,6 +574,8 @@ async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str
         l.local_addr().unwrap().port()
     };
     let sandbox = app.sandbox.base_url();
+    // `serve` refuses the superuser outside sandbox mode.
+    let gateway_url = crate::helpers::app_role_url(&db_url(app)).await;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
         .args(["--config", config.to_str().unwrap(), "serve"])
         .env_clear()
@@ -582,7 +584,7 @@ async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str
             "PROFILE_GATEWAY__SERVER__LISTEN",
             format!("127.0.0.1:{port}"),
         )
-        .env("PROFILE_GATEWAY__DATABASE__URL", db_url(app))
+        .env("PROFILE_GATEWAY__DATABASE__URL", &gateway_url)
         .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
         .env("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true")
         // Killed replicas leave changes pending for the survivor: not refused for the bound.

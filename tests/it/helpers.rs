@@ -125,6 +125,43 @@ pub async fn fresh_database() -> (String, String) {
     (name, url)
 }
 
+/// The login role the gateway runs as in production (docs/auditing.md, "Roles and grants").
+pub const APP_LOGIN: &str = "pgw_test_gateway";
+
+/// Migrates `db_url` as the superuser (the owner, as the migration Job does) and returns the URL
+/// of the same database for [`APP_LOGIN`], a login role granted only profile_gateway_app.
+pub async fn app_role_url(db_url: &str) -> String {
+    let pool = PgPool::connect(db_url).await.unwrap();
+    profile_gateway::startup::migrate(&pool).await.unwrap();
+    pool.close().await;
+    ensure_login_role(APP_LOGIN, "profile_gateway_app").await;
+    db_url.replacen("://postgres@", &format!("://{APP_LOGIN}@"), 1)
+}
+
+/// Creates login role `name` in group `group` unless it exists. Roles are cluster-wide and tests
+/// run in parallel: one creator at a time (advisory locks are per database, so all take it in
+/// the admin database).
+pub async fn ensure_login_role(name: &str, group: &str) {
+    let admin = PgPool::connect(&admin_url()).await.unwrap();
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(hashtext('pgw_test_roles'))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "do $$ begin
+           if not exists (select 1 from pg_roles where rolname = '{name}') then
+             create role {name} login in role {group};
+           end if;
+         end $$"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    admin.close().await;
+}
+
 pub async fn spawn_sandbox() -> SandboxHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     sandbox::spawn(SandboxConfig::default(), listener)
@@ -136,7 +173,8 @@ pub async fn spawn_sandbox() -> SandboxHandle {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let sandbox = spawn_sandbox().await;
     let (db_name, db_url) = fresh_database().await;
-    let mut settings = base_settings(&db_url, &sandbox.base_url());
+    let mut settings = base_settings(&app_role_url(&db_url).await, &sandbox.base_url());
+    settings.database.migrate_on_start = false;
     tweak(&mut settings);
     profile_gateway::telemetry::init("pretty", &settings.telemetry.log_level);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

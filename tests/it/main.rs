@@ -5,12 +5,15 @@ mod helpers;
 
 mod api_errors;
 mod audit;
+mod audit_roles;
+mod checkpoints;
 mod core_flow;
 mod db_tls;
 mod durability;
 mod failures;
 mod lifecycle;
 mod limits;
+mod pgaudit;
 mod sandbox;
 mod telemetry;
 mod trust;
