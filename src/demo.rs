@@ -128,7 +128,7 @@ pub fn banner(addr: std::net::SocketAddr, sandbox_url: &str) -> String {
    curl -sS -X PATCH http://127.0.0.1:{port}/profile/alice \
      -H 'Authorization: Bearer {DEMO_TOKEN}' -H 'Content-Type: application/json' \
      -H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" \
-     -d '{{"mobile_number":"9812345678","email_address":"alice.new@example.com","upi":{{"upi_number":"9876543210","vpa":"alice.new@okaxis","action":"change_vpa","consent":true,"device":{{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":1767225600000}}}}}}'
+     -d '{{"mobile_number":"9812345678","email_address":"alice.new@example.com","upi":{{"upi_number":"9876543210","vpa":"alice.new@okaxis","action":"change_vpa","consent":true,"device":{{"fingerprint":"3f1c0d2e9a","fingerprint_timestamp":'"$(date +%s000)"'}}}}}}'
 ================================================================================
 "#
     )

@@ -23,7 +23,11 @@ async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
         .lifecycle
         .readiness()
         .map_err(|why| ApiError::NotReady(why.to_string()))?;
-    let mut body = json!({"status": "ready", "issuers": issuer_detail(&state)});
+    let mut body = json!({"status": "ready"});
+    let issuers = issuer_detail(&state);
+    if issuers.as_array().is_some_and(|a| !a.is_empty()) {
+        body["issuers"] = issuers;
+    }
     // Detail only: requests never wait for the witness.
     if let Some(w) = &state.audit_witness {
         body["audit_witness"] = json!({"backlog": w.backlog(), "failing": w.failing()});

@@ -118,7 +118,7 @@ fn serve_config(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[[auth.callers]]\nname = \"role-test\"\ntoken_sha256 = \"{}\"\n",
+            "[[auth.callers]]\nname = \"role-test\"\ntoken_sha256 = \"{}\"\nscopes = [\"profile:read\"]\n",
             profile_gateway::auth::token_sha256(TOKEN)
         ),
     )

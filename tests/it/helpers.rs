@@ -195,6 +195,16 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     };
     profile_gateway::demo::seed_links(&t.pool).await.unwrap();
     t.sandbox.clear_journal();
+    // As a rollout would: traffic once readiness says so (its first database check is in the
+    // background). A test of an unready state sees it here too, so this only waits, bounded.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        let ready = t.client.get(t.url("/health/ready")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     t
 }
 

@@ -497,7 +497,9 @@ async fn sigterm_mid_patch_drains_without_losing_a_request() {
     startup::migrate(&pool).await.unwrap();
     profile_gateway::demo::seed_links(&pool).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (config, secrets) = write_configs(dir.path(), &url, &sandbox);
+    // Migrated as the owner (above); served as the least-privilege app role.
+    let app_url = app_role_url(&url).await;
+    let (config, secrets) = write_configs(dir.path(), &app_url, &sandbox);
     let child = spawn_child(command(&[
         "--config", &config, "--config", &secrets, "serve",
     ]));

@@ -161,8 +161,10 @@ fn config_toml(db_url: &str, sandbox_url: &str) -> String {
 listen = "127.0.0.1:0"
 [database]
 url = "{db_url}"
-migrate_on_start = true
 max_connections = 5
+[upstream]
+# The sandbox speaks plain HTTP on loopback.
+allow_plain_http = true
 [juspay]
 base_url = "{sandbox_url}"
 api_key = "{juspay_key}"
@@ -182,7 +184,7 @@ log_level = "info"
 [[auth.callers]]
 name = "test-writer"
 token_sha256 = "{token}"
-scopes = ["profile:write", "profile:read"]
+scopes = ["profile:write", "profile:read", "links:read"]
 "#,
         juspay_key = sandbox::DEMO_JUSPAY_API_KEY,
         merchant = sandbox::DEMO_JUSPAY_MERCHANT_ID,
@@ -198,7 +200,9 @@ async fn start_gateway(sandbox_url: &str, otel: &[(&str, &str)]) -> Gateway {
     let (_, db_url) = fresh_database().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, config_toml(&db_url, sandbox_url)).unwrap();
+    // Migrated as the owner (the migration Job); served as the least-privilege app role.
+    let app_url = app_role_url(&db_url).await;
+    std::fs::write(&config, config_toml(&app_url, sandbox_url)).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
         .arg("--config")
         .arg(&config)
@@ -299,7 +303,7 @@ fn traced_body() -> Value {
         "mobile_number": MOBILE, "email_address": EMAIL, "first_name": FIRST, "last_name": LAST,
         "upi": {
             "upi_number": UPI_NUMBER, "vpa": VPA, "action": "change_vpa", "consent": true,
-            "device": {"fingerprint": FINGERPRINT, "fingerprint_timestamp": 1767225600000u64}
+            "device": {"fingerprint": FINGERPRINT, "fingerprint_timestamp": now_ms()}
         }
     })
 }
