@@ -197,9 +197,14 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     t.sandbox.clear_journal();
     // As a rollout would: traffic once readiness says so (its first database check is in the
     // background). A test of an unready state sees it here too, so this only waits, bounded.
+    // A client that keeps no connection: tests of the connection cap count every open one.
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(10) {
-        let ready = t.client.get(t.url("/health/ready")).send().await;
+        let ready = probe.get(t.url("/health/ready")).send().await;
         if ready.is_ok_and(|r| r.status() == 200) {
             break;
         }
