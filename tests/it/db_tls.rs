@@ -94,17 +94,12 @@ impl Drop for Cluster {
     }
 }
 
-fn start_tls_cluster() -> Cluster {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = dir.path().to_path_buf();
-    let certs = root.join("certs");
-    std::fs::create_dir(&certs).unwrap();
-    make_certificates(&certs, "good");
-    make_certificates(&certs, "other");
+/// An empty cluster in `root/data` owned by postgres (trust auth), and a free port for it.
+pub fn init_cluster(root: &std::path::Path) -> (std::path::PathBuf, u16) {
     let data = root.join("data");
     run(Command::new("chown")
         .args(["-R", "postgres:postgres"])
-        .arg(&root));
+        .arg(root));
     run(as_postgres("initdb").arg("-D").arg(&data).args([
         "-U",
         "postgres",
@@ -118,6 +113,17 @@ fn start_tls_cluster() -> Cluster {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    (data, port)
+}
+
+fn start_tls_cluster() -> Cluster {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = dir.path().to_path_buf();
+    let certs = root.join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_certificates(&certs, "good");
+    make_certificates(&certs, "other");
+    let (data, port) = init_cluster(&root);
     let conf = format!(
         "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n\
          ssl = on\nssl_cert_file = '{certs}/good-server.pem'\nssl_key_file = '{certs}/good-server.key'\n\

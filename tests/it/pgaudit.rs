@@ -4,7 +4,6 @@
 
 use crate::db_tls::{as_postgres, pg_bin, run};
 use sqlx::PgPool;
-use std::process::Command;
 
 struct Cluster {
     data: std::path::PathBuf,
@@ -37,23 +36,7 @@ fn start_pgaudit_cluster() -> Cluster {
     );
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let root = dir.path().to_path_buf();
-    let data = root.join("data");
-    run(Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(&root));
-    run(as_postgres("initdb").arg("-D").arg(&data).args([
-        "-U",
-        "postgres",
-        "-A",
-        "trust",
-        "--no-locale",
-        "-E",
-        "UTF8",
-    ]));
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (data, port) = crate::db_tls::init_cluster(&root);
     let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
     conf.push_str(&format!(
         "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
