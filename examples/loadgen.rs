@@ -90,6 +90,9 @@ struct Stats {
     by_outcome: BTreeMap<String, Vec<u64>>,
     /// Open loop: the most a send started after its due time (generator or slot lag).
     max_send_lag_us: u64,
+    /// Open loop: every send's lag, to tell a late generator (its own core saturated) from a
+    /// slow server in the latencies.
+    send_lags_us: Vec<u64>,
     first_measured: Option<Instant>,
     last_done: Option<Instant>,
 }
@@ -210,6 +213,7 @@ async fn open_loop(target: Arc<Target>, rate: f64, stats: Arc<Mutex<Stats>>) -> 
             let lag = Instant::now().saturating_duration_since(due).as_micros() as u64;
             let mut s = stats.lock().unwrap();
             s.max_send_lag_us = s.max_send_lag_us.max(lag);
+            s.send_lags_us.push(lag);
             s.first_measured.get_or_insert(due);
         }
         let target = Arc::clone(&target);
@@ -340,6 +344,8 @@ async fn run(args: Args) -> i32 {
         })
         .collect();
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let mut send_lags = s.send_lags_us.clone();
+    send_lags.sort_unstable();
     let out = serde_json::json!({
         "mode": if args.rate.is_some() { "open" } else { "closed" },
         "target_rps": args.rate,
@@ -356,6 +362,8 @@ async fn run(args: Args) -> i32 {
         "max_ms": s.latencies_us.last().map_or(0.0, |v| *v as f64 / 1000.0),
         "mean_ms": if completed > 0 { s.latencies_us.iter().sum::<u64>() as f64 / completed as f64 / 1000.0 } else { 0.0 },
         "max_send_lag_ms": s.max_send_lag_us as f64 / 1000.0,
+        "send_lag_p50_ms": percentile(&send_lags, 0.50),
+        "send_lag_p99_ms": percentile(&send_lags, 0.99),
         "achieved_rps": s.ok as f64 / secs,
         "elapsed_s": secs,
     });

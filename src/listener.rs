@@ -258,3 +258,79 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// `serve` on a thread of its own, with a single-threaded runtime: the edge. Accepting, parsing,
+/// authenticating and answering happen there, while the changes requests start are driven on the
+/// caller's runtime (`ChangeService::runtime`). On one shared runtime a shed `503` or a probe
+/// would queue behind every task that a group commit has just woken (64 changes in flight each
+/// wanting ~130 us of CPU), which is what made shed answers take milliseconds under overload;
+/// as a separate thread the edge gets the CPU as soon as it has something to do.
+///
+/// Resolves with `serve`'s result once the listener has drained. The edge runtime keeps running
+/// (client sockets and any database connection a handler opened are registered with its
+/// reactor) until the returned [`Edge`] is released, after the changes still running finish.
+pub async fn serve_on_edge_thread(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(std::io::Result<()>, Edge)> {
+    // The listener moves to the edge's reactor, or its accepts would be noticed by this one.
+    let listener = listener.into_std()?;
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel();
+    let release = tokio_util::sync::CancellationToken::new();
+    let released = release.clone();
+    let thread = std::thread::Builder::new()
+        .name("edge".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = served_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let served = match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, router, limits, shutdown).await,
+                    Err(e) => Err(e),
+                };
+                let _ = served_tx.send(served);
+                released.cancelled().await;
+            });
+        })?;
+    let served = served_rx
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the edge thread ended early")));
+    Ok((
+        served,
+        Edge {
+            release,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// The edge thread after its listener drained; releasing it stops its runtime.
+pub struct Edge {
+    release: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Edge {
+    pub async fn release(mut self) {
+        self.release.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.release.cancel();
+    }
+}

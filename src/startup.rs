@@ -274,6 +274,7 @@ impl Application {
             .with_metrics(Arc::clone(&metrics)),
             turns: Turns::default(),
             tracker: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             metrics: Arc::clone(&metrics),
             propagate_trace_context: settings.telemetry.propagate_trace_context,
         });
@@ -396,7 +397,9 @@ impl Application {
             drain: self.grace,
             ..self.listener_limits
         };
-        crate::listener::serve(self.listener, self.router, limits, shutdown).await?;
+        let (served, edge) =
+            crate::listener::serve_on_edge_thread(self.listener, self.router, limits, shutdown)
+                .await?;
         // No new claims from here on; what runs may finish within the grace period.
         background.cancel();
         self.changes.tracker.close();
@@ -408,7 +411,8 @@ impl Application {
                 "shutdown grace period over with changes still running; they stay pending for the completer"
             );
         }
-        Ok(())
+        edge.release().await;
+        served
     }
 }
 
