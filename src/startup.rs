@@ -274,7 +274,6 @@ impl Application {
             .with_metrics(Arc::clone(&metrics)),
             turns: Turns::default(),
             tracker: TaskTracker::new(),
-            runtime: tokio::runtime::Handle::current(),
             metrics: Arc::clone(&metrics),
             propagate_trace_context: settings.telemetry.propagate_trace_context,
         });
@@ -397,9 +396,7 @@ impl Application {
             drain: self.grace,
             ..self.listener_limits
         };
-        let (served, edge) =
-            crate::listener::serve_on_edge_thread(self.listener, self.router, limits, shutdown)
-                .await?;
+        crate::listener::serve(self.listener, self.router, limits, shutdown).await?;
         // No new claims from here on; what runs may finish within the grace period.
         background.cancel();
         self.changes.tracker.close();
@@ -411,8 +408,7 @@ impl Application {
                 "shutdown grace period over with changes still running; they stay pending for the completer"
             );
         }
-        edge.release().await;
-        served
+        Ok(())
     }
 }
 

@@ -55,10 +55,6 @@ pub struct ChangeService {
     pub turns: turns::Turns,
     pub writes: Writes,
     pub tracker: TaskTracker,
-    /// The runtime changes are driven on. Requests are parsed and answered on the listener's
-    /// own thread (`listener::serve_on_edge_thread`); what a change costs runs here, so a burst
-    /// of it never delays an answer that needs no work (a shed 503, a probe).
-    pub runtime: tokio::runtime::Handle,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// `telemetry.propagate_trace_context`: send `traceparent` upstream.
     pub propagate_trace_context: bool,
@@ -281,12 +277,9 @@ impl ChangeService {
         // The task keeps the request's span, so its upstream and database spans join the trace.
         let task = self
             .tracker
-            .spawn_on(
-                tracing::Instrument::in_current_span(async move {
-                    service.submit_here(user, patch, ctx, key).await
-                }),
-                &self.runtime,
-            );
+            .spawn(tracing::Instrument::in_current_span(async move {
+                service.submit_here(user, patch, ctx, key).await
+            }));
         task.await
             .unwrap_or_else(|e| Err(SubmitError::Internal(format!("submit task failed: {e}"))))
     }
@@ -477,12 +470,9 @@ impl ChangeService {
         let answer_by = Some(Instant::now() + self.limits.deadline);
         let task = self
             .tracker
-            .spawn_on(
-                tracing::Instrument::in_current_span(async move {
-                    service.drive(running, answer_by).await
-                }),
-                &self.runtime,
-            );
+            .spawn(tracing::Instrument::in_current_span(async move {
+                service.drive(running, answer_by).await
+            }));
         match tokio::time::timeout(self.limits.deadline, task).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) | Err(_) => match store::changes::load(&self.pool, id).await {
