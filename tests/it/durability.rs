@@ -876,7 +876,9 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
 #[tokio::test]
 async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     use profile_gateway::changes::model::{ChangeStatus, StepStatus};
-    use profile_gateway::store::batch::{Finish, Origin, Settle, StepOutcome, settle_changes};
+    use profile_gateway::store::batch::{
+        Finish, Origin, OutboxEvent, Settle, StepOutcome, settle_changes,
+    };
     let app = spawn_app().await;
     let id = uuid::Uuid::new_v4();
     for sql in [
@@ -918,7 +920,14 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
         finish: Some(Finish {
             status,
             fields: vec!["first_name".into()],
+            finished_at: chrono::Utc::now(),
         }),
+        webhooks: vec![OutboxEvent {
+            id: uuid::Uuid::from_u128(fence as u128),
+            caller: "c".into(),
+            event_type: "change.applied",
+            body: format!("{{\"fence\":{fence}}}"),
+        }],
     };
     let written = settle_changes(
         &app.pool,
@@ -956,4 +965,15 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     ]
     .map(|(e, o)| (e.to_string(), o.to_string(), "fence-2".to_string()));
     assert_eq!(events, expected.to_vec());
+    // Only the settle that was recorded wrote its webhook event.
+    let outbox: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("select id, body from webhook_events where change_id = $1")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        outbox,
+        vec![(uuid::Uuid::from_u128(2), r#"{"fence":2}"#.to_string())]
+    );
 }
