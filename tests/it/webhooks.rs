@@ -503,3 +503,423 @@ async fn a_change_answered_202_sends_its_event_when_it_finishes_in_the_backgroun
     assert_eq!(got[0].event, "change.applied");
     assert_eq!(got[0].body, raw_change(&app, change_id).await);
 }
+
+#[tokio::test]
+async fn an_event_whose_gateway_was_killed_is_delivered_once_by_the_next_process() {
+    let receiver = Receiver::start().await;
+    let (dir, secret) = secret_file();
+    let app = spawn_app().await;
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.callers]]\nname = \"kill-test\"\ntoken_sha256 = \"{}\"\nscopes = [\"*\"]\n\
+             webhook_url = \"{}\"\nwebhook_secret_file = \"{}\"\n",
+            profile_gateway::auth::token_sha256(TOKEN),
+            receiver.url,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("PROFILE_GATEWAY__WEBHOOKS__POLL_INTERVAL_MS", "50"),
+        ("PROFILE_GATEWAY__WEBHOOKS__ATTEMPT_TIMEOUT_MS", "1000"),
+        ("PROFILE_GATEWAY__WEBHOOKS__RETRY_BASE_MS", "100"),
+    ];
+    let patch = |base: &str, user: &str, key: &str| {
+        let (url, client) = (format!("{base}/profile/{user}"), app.client.clone());
+        let key = key.to_string();
+        async move {
+            client
+                .patch(url)
+                .bearer_auth(TOKEN)
+                .header("idempotency-key", key)
+                .json(&json!({"first_name": "Killed"}))
+                .send()
+                .await
+        }
+    };
+
+    // 1. The process dies right after the commit that recorded the outcome and its event: the
+    //    caller never got an answer, nothing was sent.
+    let mut first = start_gateway(&app, &config, "after_webhook_outbox_commit=1", &env).await;
+    assert!(
+        patch(&first.base, "alice", "kill-key-0000000001")
+            .await
+            .is_err()
+    );
+    let exited = tokio::time::timeout(Duration::from_secs(5), first.child.wait()).await;
+    assert!(exited.is_ok(), "the failpoint aborted the gateway");
+    assert_eq!(
+        app.count("select count(*) from changes where status = 'applied'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from webhook_events where status = 'pending' and attempts = 0")
+            .await,
+        1
+    );
+    assert!(receiver.received().is_empty());
+
+    // 2. The next process sends it (and a change of its own), and is SIGKILLed while the receiver
+    //    has not answered yet.
+    receiver.hang(true);
+    // A longer attempt timeout, so the kill surely lands while both attempts wait.
+    let mut patient = env.to_vec();
+    patient.push(("PROFILE_GATEWAY__WEBHOOKS__ATTEMPT_TIMEOUT_MS", "2500"));
+    let mut second = start_gateway(&app, &config, "", &patient).await;
+    let answered = patch(&second.base, "bob", "kill-key-0000000002")
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    second.child.kill().await.unwrap();
+    assert_eq!(
+        app.count("select count(*) from webhook_attempts").await,
+        0,
+        "the killed process recorded nothing"
+    );
+
+    // 3. A third process delivers both once their claims have lapsed: one success each.
+    receiver.hang(false);
+    let _third = start_gateway(&app, &config, "", &env).await;
+    wait_until(
+        &app,
+        "select count(*) = 2 from webhook_events where status = 'delivered'",
+        Duration::from_secs(20),
+    )
+    .await;
+    let got = receiver.received();
+    let events: Vec<(uuid::Uuid, i32)> =
+        sqlx::query_as("select id, attempts from webhook_events order by created_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(events.len(), 2);
+    for (id, tries) in &events {
+        let id = id.to_string();
+        let to_it: Vec<&Received> = got.iter().filter(|r| r.id == id).collect();
+        assert_eq!(
+            to_it.iter().map(|r| r.answered).collect::<Vec<_>>(),
+            [None, Some(200)],
+            "{id}: one unanswered attempt, then one success"
+        );
+        assert_eq!(to_it[0].body, to_it[1].body);
+        assert_eq!(*tries, 2, "{id}: the killed attempt is counted");
+    }
+    assert_eq!(
+        app.count("select count(*) from webhook_attempts where status_code = 200")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_failing_receiver_is_paused_and_an_operator_redelivery_probes_and_resumes_it() {
+    let receiver = Receiver::start().await;
+    receiver.script(&[500; 50]);
+    let (_dir, secret) = secret_file();
+    let app = spawn_app_with(|s| {
+        with_webhook(&receiver.url, &secret, 50)(s);
+        s.webhooks.pause_after_failures = 2;
+        s.webhooks.pause_ms = 600_000;
+    })
+    .await;
+    let first: Value = app
+        .patch("alice", &json!({"first_name": "Paused"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first_id = first["change_id"].as_str().unwrap().to_string();
+    wait_until(
+        &app,
+        "select exists (select 1 from webhook_receivers where caller = 'test-writer'
+                          and failures = 2 and paused_until > now() + interval '5 minutes')",
+        Duration::from_secs(10),
+    )
+    .await;
+    // Paused: a new event is not attempted, nor are retries of the first, though both are due
+    // many times over.
+    let second: Value = app
+        .patch("bob", &json!({"first_name": "Waiting"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second_id = second["change_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "a paused receiver is left alone"
+    );
+    assert!(attempts(&app, &second_id).await.is_empty());
+
+    // The caller sees its change's deliveries; another caller sees no such change.
+    let listed: Value = app
+        .get(&format!("/changes/{first_id}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let d = &listed["deliveries"][0];
+    assert_eq!(listed["change_id"], first_id.as_str());
+    assert_eq!(listed["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (d["event_type"].as_str(), d["status"].as_str()),
+        (Some("change.applied"), Some("pending"))
+    );
+    assert!(d["next_attempt_at"].is_string() && d["delivered_at"].is_null());
+    let tried: Vec<(i64, i64, &str)> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["status_code"].as_i64().unwrap(),
+                a["error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tried, [(1, 500, "status"), (2, 500, "status")]);
+    assert!(d["attempts"][0]["at"].is_string() && d["attempts"][0]["duration_ms"].is_i64());
+    let reader = |req: reqwest::RequestBuilder| req.bearer_auth(READ_ONLY_TOKEN).send();
+    let (s, p) = problem(
+        reader(
+            app.client
+                .get(app.url(&format!("/changes/{first_id}/deliveries"))),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((s, p["code"].as_str()), (404, Some("change_not_found")));
+    let second_delivery = sqlx::query_scalar::<_, uuid::Uuid>(
+        "select id from webhook_events where change_id = $1::uuid",
+    )
+    .bind(&second_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let redeliver = format!("/webhooks/deliveries/{second_delivery}/redeliver");
+    let (s, p) = problem(reader(app.client.post(app.url(&redeliver))).await.unwrap()).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("forbidden")));
+    for (path, status, code) in [
+        (
+            format!("/webhooks/deliveries/{}/redeliver", uuid::Uuid::new_v4()),
+            404,
+            "delivery_not_found",
+        ),
+        (
+            "/webhooks/deliveries/nope/redeliver".to_string(),
+            400,
+            "invalid_path_parameter",
+        ),
+    ] {
+        let resp = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let (s, p) = problem(resp).await;
+        assert_eq!((s, p["code"].as_str()), (status, Some(code)), "{path}");
+    }
+
+    // The receiver is back; an operator redelivers the second event. That lifts the pause: one
+    // probe goes out (the oldest due event), its success resumes the receiver, the other follows.
+    receiver.state.lock().unwrap().script.clear();
+    let resp = app
+        .client
+        .post(app.url(&redeliver))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let scheduled: Value = resp.json().await.unwrap();
+    assert_eq!(scheduled["delivery_id"], second_delivery.to_string());
+    assert_eq!(scheduled["change_id"], second_id.as_str());
+    let got = receiver.wait_for(4, Duration::from_secs(10)).await;
+    let mut after: Vec<&str> = got[2..].iter().map(|r| r.id.as_str()).collect();
+    after.sort();
+    let second_str = second_delivery.to_string();
+    let mut expected = vec![got[0].id.as_str(), second_str.as_str()];
+    expected.sort();
+    assert_eq!(after, expected);
+    assert!(got[2..].iter().all(|r| r.answered == Some(200)));
+    wait_until(
+        &app,
+        "select count(*) = 2 from webhook_events where status = 'delivered'",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        app.count(
+            "select count(*) from webhook_receivers where failures = 0 and paused_until is null"
+        )
+        .await,
+        1
+    );
+    let (user, change, values): (String, uuid::Uuid, Value) = sqlx::query_as(
+        "select user_id, change_id, \"values\" from audit_events where event_type = 'webhook_redelivered'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((user.as_str(), change.to_string()), ("bob", second_id));
+    assert_eq!(values["delivery_id"], second_delivery.to_string());
+    assert_eq!(values["actor"]["auth"], "token");
+
+    // A delivered event may be sent again: same id, same body, a fresh signature.
+    let again = app
+        .client
+        .post(app.url(&redeliver))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let got = receiver.wait_for(5, Duration::from_secs(10)).await;
+    let first_send = got.iter().find(|r| r.id == second_str).unwrap();
+    assert_eq!(
+        (got[4].id.as_str(), &got[4].body),
+        (second_str.as_str(), &first_send.body)
+    );
+    assert_eq!(
+        got[4].signature,
+        expected_signature(&got[4].id, &got[4].timestamp, &got[4].body)
+    );
+}
+
+#[tokio::test]
+async fn a_step_that_stays_unknown_sends_the_event_a_caller_subscribed_to() {
+    let receiver = Receiver::start().await;
+    let (_dir, secret) = secret_file();
+    let app = spawn_app_with(|s| {
+        with_webhook(&receiver.url, &secret, 50)(s);
+        s.auth.callers[0].webhook_events = Some(vec!["change.step_unknown".into()]);
+        s.changes.max_attempts = 2;
+        s.changes.in_request_attempts = 2;
+        s.changes.retry_base_ms = 10;
+    })
+    .await;
+    // The write times out (it may have happened), and the read-back that should tell fails too.
+    app.sandbox
+        .add_fault(FaultSpec::hang("juspay_customer_update").times(1));
+    app.sandbox.add_fault(FaultSpec::status(
+        "juspay_customer_get",
+        503,
+        "busy",
+        Some("text/plain"),
+    ));
+    let resp = app.patch("alice", &json!({"last_name": "Unknown"})).await;
+    let (_, p) = problem(resp).await;
+    assert_eq!(p["change_status"], "failed");
+    let change_id = p["change_id"].as_str().unwrap().to_string();
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].event, "change.step_unknown");
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["steps"][0]["status"], "unknown");
+    assert_eq!(body["steps"][0]["attempts"], 2);
+    assert_eq!(got[0].body, raw_change(&app, &change_id).await);
+    // change.failed was not asked for: the settle wrote no event for it.
+    let types: Vec<String> = sqlx::query_scalar("select event_type from webhook_events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(types, ["change.step_unknown"]);
+}
+
+#[tokio::test]
+async fn the_sandbox_receiver_records_what_arrived_and_the_cli_verifies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("demo.secret");
+    std::fs::write(&secret, profile_gateway::sandbox::DEMO_WEBHOOK_SECRET).unwrap();
+    let app = spawn_app_with(|s| {
+        s.auth.callers[0].webhook_url = None;
+        s.webhooks.poll_interval_ms = 50;
+    })
+    .await;
+    // The sandbox URL is only known once it runs: a second replica sends to it.
+    let sandbox_hook = app.sandbox.webhook_url();
+    let other = spawn_replica(&app, |s| {
+        s.auth.callers[0].webhook_url = Some(sandbox_hook.clone());
+        s.auth.callers[0].webhook_secret_file = Some(secret.clone());
+        s.webhooks.poll_interval_ms = 50;
+    })
+    .await;
+    let resp = app
+        .client
+        .patch(format!("{other}/profile/bob"))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", "sandbox-receiver-0001")
+        .json(&json!({"first_name": "Bobby"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let change: Value = resp.json().await.unwrap();
+    let started = Instant::now();
+    while app.sandbox.webhooks().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no webhook");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listed: Value = reqwest::get(&sandbox_hook)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let r = &listed[0];
+    assert_eq!(r["seq"], 1);
+    assert_eq!(r["signature_valid"], true);
+    assert_eq!(r["headers"]["profile-gateway-event"], "change.applied");
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        change
+    );
+
+    let verify = |body: &str| {
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
+            .args(["webhook", "verify", "--secret-file"])
+            .arg(&secret)
+            .args(["--id", r["headers"]["webhook-id"].as_str().unwrap()])
+            .args([
+                "--timestamp",
+                r["headers"]["webhook-timestamp"].as_str().unwrap(),
+            ])
+            .args([
+                "--signature",
+                r["headers"]["webhook-signature"].as_str().unwrap(),
+            ])
+            .arg("--body-file")
+            .arg(&file)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let ok = verify(r["body"].as_str().unwrap());
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "signature valid\n");
+    let body = r["body"].as_str().unwrap();
+    let forged = body.replace(r#""status":"applied""#, r#""status":"failed""#);
+    assert_ne!(forged, body);
+    let tampered = verify(&forged);
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr).contains("signature not valid"),
+        "{tampered:?}"
+    );
+
+    let cleared = app.client.delete(&sandbox_hook).send().await.unwrap();
+    assert_eq!(cleared.status(), 204);
+    assert!(app.sandbox.webhooks().is_empty());
+}
