@@ -1255,6 +1255,50 @@ mod tests {
     }
 
     #[test]
+    fn webhook_dispatcher_settings_load_from_the_environment_and_are_checked() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(
+            (s.webhooks.max_age_hours, s.webhooks.attempt_timeout_ms),
+            (24, 10000)
+        );
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "5"),
+                ("PROFILE_GATEWAY__WEBHOOKS__PAUSE_AFTER_FAILURES", "3"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_AGE_HOURS", "48"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.webhooks.batch_size,
+                s.webhooks.pause_after_failures,
+                s.webhooks.max_age_hours
+            ),
+            (5, 3, 48)
+        );
+        assert!(s.validate(true).is_ok());
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__ATTEMPT_TIMEOUT_MS", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__RETRY_CAP_MS", "10"),
+            ]),
+        )
+        .unwrap();
+        let err = s.validate(true).unwrap_err().to_string();
+        for key in [
+            "webhooks.batch_size",
+            "webhooks.attempt_timeout_ms",
+            "webhooks.retry_cap_ms",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug() {
         let s = Settings::load(
             None,
