@@ -56,3 +56,5 @@ create table webhook_receivers (
 );
 
 grant select, insert, update on webhook_events, webhook_attempts, webhook_receivers to profile_gateway_app;
+-- Auditors may see whether and when callers were told (docs/auditing.md): no PII is in them.
+grant select on webhook_events, webhook_attempts to profile_gateway_auditor;
