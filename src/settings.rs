@@ -830,6 +830,17 @@ impl Settings {
                 ));
             }
         }
+        for (i, c) in self.auth.callers.iter().enumerate() {
+            if self.upstream.allow_plain_http
+                && c.webhook_url
+                    .as_deref()
+                    .is_some_and(|u| u.to_ascii_lowercase().starts_with("http://"))
+            {
+                out.push(format!(
+                    "auth.callers[{i}].webhook_url is plain http:// (upstream.allow_plain_http = true): webhook bodies cross in cleartext"
+                ));
+            }
+        }
         if self.database.allow_plaintext
             && crate::db_tls::plaintext_risk(self.database.url.expose()).is_some()
         {

@@ -255,14 +255,14 @@ impl Application {
             None,
         )
         .map_err(|e| StartupError::Config(format!("webhook client: {e}")))?;
-        let dispatcher = Arc::new(crate::webhooks::dispatcher::Dispatcher {
-            pool: pool.clone(),
-            client: webhook_client,
-            hooks: Arc::clone(&webhooks),
-            config: crate::webhooks::dispatcher::Config::from_settings(&settings.webhooks),
-            replica: instance_id.clone(),
-            metrics: Arc::clone(&metrics),
-        });
+        let dispatcher = Arc::new(crate::webhooks::dispatcher::Dispatcher::new(
+            pool.clone(),
+            webhook_client,
+            Arc::clone(&webhooks),
+            crate::webhooks::dispatcher::Config::from_settings(&settings.webhooks),
+            instance_id.clone(),
+            Arc::clone(&metrics),
+        ));
         let writes = Writes::spawn(
             &pool,
             &limits,

@@ -12,9 +12,12 @@ use crate::settings::WebhooksSettings;
 use crate::store::webhooks::{self as store, Attempt, Claimed};
 use rand::Rng;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A claim outlives the attempt's own timeout by as much again (at most this), so a slow record
 /// does not hand the event to another replica while this one still holds a valid answer.
@@ -59,6 +62,13 @@ pub struct Dispatcher {
     /// Names this replica in claims and attempt rows.
     pub replica: String,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// Attempts in flight, at most `batch_size`. Each runs as its own task, so a receiver that
+    /// hangs until the attempt timeout holds one slot and delays no other event.
+    slots: Arc<Semaphore>,
+    attempts: TaskTracker,
+    /// A pass left due events behind for want of a slot: the next attempt to end wakes the loop.
+    saturated: AtomicBool,
+    last_expiry: Mutex<Option<Instant>>,
 }
 
 /// The wait after failed attempt `attempt` (1 for the first): min(cap, base * 2^(attempt-1)),
@@ -71,8 +81,9 @@ pub fn backoff(base: Duration, cap: Duration, attempt: i32) -> Duration {
 }
 
 /// Runs until `stop`: a pass at every poll interval (with jitter, so replicas do not poll in
-/// lockstep), at once when this replica committed an event, and again without waiting while
-/// passes come back full.
+/// lockstep), and at once when this replica committed an event or an attempt freed the slot a
+/// due event was waiting for. On `stop` it claims nothing more and lets the attempts in flight
+/// end (each is bounded by `webhooks.attempt_timeout_ms`).
 pub async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
     if d.hooks.is_empty() {
         return;
@@ -81,34 +92,66 @@ pub async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
         let poll = d.config.poll_interval;
         let jitter = rand::thread_rng().gen_range(0..=poll.as_millis() as u64 / 4);
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(poll + Duration::from_millis(jitter)) => {}
             _ = d.hooks.woken() => {}
         }
-        loop {
-            match d.pass().await {
-                Ok(n) if n as i64 >= d.config.batch_size && !stop.is_cancelled() => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "webhook dispatcher pass failed; retrying next poll");
-                    break;
-                }
-            }
+        if let Err(e) = d.pass().await {
+            tracing::debug!(error = %e, "webhook dispatcher pass failed; retrying next poll");
         }
     }
+    d.attempts.close();
+    d.attempts.wait().await;
 }
 
 impl Dispatcher {
-    /// Expires what ran out of time, claims what is due, and sends it all concurrently. Returns
-    /// how many events were attempted.
-    pub async fn pass(&self) -> Result<usize, sqlx::Error> {
-        let expired = store::expire(&self.pool, self.config.max_age).await?;
-        if expired > 0 {
-            tracing::warn!(
-                events = expired,
-                "webhook events failed: their receiver stayed paused for webhooks.max_age_hours"
-            );
-            self.metrics.webhook_events_failed.inc_by(expired);
+    pub fn new(
+        pool: PgPool,
+        client: reqwest::Client,
+        hooks: Arc<Webhooks>,
+        config: Config,
+        replica: String,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(config.batch_size.max(1) as usize)),
+            pool,
+            client,
+            hooks,
+            config,
+            replica,
+            metrics,
+            attempts: TaskTracker::new(),
+            saturated: AtomicBool::new(false),
+            last_expiry: Mutex::new(None),
+        }
+    }
+
+    /// Expires what ran out of time (once per poll interval), claims as many due events as there
+    /// are free slots, and starts an attempt for each. Returns how many were started.
+    pub async fn pass(self: &Arc<Self>) -> Result<usize, sqlx::Error> {
+        let expiry_due = {
+            let mut last = self.last_expiry.lock().expect("expiry lock");
+            let due = last.is_none_or(|t| t.elapsed() >= self.config.poll_interval);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if expiry_due {
+            let expired = store::expire(&self.pool, self.config.max_age).await?;
+            if expired > 0 {
+                tracing::warn!(
+                    events = expired,
+                    "webhook events failed: their receiver stayed paused for webhooks.max_age_hours"
+                );
+                self.metrics.webhook_events_failed.inc_by(expired);
+            }
+        }
+        let free = self.slots.available_permits();
+        if free == 0 {
+            self.saturated.store(true, Ordering::SeqCst);
+            return Ok(0);
         }
         let claim_for = self.config.attempt_timeout + self.config.attempt_timeout.min(CLAIM_MARGIN);
         let callers = self.hooks.callers();
@@ -121,19 +164,37 @@ impl Dispatcher {
             self.config.pause,
         )
         .await?;
-        claimed.extend(
-            store::claim_due(
-                &self.pool,
-                &self.replica,
-                &callers,
-                self.config.batch_size,
-                claim_for,
-                self.config.pause_after,
-            )
-            .await?,
-        );
+        let room = free.saturating_sub(claimed.len());
+        if room > 0 {
+            claimed.extend(
+                store::claim_due(
+                    &self.pool,
+                    &self.replica,
+                    &callers,
+                    room as i64,
+                    claim_for,
+                    self.config.pause_after,
+                )
+                .await?,
+            );
+        }
+        if claimed.len() >= free {
+            // There may be more due than there was room for.
+            self.saturated.store(true, Ordering::SeqCst);
+        }
         let n = claimed.len();
-        futures_util::future::join_all(claimed.iter().map(|e| self.attempt(e))).await;
+        for event in claimed {
+            // A probe may run beyond the slots: it is one per paused receiver.
+            let slot = Arc::clone(&self.slots).try_acquire_owned().ok();
+            let d = Arc::clone(self);
+            self.attempts.spawn(async move {
+                d.attempt(&event).await;
+                drop(slot);
+                if d.saturated.swap(false, Ordering::SeqCst) {
+                    d.hooks.wake();
+                }
+            });
+        }
         Ok(n)
     }
 

@@ -244,7 +244,17 @@ mod tests {
             "{p:?}"
         );
         assert!(problems(plain.clone(), true, false).is_empty());
-        assert!(problems(plain, false, true).is_empty());
+        assert!(problems(plain.clone(), false, true).is_empty());
+        // Allowed, but said at start and by check-config.
+        let mut s = crate::settings::Settings::load(None, Vec::<(String, String)>::new()).unwrap();
+        s.upstream.allow_plain_http = true;
+        s.auth.callers = vec![plain];
+        assert_eq!(
+            s.warnings(false),
+            [
+                "auth.callers[0].webhook_url is plain http:// (upstream.allow_plain_http = true): webhook bodies cross in cleartext"
+            ]
+        );
 
         let p = problems(caller(Some("https://x/h"), Some(bad)), false, false);
         assert_eq!(p.len(), 1, "{p:?}");
