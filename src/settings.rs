@@ -310,7 +310,7 @@ pub struct WebhooksSettings {
     /// How often each replica looks for due events (a replica that records an outcome also
     /// wakes its own dispatcher at once).
     pub poll_interval_ms: u64,
-    /// Most events one replica claims and sends at once.
+    /// Most delivery attempts one replica has in flight at once.
     pub batch_size: i64,
     /// One delivery attempt's whole budget: connect, send, and the answer's status and body.
     pub attempt_timeout_ms: u64,

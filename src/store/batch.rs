@@ -326,8 +326,8 @@ pub struct OutboxEvent {
 /// state in the same statement: it erases an applied change's payload (a failed one's is kept for
 /// the retry window), advances the user's `finished_seq`, releases the idempotency key, writes the
 /// final audit event after the step events, writes the settle's webhook events to the outbox and
-/// wakes the user's next change (NOTIFY, delivered at commit). Returns, per change, whether it was recorded: false when the change's lease generation
-/// moved on (nothing of it is written then).
+/// wakes the user's next change (NOTIFY, delivered at commit). Returns, per change, whether it was
+/// recorded: false when the change's lease generation moved on (nothing of it is written then).
 pub async fn settle_changes(
     pool: &PgPool,
     batch: &[Settle],
