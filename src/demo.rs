@@ -3,7 +3,7 @@
 
 use crate::audit::AuditContext;
 use crate::domain::{ProfileLinks, UserId};
-use crate::sandbox::{self, SandboxConfig, SandboxHandle};
+use crate::sandbox::{self, DEMO_WEBHOOK_SECRET, SandboxConfig, SandboxHandle};
 use crate::secret::Secret;
 use crate::settings::{CallerSettings, Settings};
 
@@ -38,6 +38,9 @@ pub async fn start_sandbox(settings: &mut Settings) -> std::io::Result<SandboxHa
             ]
             .map(String::from)
             .to_vec(),
+            // Outcome webhooks go to the simulator's receiver: GET /__sandbox/webhooks shows them.
+            webhook_url: Some(handle.webhook_url()),
+            webhook_secret: Some(Secret::new(sandbox::DEMO_WEBHOOK_SECRET)),
             ..Default::default()
         });
     }
@@ -123,6 +126,8 @@ pub fn banner(addr: std::net::SocketAddr, sandbox_url: &str) -> String {
  SANDBOX MODE: upstreams are simulated at {sandbox_url}; no real provider is called.
  Demo caller token: {DEMO_TOKEN}
  Demo users: alice, bob (links already set)
+ Its outcome webhooks: curl -sS {sandbox_url}/__sandbox/webhooks
+ (signed with {DEMO_WEBHOOK_SECRET})
 
  Try:
    curl -sS -X PATCH http://127.0.0.1:{port}/profile/alice \

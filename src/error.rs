@@ -52,6 +52,10 @@ pub enum ApiError {
     IdempotencyKeyInFlight,
     #[error("change cannot be retried: {0}")]
     RetryConflict(&'static str),
+    #[error("unknown webhook delivery")]
+    DeliveryNotFound,
+    #[error("webhook delivery attempt in flight")]
+    DeliveryInFlight,
     #[error("the change did not fully apply")]
     ChangeFailed(Box<ChangeView>),
     #[error("internal error: {0}")]
@@ -294,6 +298,18 @@ impl ApiError {
                 "change_not_retryable",
                 "Change cannot be retried",
                 (*why).into(),
+            ),
+            DeliveryNotFound => (
+                StatusCode::NOT_FOUND,
+                "delivery_not_found",
+                "Unknown webhook delivery",
+                "no webhook delivery has this id".into(),
+            ),
+            DeliveryInFlight => (
+                StatusCode::CONFLICT,
+                "delivery_in_progress",
+                "Delivery attempt in progress",
+                "an attempt of this delivery is on its way right now; see GET /changes/{change_id}/deliveries and retry after it".into(),
             ),
             ChangeFailed(change) => change_failure(change),
             Internal(_) => (

@@ -19,3 +19,4 @@ pub mod startup;
 pub mod store;
 pub mod strict_json;
 pub mod telemetry;
+pub mod webhooks;

@@ -59,6 +59,36 @@ enum Command {
         #[command(subcommand)]
         command: profile_gateway::audit::cli::AuditCommand,
     },
+    /// Outcome webhook tools, for callers' own tests.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Check a received webhook's Standard Webhooks signature; exit 1 when it does not match.
+    Verify {
+        /// The file holding the caller's `whsec_...` secret (as in webhook_secret_file).
+        #[arg(long)]
+        secret_file: PathBuf,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header.
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header.
+        #[arg(long)]
+        signature: String,
+        /// The body exactly as received (`-`: standard input).
+        #[arg(long)]
+        body_file: PathBuf,
+        /// Refuse a timestamp further than this from now (0: do not check, for stored payloads).
+        #[arg(long, default_value_t = 300)]
+        tolerance_s: i64,
+    },
 }
 
 fn settings(config: &[PathBuf]) -> Result<Settings, String> {
@@ -118,6 +148,44 @@ async fn run(cli: Cli) -> Result<(), String> {
             let settings = settings(&cli.config)?;
             telemetry::init(&settings.telemetry.log_format, "warn");
             profile_gateway::audit::cli::run(command, &settings).await
+        }
+        Command::Webhook {
+            command:
+                WebhookCommand::Verify {
+                    secret_file,
+                    id,
+                    timestamp,
+                    signature,
+                    body_file,
+                    tolerance_s,
+                },
+        } => {
+            use profile_gateway::webhooks::signature;
+            let read = |p: &PathBuf| -> Result<Vec<u8>, String> {
+                if p.as_os_str() == "-" {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                        .map_err(|e| format!("stdin: {e}"))?;
+                    Ok(b)
+                } else {
+                    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+                }
+            };
+            let secrets = signature::parse_secrets(&String::from_utf8_lossy(&read(&secret_file)?))
+                .map_err(|e| format!("{}: {e}", secret_file.display()))?;
+            let body = read(&body_file)?;
+            signature::verify(
+                &secrets,
+                &id,
+                &timestamp,
+                &signature,
+                &body,
+                chrono::Utc::now().timestamp(),
+                (tolerance_s > 0).then_some(tolerance_s),
+            )
+            .map_err(|e| format!("signature not valid: {e}"))?;
+            println!("signature valid");
+            Ok(())
         }
         Command::HashToken => {
             let mut token = String::new();

@@ -19,6 +19,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitsSettings,
+    pub webhooks: WebhooksSettings,
     /// Set by `serve --sandbox` (never by configuration): the database guard of
     /// `store::mode` then refuses a database a production gateway has used.
     #[serde(skip)]
@@ -156,6 +157,21 @@ pub struct CallerSettings {
     /// Bucket size: requests the caller may make at once after being idle.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// Where this caller's outcome webhooks go (Standard Webhooks); https outside sandbox mode
+    /// unless `upstream.allow_plain_http`. Unset: no webhooks.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// A file holding the signing secret `whsec_<base64>` (two, whitespace-separated, while
+    /// rotating: each message is signed with both). Read at start.
+    #[serde(default)]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+    /// Which events to send (`change.applied`, `change.partially_applied`, `change.failed`,
+    /// `change.step_unknown`); unset: all.
+    #[serde(default)]
+    pub webhook_events: Option<Vec<String>>,
+    /// The secret itself, only ever set by `serve --sandbox` (the published demo secret).
+    #[serde(skip)]
+    pub webhook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +303,30 @@ pub struct LimitsSettings {
     pub fingerprint_max_future_ms: u64,
 }
 
+/// The outcome-webhook dispatcher that runs in every replica (README "Webhooks").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksSettings {
+    /// How often each replica looks for due events (a replica that records an outcome also
+    /// wakes its own dispatcher at once).
+    pub poll_interval_ms: u64,
+    /// Most delivery attempts one replica has in flight at once.
+    pub batch_size: i64,
+    /// One delivery attempt's whole budget: connect, send, and the answer's status and body.
+    pub attempt_timeout_ms: u64,
+    /// Most of a receiver's answer that is read; the rest is dropped with the connection.
+    pub max_response_bytes: usize,
+    /// After a failed attempt the next waits min(cap, base * 2^(n-1)) times a jitter in [1, 1.5).
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// How long an event is retried before it is marked failed.
+    pub max_age_hours: u64,
+    /// Consecutive failed attempts at one receiver that pause it...
+    pub pause_after_failures: i32,
+    /// ...for this long; then one probe decides whether it resumes.
+    pub pause_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
@@ -365,6 +405,17 @@ retention_months = 13
 log_format = "json"
 log_level = "info"
 propagate_trace_context = true
+
+[webhooks]
+poll_interval_ms = 1000
+batch_size = 32
+attempt_timeout_ms = 10000
+max_response_bytes = 4096
+retry_base_ms = 5000
+retry_cap_ms = 3600000
+max_age_hours = 24
+pause_after_failures = 10
+pause_ms = 300000
 
 [limits]
 max_inflight_patches = 1024
@@ -618,10 +669,49 @@ impl Settings {
             );
         }
         errors.extend(crate::auth::validate_settings(&self.auth));
+        errors.extend(crate::webhooks::validate_settings(
+            &self.auth.callers,
+            sandbox,
+            self.upstream.allow_plain_http,
+        ));
+        self.validate_webhooks(&mut |k: &str, p: &str| {
+            errors.push(SettingError {
+                key: k.to_string(),
+                problem: p.to_string(),
+            })
+        });
         if errors.is_empty() {
             Ok(())
         } else {
             Err(SettingsError::Invalid(errors))
+        }
+    }
+
+    fn validate_webhooks(&self, bad: &mut impl FnMut(&str, &str)) {
+        let w = &self.webhooks;
+        for (key, n) in [
+            ("webhooks.poll_interval_ms", w.poll_interval_ms),
+            ("webhooks.attempt_timeout_ms", w.attempt_timeout_ms),
+            ("webhooks.max_response_bytes", w.max_response_bytes as u64),
+            ("webhooks.retry_base_ms", w.retry_base_ms),
+            ("webhooks.max_age_hours", w.max_age_hours),
+            ("webhooks.pause_ms", w.pause_ms),
+        ] {
+            if n == 0 {
+                bad(key, "must be greater than 0");
+            }
+        }
+        if w.batch_size < 1 {
+            bad("webhooks.batch_size", "must be at least 1");
+        }
+        if w.pause_after_failures < 1 {
+            bad("webhooks.pause_after_failures", "must be at least 1");
+        }
+        if w.retry_cap_ms < w.retry_base_ms {
+            bad(
+                "webhooks.retry_cap_ms",
+                "must be at least webhooks.retry_base_ms",
+            );
         }
     }
 
@@ -740,6 +830,17 @@ impl Settings {
                 ));
             }
         }
+        for (i, c) in self.auth.callers.iter().enumerate() {
+            if self.upstream.allow_plain_http
+                && c.webhook_url
+                    .as_deref()
+                    .is_some_and(|u| u.to_ascii_lowercase().starts_with("http://"))
+            {
+                out.push(format!(
+                    "auth.callers[{i}].webhook_url is plain http:// (upstream.allow_plain_http = true): webhook bodies cross in cleartext"
+                ));
+            }
+        }
         if self.database.allow_plaintext
             && crate::db_tls::plaintext_risk(self.database.url.expose()).is_some()
         {
@@ -830,6 +931,15 @@ const KNOWN_KEYS: &[&str] = &[
     "telemetry.log_level",
     "telemetry.metrics_listen",
     "telemetry.propagate_trace_context",
+    "webhooks.poll_interval_ms",
+    "webhooks.batch_size",
+    "webhooks.attempt_timeout_ms",
+    "webhooks.max_response_bytes",
+    "webhooks.retry_base_ms",
+    "webhooks.retry_cap_ms",
+    "webhooks.max_age_hours",
+    "webhooks.pause_after_failures",
+    "webhooks.pause_ms",
 ];
 
 fn is_known_key(key: &str) -> bool {
@@ -850,6 +960,8 @@ fn typed_value(key: &str, value: String) -> config::Value {
         || key.ends_with("max_batch")
         || key.starts_with("limits.max_inflight_")
         || key.ends_with("max_pending_per_user")
+        || key.ends_with("_size")
+        || key.ends_with("_failures")
         || key.ends_with(".burst");
     if numeric && let Ok(n) = value.parse::<i64>() {
         return config::Value::from(n);
@@ -1151,6 +1263,50 @@ mod tests {
         .unwrap();
         let err = s.validate(true).unwrap_err().to_string();
         assert!(err.contains("telemetry.metrics_listen"), "{err}");
+    }
+
+    #[test]
+    fn webhook_dispatcher_settings_load_from_the_environment_and_are_checked() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(
+            (s.webhooks.max_age_hours, s.webhooks.attempt_timeout_ms),
+            (24, 10000)
+        );
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "5"),
+                ("PROFILE_GATEWAY__WEBHOOKS__PAUSE_AFTER_FAILURES", "3"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_AGE_HOURS", "48"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.webhooks.batch_size,
+                s.webhooks.pause_after_failures,
+                s.webhooks.max_age_hours
+            ),
+            (5, 3, 48)
+        );
+        assert!(s.validate(true).is_ok());
+        let s = Settings::load(
+            None,
+            env(&[
+                ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__ATTEMPT_TIMEOUT_MS", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__RETRY_CAP_MS", "10"),
+            ]),
+        )
+        .unwrap();
+        let err = s.validate(true).unwrap_err().to_string();
+        for key in [
+            "webhooks.batch_size",
+            "webhooks.attempt_timeout_ms",
+            "webhooks.retry_cap_ms",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct Application {
     listen_options: PgConnectOptions,
     completer_interval: Duration,
     checkpoints: Option<CheckpointTask>,
+    dispatcher: Arc<crate::webhooks::dispatcher::Dispatcher>,
 }
 
 /// The interval checkpoints (audit.signing_key_file set).
@@ -246,6 +247,22 @@ impl Application {
             None => None,
         };
         let instance_id = instance_id();
+        let webhooks = crate::webhooks::Webhooks::from_settings(&settings.auth.callers)
+            .map_err(StartupError::Config)?;
+        // Receivers are the callers' own services: no proxy (upstream.proxy is for providers).
+        let webhook_client = providers::http::client(
+            Duration::from_millis(settings.upstream.connect_timeout_ms),
+            None,
+        )
+        .map_err(|e| StartupError::Config(format!("webhook client: {e}")))?;
+        let dispatcher = Arc::new(crate::webhooks::dispatcher::Dispatcher::new(
+            pool.clone(),
+            webhook_client,
+            Arc::clone(&webhooks),
+            crate::webhooks::dispatcher::Config::from_settings(&settings.webhooks),
+            instance_id.clone(),
+            Arc::clone(&metrics),
+        ));
         let writes = Writes::spawn(
             &pool,
             &limits,
@@ -276,6 +293,7 @@ impl Application {
             tracker: TaskTracker::new(),
             metrics: Arc::clone(&metrics),
             propagate_trace_context: settings.telemetry.propagate_trace_context,
+            webhooks,
         });
         let checkpoints = checkpoint_task(settings)?;
         let state = AppState {
@@ -314,6 +332,7 @@ impl Application {
             },
             completer_interval: Duration::from_millis(settings.changes.completer_interval_ms),
             checkpoints,
+            dispatcher,
         })
     }
 
@@ -390,6 +409,11 @@ impl Application {
         tokio::spawn(completer::run(
             Arc::clone(&self.changes),
             self.completer_interval,
+            background.clone(),
+        ));
+        // Tracked with the changes, so shutdown lets an attempt in flight finish within the grace.
+        self.changes.tracker.spawn(crate::webhooks::dispatcher::run(
+            Arc::clone(&self.dispatcher),
             background.clone(),
         ));
         let limits = crate::listener::ListenerLimits {

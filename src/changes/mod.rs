@@ -58,6 +58,8 @@ pub struct ChangeService {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// `telemetry.propagate_trace_context`: send `traceparent` upstream.
     pub propagate_trace_context: bool,
+    /// Callers' outcome webhooks: their events are written by the settle that records the outcome.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// The group-commit writers of the hot path (see `batcher`).
@@ -241,6 +243,8 @@ struct StepState {
 struct Running {
     id: Uuid,
     user: UserId,
+    /// The caller that made the change (it owns the webhook), whoever drives it now.
+    caller: String,
     seq: i64,
     fence: i64,
     /// The record said every earlier change of the user was final: no need to ask again.
@@ -369,6 +373,7 @@ impl ChangeService {
         let running = Running {
             id,
             user,
+            caller: ctx.caller.clone(),
             seq,
             fence: 1,
             turn_known: turn,
@@ -465,7 +470,7 @@ impl ChangeService {
     /// Spawns the drive and waits for it up to the deadline.
     async fn drive_with_deadline(self: &Arc<Self>, running: Running) -> Submitted {
         let id = running.id;
-        let fallback = view(&running, ChangeStatus::Pending, false);
+        let fallback = view(&running, ChangeStatus::Pending, None);
         let service = Arc::clone(self);
         let answer_by = Some(Instant::now() + self.limits.deadline);
         let task = self
@@ -540,6 +545,7 @@ impl ChangeService {
         Ok(Some(Running {
             id: c.id,
             user,
+            caller: c.caller.clone(),
             seq: c.user_seq,
             fence: c.fence,
             turn_known: false,
@@ -610,12 +616,11 @@ impl ChangeService {
             if ch.steps.iter().all(|s| self.is_final(s)) {
                 return self.settle(ch, outcomes).await;
             }
-            let recorded = self
-                .writes
-                .settle
-                .submit(self.settlement(&ch, outcomes, None))
-                .await;
+            let settlement = self.settlement(&ch, outcomes, None);
+            let wake = !settlement.webhooks.is_empty();
+            let recorded = self.writes.settle.submit(settlement).await;
             match recorded {
+                Ok(true) if wake => self.webhooks.wake(),
                 Ok(true) => {}
                 Ok(false) => return self.halted(&ch, Halt::LostLease).await,
                 Err(e) => {
@@ -638,9 +643,52 @@ impl ChangeService {
             fence: ch.fence,
             user_id: ch.user.as_str().to_string(),
             origin: origin(&ch.ctx),
+            webhooks: self.outbox_events(ch, &outcomes, finish.as_ref()),
             outcomes,
             finish,
         }
+    }
+
+    /// The webhook events this settle makes, for a caller with a webhook that wants them: the
+    /// change's final outcome, and a step that stays `unknown` with no attempt left. Each body is
+    /// the change as `GET /changes/{id}` will show it once the settle commits.
+    fn outbox_events(
+        &self,
+        ch: &Running,
+        outcomes: &[batch::StepOutcome],
+        finish: Option<&batch::Finish>,
+    ) -> Vec<batch::OutboxEvent> {
+        use crate::webhooks::EventType;
+        let Some(sub) = self.webhooks.get(&ch.caller) else {
+            return Vec::new();
+        };
+        let stays_unknown = outcomes.iter().any(|o| {
+            o.status == StepStatus::Unknown
+                && ch
+                    .steps
+                    .iter()
+                    .any(|s| s.planned.step_no == o.step_no && self.is_final(s))
+        });
+        let mut events: Vec<EventType> = Vec::new();
+        if stays_unknown {
+            events.push(EventType::StepUnknown);
+        }
+        events.extend(finish.and_then(|f| EventType::of_final(f.status)));
+        events.retain(|e| sub.wants(*e));
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let status = finish.map_or(ChangeStatus::Pending, |f| f.status);
+        let body = view(ch, status, finish.map(|f| f.finished_at)).to_json();
+        events
+            .into_iter()
+            .map(|e| batch::OutboxEvent {
+                id: Uuid::new_v4(),
+                caller: ch.caller.clone(),
+                event_type: e.as_str(),
+                body: body.clone(),
+            })
+            .collect()
     }
 
     /// Records the last round's outcomes and the final state in one write.
@@ -648,24 +696,29 @@ impl ChangeService {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
+        // Microseconds, as Postgres keeps it, so a replay shows the same value.
+        let finished_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
         let finish = batch::Finish {
             status,
             fields: ch.fields.clone(),
+            finished_at,
         };
-        let finished = self
-            .writes
-            .settle
-            .submit(self.settlement(&ch, outcomes, Some(finish)))
-            .await;
+        let settlement = self.settlement(&ch, outcomes, Some(finish));
+        let wake = !settlement.webhooks.is_empty();
+        let finished = self.writes.settle.submit(settlement).await;
         match finished {
             Ok(true) => {
+                if wake {
+                    crate::failpoint::hit("after_webhook_outbox_commit");
+                    self.webhooks.wake();
+                }
                 let steps: Vec<_> = ch
                     .steps
                     .iter()
                     .map(|s| (s.planned.target, s.status))
                     .collect();
                 self.metrics.change_finished(status, &steps);
-                Submitted::Final(view(&ch, status, true))
+                Submitted::Final(view(&ch, status, Some(finished_at)))
             }
             Ok(false) => self.halted(&ch, Halt::LostLease).await,
             Err(e) => {
@@ -689,7 +742,7 @@ impl ChangeService {
         match store::changes::load(&self.pool, ch.id).await {
             Ok(Some(v)) if v.status != ChangeStatus::Pending => Submitted::Final(v),
             Ok(Some(v)) => Submitted::InProgress(v),
-            _ => Submitted::InProgress(view(ch, ChangeStatus::Pending, false)),
+            _ => Submitted::InProgress(view(ch, ChangeStatus::Pending, None)),
         }
     }
 
@@ -894,17 +947,20 @@ impl ChangeService {
     }
 }
 
-fn view(ch: &Running, status: ChangeStatus, finished: bool) -> ChangeView {
+fn view(
+    ch: &Running,
+    status: ChangeStatus,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> ChangeView {
     ChangeView {
         change_id: ch.id,
         user: ch.user.as_str().to_string(),
         seq: ch.seq,
-        caller: ch.ctx.caller.clone(),
+        caller: ch.caller.clone(),
         status,
         fields: ch.fields.clone(),
         created_at: ch.created_at,
-        // Microseconds, as Postgres keeps it, so a replay shows the same value.
-        finished_at: finished.then(|| chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6)),
+        finished_at,
         steps: ch
             .steps
             .iter()

@@ -136,6 +136,11 @@ pub struct ChangeView {
 }
 
 impl ChangeView {
+    /// The change as `GET /changes/{id}` answers it, byte for byte; webhook bodies are this too.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a change view always serializes")
+    }
+
     pub fn location(&self) -> String {
         format!("/changes/{}", self.change_id)
     }

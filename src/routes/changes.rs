@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::telemetry::RequestMeta;
 use axum::extract::Extension;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -28,7 +28,7 @@ async fn get_change(
     caller: Caller,
     PathParam(raw): PathParam,
     headers: axum::http::HeaderMap,
-) -> Result<Json<ChangeView>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(SCOPE_READ)?;
     let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
     let view = crate::store::changes::load(&state.pool, id)
@@ -47,7 +47,16 @@ async fn get_change(
         )
         .await?;
     }
-    Ok(Json(view))
+    Ok(render(&view))
+}
+
+/// A change as the API shows it: this answer and every webhook body are `ChangeView::to_json`.
+fn render(view: &ChangeView) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        view.to_json(),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

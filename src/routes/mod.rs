@@ -3,6 +3,7 @@
 pub mod changes;
 pub mod health;
 pub mod profile;
+pub mod webhooks;
 
 use crate::auth::Callers;
 use crate::changes::ChangeService;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(profile::router())
         .merge(changes::router())
         .merge(health::router())
+        .merge(webhooks::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(

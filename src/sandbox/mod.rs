@@ -39,6 +39,9 @@
 //! - `GET`/`PUT /__sandbox/state`: the data (and installed faults) as [`SeedData`] JSON; `PUT`
 //!   replaces both.
 //! - `POST /__sandbox/reset`: the starting seed again, no faults, empty journal, zero counters.
+//! - `POST /__sandbox/webhooks`: a webhook receiver that records every message (checking its
+//!   Standard Webhooks signature against [`DEMO_WEBHOOK_SECRET`] by default); `GET` lists them,
+//!   `DELETE` forgets them.
 //!
 //! Fault kinds: `latency` (delay, then answer normally), `status` (answer the given status, body
 //! and content type verbatim), `reset` (TCP RST, no answer), `hang` (no answer until the client
@@ -59,6 +62,7 @@ mod razorpay;
 mod seed;
 mod state;
 mod validate;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -80,6 +84,7 @@ pub use seed::{
     JuspayCustomer, JuspayWallet, RazorpayCustomer, SeedData, UpiNumber, UpiNumberType, UpiStatus,
 };
 pub use state::{Route, RouteCounters};
+pub use webhooks::WebhookReceipt;
 
 use conn::{ConnHandle, SandboxListener};
 use state::{AppState, Credentials};
@@ -88,6 +93,8 @@ pub const DEMO_JUSPAY_API_KEY: &str = "sandbox_juspay_api_key";
 pub const DEMO_JUSPAY_MERCHANT_ID: &str = "sandbox_merchant";
 pub const DEMO_RAZORPAY_KEY_ID: &str = "rzp_sandbox_key";
 pub const DEMO_RAZORPAY_KEY_SECRET: &str = "rzp_sandbox_secret";
+/// The demo caller's webhook signing secret (published: sandbox mode only).
+pub const DEMO_WEBHOOK_SECRET: &str = "whsec_cHJvZmlsZS1nYXRld2F5LXNhbmRib3gtd2ViaG9va3M=";
 
 /// How long `shutdown` waits for in-flight calls before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -100,6 +107,8 @@ pub struct SandboxConfig {
     pub razorpay_key_id: String,
     pub razorpay_key_secret: String,
     pub seed: SeedData,
+    /// `whsec_...`: the webhook receiver checks signatures with it (`signature_valid`).
+    pub webhook_secret: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -110,6 +119,7 @@ impl Default for SandboxConfig {
             razorpay_key_id: DEMO_RAZORPAY_KEY_ID.to_owned(),
             razorpay_key_secret: DEMO_RAZORPAY_KEY_SECRET.to_owned(),
             seed: SeedData::demo(),
+            webhook_secret: Some(DEMO_WEBHOOK_SECRET.to_owned()),
         }
     }
 }
@@ -130,11 +140,18 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> io::Result<S
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("seed: {e}")))?;
     let addr = listener.local_addr()?;
     let (stop, stopping) = watch::channel(false);
+    let webhook_secret = match &config.webhook_secret {
+        Some(s) => Some(crate::webhooks::signature::parse_secrets(s).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("webhook secret {e}"))
+        })?),
+        None => None,
+    };
     let creds = Credentials {
         juspay_api_key: config.juspay_api_key,
         juspay_merchant_id: config.juspay_merchant_id,
         razorpay_key_id: config.razorpay_key_id,
         razorpay_key_secret: config.razorpay_key_secret,
+        webhook_secret,
     };
     let state = AppState::new(creds, config.seed, stopping.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<ConnHandle>();
@@ -162,6 +179,7 @@ fn router(state: AppState) -> Router {
         .merge(juspay::router())
         .merge(razorpay::router())
         .merge(admin::router())
+        .merge(webhooks::router())
         .fallback(unmatched)
         .with_state(state)
 }
@@ -194,6 +212,16 @@ impl SandboxHandle {
 
     pub fn clear_journal(&self) {
         self.state.lock().journal.clear();
+    }
+
+    /// Where the webhook receiver listens.
+    pub fn webhook_url(&self) -> String {
+        format!("{}/__sandbox/webhooks", self.base_url())
+    }
+
+    /// The webhooks the receiver got, in arrival order.
+    pub fn webhooks(&self) -> Vec<WebhookReceipt> {
+        self.state.lock().webhooks.entries()
     }
 
     /// Installs a fault and returns its id.

@@ -72,6 +72,8 @@ pub(crate) struct Credentials {
     pub juspay_merchant_id: Option<String>,
     pub razorpay_key_id: String,
     pub razorpay_key_secret: String,
+    /// Checks the signatures of webhooks the receiver gets.
+    pub webhook_secret: Option<Vec<crate::webhooks::signature::WebhookSecret>>,
 }
 
 pub(crate) struct Inner {
@@ -80,6 +82,7 @@ pub(crate) struct Inner {
     pub faults: FaultBook,
     pub journal: Journal,
     pub counters: BTreeMap<Route, RouteCounters>,
+    pub webhooks: super::webhooks::Inbox,
 }
 
 pub(crate) struct Shared {
@@ -112,6 +115,7 @@ impl AppState {
                 faults: FaultBook::default(),
                 journal: Journal::default(),
                 counters: BTreeMap::new(),
+                webhooks: Default::default(),
             }),
             shutdown,
         }));
@@ -131,6 +135,7 @@ impl AppState {
         inner.load(self.initial.clone());
         inner.journal.clear();
         inner.counters.clear();
+        inner.webhooks.clear();
     }
 }
 

@@ -298,20 +298,36 @@ pub struct Settle {
     pub origin: Origin,
     pub outcomes: Vec<StepOutcome>,
     pub finish: Option<Finish>,
+    /// Outcome webhook events, written only if this settle is (same statement, same commit).
+    pub webhooks: Vec<OutboxEvent>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Finish {
     pub status: ChangeStatus,
     pub fields: Vec<String>,
+    /// Recorded as the change's `finished_at`, so the answer, `GET /changes/{id}` and the
+    /// webhook body all show the same time.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One webhook event for the outbox (`webhooks`): its body is the change as `GET /changes/{id}`
+/// shows it once this settle commits.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub id: Uuid,
+    /// The change's caller (the webhook's owner), not an operator who retried it.
+    pub caller: String,
+    pub event_type: &'static str,
+    pub body: String,
 }
 
 /// Records step outcomes with their audit events and, for the changes that are final, the final
 /// state in the same statement: it erases an applied change's payload (a failed one's is kept for
 /// the retry window), advances the user's `finished_seq`, releases the idempotency key, writes the
-/// final audit event after the step events and wakes the user's next change (NOTIFY, delivered at
-/// commit). Returns, per change, whether it was recorded: false when the change's lease generation
-/// moved on (nothing of it is written then).
+/// final audit event after the step events, writes the settle's webhook events to the outbox and
+/// wakes the user's next change (NOTIFY, delivered at commit). Returns, per change, whether it was
+/// recorded: false when the change's lease generation moved on (nothing of it is written then).
 pub async fn settle_changes(
     pool: &PgPool,
     batch: &[Settle],
@@ -379,6 +395,21 @@ pub async fn settle_changes(
     let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
     let keep_secs = keep_failed_payload.as_secs_f64();
+    let finished_at: Vec<Option<DateTime<Utc>>> = batch
+        .iter()
+        .map(|c| c.finish.as_ref().map(|f| f.finished_at))
+        .collect();
+    let hooks = || {
+        batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| c.webhooks.iter().map(move |w| (i as i64 + 1, w)))
+    };
+    let w_parent: Vec<i64> = hooks().map(|(i, _)| i).collect();
+    let w_id: Vec<Uuid> = hooks().map(|(_, w)| w.id).collect();
+    let w_caller: Vec<String> = hooks().map(|(_, w)| w.caller.clone()).collect();
+    let w_type: Vec<String> = hooks().map(|(_, w)| w.event_type.to_string()).collect();
+    let w_body: Vec<String> = hooks().map(|(_, w)| w.body.clone()).collect();
     let rows = sqlx::query!(
         r#"with c as (
              select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -393,6 +424,9 @@ pub async fn settle_changes(
                  with ordinality as t(parent, step_no, status, error_code, error_retryable,
                                       upstream_status, upstream_code, error_message, confirmed, target,
                                       upstream_ref, fields, audit_values, hmac_key_id, change_id, ord)
+           ),
+           done as (
+             select * from unnest($26::timestamptz[]) with ordinality as t(finished_at, ord)
            ),
            held as (
              select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
@@ -412,13 +446,13 @@ pub async fn settle_changes(
            ),
            fin as (
              update changes ch
-                set status = c.final_status, finished_at = now(), updated_at = now(),
+                set status = c.final_status, finished_at = coalesce(d.finished_at, now()), updated_at = now(),
                     payload_enc = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_enc end,
                     payload_key_id = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_key_id end,
                     payload_expires_at = case when c.final_status <> 'applied' and $24::float8 > 0
                                               then now() + make_interval(secs => $24::float8) end,
                     lease_owner = null, lease_expires_at = null
-               from c join held h on h.ord = c.ord
+               from c join held h on h.ord = c.ord left join done d on d.ord = c.ord
               where ch.id = c.id and c.final_status is not null
           returning ch.id, ch.user_id, ch.user_seq, c.ord
            ),
@@ -462,6 +496,16 @@ pub async fn settle_changes(
            ),
            notes as (
              select pg_notify('profile_gateway_change_final', f.user_seq::text || ' ' || f.user_id) from fin f
+           ),
+           hooks as (
+             select * from unnest($27::bigint[], $28::uuid[], $29::text[], $30::text[], $31::text[])
+                 as t(parent, id, caller, event_type, body)
+           ),
+           outbox as (
+             insert into webhook_events (id, change_id, caller, event_type, body)
+             select w.id, c.id, w.caller, w.event_type, w.body
+               from hooks w join c on c.ord = w.parent join held h on h.ord = w.parent
+             returning 1
            )
            select c.id as "id!", (h.id is not null) as "settled!",
                   (select n from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
@@ -492,6 +536,12 @@ pub async fn settle_changes(
         &hmac_key_ids,
         keep_secs,
         &o_change,
+        &finished_at as &[Option<DateTime<Utc>>],
+        &w_parent,
+        &w_id,
+        &w_caller,
+        &w_type,
+        &w_body,
     )
     .fetch_all(pool)
     .await?;

@@ -7,6 +7,7 @@ pub mod changes;
 pub mod idempotency;
 pub mod links;
 pub mod mode;
+pub mod webhooks;
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.

@@ -58,6 +58,11 @@ pub struct Metrics {
     pub pool_connections: IntGaugeVec,
     pub pool_max: IntGauge,
     pub audit_maintenance_last_success: Gauge,
+    pub webhook_attempt: HistogramVec,
+    pub webhook_events_failed: IntCounter,
+    pub webhook_backlog: IntGauge,
+    pub webhook_oldest_age: Gauge,
+    pub webhook_receivers_paused: IntGauge,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -190,6 +195,32 @@ impl Metrics {
                 "Unix time of the last successful audit partition maintenance (0: none yet)",
             )
             .expect("a valid gauge"),
+            webhook_attempt: histogram(
+                "profile_gateway_webhook_attempt_duration_seconds",
+                "Duration of one webhook delivery attempt, by outcome (delivered, status, redirect, timeout, connect, broken)",
+                &["outcome"],
+                latency_buckets(),
+            ),
+            webhook_events_failed: IntCounter::new(
+                "profile_gateway_webhook_events_failed_total",
+                "Webhook events given up after webhooks.max_age_hours without a successful attempt",
+            )
+            .expect("a valid counter"),
+            webhook_backlog: IntGauge::new(
+                "profile_gateway_webhook_backlog",
+                "Webhook events not yet delivered (due, waiting for a retry, or paused)",
+            )
+            .expect("a valid gauge"),
+            webhook_oldest_age: Gauge::new(
+                "profile_gateway_webhook_oldest_pending_age_seconds",
+                "Age of the oldest webhook event not yet delivered (0 when there is none)",
+            )
+            .expect("a valid gauge"),
+            webhook_receivers_paused: IntGauge::new(
+                "profile_gateway_webhook_receivers_paused",
+                "Webhook receivers paused after webhooks.pause_after_failures consecutive failures",
+            )
+            .expect("a valid gauge"),
         };
         m.pool_max.set(i64::from(pool_max));
         let build_info = gauge(
@@ -238,6 +269,11 @@ impl Metrics {
             Box::new(m.pool_max.clone()),
             Box::new(POOL_ACQUIRE_TIMEOUTS.clone()),
             Box::new(m.audit_maintenance_last_success.clone()),
+            Box::new(m.webhook_attempt.clone()),
+            Box::new(m.webhook_events_failed.clone()),
+            Box::new(m.webhook_backlog.clone()),
+            Box::new(m.webhook_oldest_age.clone()),
+            Box::new(m.webhook_receivers_paused.clone()),
             Box::new(build_info),
         ];
         for c in collectors {
@@ -330,6 +366,23 @@ impl Metrics {
                 tracing::debug!(error = %e, "cannot sample the last audit maintenance")
             }
             Err(_) => tracing::debug!("sampling the last audit maintenance timed out"),
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::store::webhooks::backlog(pool),
+        )
+        .await
+        {
+            Ok(Ok((pending, oldest, paused))) => {
+                self.webhook_backlog.set(pending);
+                self.webhook_oldest_age.set(oldest);
+                self.webhook_receivers_paused.set(paused);
+            }
+            Ok(Err(e)) => {
+                note_db_error(&e);
+                tracing::debug!(error = %e, "cannot sample the webhook backlog")
+            }
+            Err(_) => tracing::debug!("sampling the webhook backlog timed out"),
         }
     }
 

@@ -1217,6 +1217,7 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
             "find_by_mobile",
             "provider_failures",
             "user_history",
+            "webhook_deliveries",
             "who_acted",
         ],
         "every documented query has its expectations below"
@@ -1290,6 +1291,43 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     assert!(rows.iter().any(|r| r["user_id"] == "bob"
         && r["target"] == "juspay_wallet"
         && r["outcome"] == "failed"));
+
+    // Alice's first change was told to a receiver on the second attempt (rows as the settle and
+    // the dispatcher write them); bob's failed change to nobody.
+    sqlx::query(
+        "with c as (select id from changes where user_id = 'alice' and user_seq = 1),
+              e as (insert into webhook_events (id, change_id, caller, event_type, body, status,
+                                                attempts, delivered_at)
+                    select '00000000-0000-0000-0000-0000000000e1', id, 'test-writer',
+                           'change.applied', '{}', 'delivered', 2, now() from c
+                    returning id)
+         insert into webhook_attempts (event_id, attempt_no, started_at, duration_ms, status_code,
+                                       error, replica)
+         select id, n, now(), 3, s, err, 'r1'
+           from e, (values (1, 503, 'status'), (2, 200, null)) as a(n, s, err)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let rows = run("webhook_deliveries");
+    let told: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["event_type"].as_str(),
+                r["status"].as_str(),
+                r["attempt_no"].as_str(),
+                r["status_code"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("change.applied", "delivered", "1", "503"),
+            ("change.applied", "delivered", "2", "200")
+        ]
+    );
 
     let rows = run("provider_failures");
     assert_eq!(rows.len(), 1, "{rows:?}");

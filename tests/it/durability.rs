@@ -564,75 +564,6 @@ async fn an_operator_can_retry_a_failed_change() {
     assert_eq!((s, p["code"].as_str()), (409, Some("change_not_retryable")));
 }
 
-/// The gateway as a real process, so it can be SIGKILLed.
-struct Gateway {
-    child: tokio::process::Child,
-    base: String,
-}
-
-async fn start_gateway(app: &TestApp, config: &std::path::Path, failpoints: &str) -> Gateway {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let sandbox = app.sandbox.base_url();
-    // `serve` refuses the superuser outside sandbox mode.
-    let gateway_url = crate::helpers::app_role_url(&db_url(app)).await;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "PROFILE_GATEWAY__SERVER__LISTEN",
-            format!("127.0.0.1:{port}"),
-        )
-        .env("PROFILE_GATEWAY__DATABASE__URL", &gateway_url)
-        .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
-        .env("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true")
-        // Killed replicas leave changes pending for the survivor: not refused for the bound.
-        .env("PROFILE_GATEWAY__CHANGES__MAX_PENDING_PER_USER", "1000")
-        .env("PROFILE_GATEWAY__JUSPAY__API_KEY", "sandbox_juspay_api_key")
-        .env("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID", "sandbox_merchant")
-        .env("PROFILE_GATEWAY__RAZORPAY__BASE_URL", &sandbox)
-        .env("PROFILE_GATEWAY__RAZORPAY__KEY_ID", "rzp_sandbox_key")
-        .env(
-            "PROFILE_GATEWAY__RAZORPAY__KEY_SECRET",
-            "rzp_sandbox_secret",
-        )
-        .env(
-            "PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY",
-            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-        )
-        .env(
-            "PROFILE_GATEWAY__AUDIT__HMAC_KEY",
-            "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
-        )
-        .env("PROFILE_GATEWAY__CHANGES__LEASE_MS", "1000")
-        .env("PROFILE_GATEWAY__CHANGES__COMPLETER_INTERVAL_MS", "100")
-        .env("PROFILE_GATEWAY__CHANGES__RETRY_BASE_MS", "20")
-        .env("PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL", "error")
-        .env("PROFILE_GATEWAY_FAILPOINTS", failpoints)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the gateway binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{base}/health/ready"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "gateway did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Gateway { child, base }
-}
-
 #[tokio::test]
 async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
     let app = spawn_app().await;
@@ -667,7 +598,7 @@ async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
         } else {
             ""
         };
-        let mut gw = start_gateway(&app, &config, failpoints).await;
+        let mut gw = start_gateway(&app, &config, failpoints, &[]).await;
         let mut inflight = Vec::new();
         for k in 0..3 {
             let key = format!("crash-{round:03}-{k}-padding-key");
@@ -698,7 +629,7 @@ async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
         }
     }
     // A clean replica finishes whatever the dead ones left.
-    let survivor = start_gateway(&app, &config, "").await;
+    let survivor = start_gateway(&app, &config, "", &[]).await;
     wait_all_final(&app, Duration::from_secs(60)).await;
     drop(survivor);
 
@@ -876,7 +807,9 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
 #[tokio::test]
 async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     use profile_gateway::changes::model::{ChangeStatus, StepStatus};
-    use profile_gateway::store::batch::{Finish, Origin, Settle, StepOutcome, settle_changes};
+    use profile_gateway::store::batch::{
+        Finish, Origin, OutboxEvent, Settle, StepOutcome, settle_changes,
+    };
     let app = spawn_app().await;
     let id = uuid::Uuid::new_v4();
     for sql in [
@@ -918,7 +851,14 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
         finish: Some(Finish {
             status,
             fields: vec!["first_name".into()],
+            finished_at: chrono::Utc::now(),
         }),
+        webhooks: vec![OutboxEvent {
+            id: uuid::Uuid::from_u128(fence as u128),
+            caller: "c".into(),
+            event_type: "change.applied",
+            body: format!("{{\"fence\":{fence}}}"),
+        }],
     };
     let written = settle_changes(
         &app.pool,
@@ -956,4 +896,15 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     ]
     .map(|(e, o)| (e.to_string(), o.to_string(), "fence-2".to_string()));
     assert_eq!(events, expected.to_vec());
+    // Only the settle that was recorded wrote its webhook event.
+    let outbox: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("select id, body from webhook_events where change_id = $1")
+            .bind(id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        outbox,
+        vec![(uuid::Uuid::from_u128(2), r#"{"fence":2}"#.to_string())]
+    );
 }

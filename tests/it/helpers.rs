@@ -313,3 +313,84 @@ pub fn single_attempt(s: &mut Settings) {
     s.changes.max_attempts = 1;
     s.changes.in_request_attempts = 1;
 }
+
+/// The gateway as a real process, so it can be SIGKILLed.
+pub struct Gateway {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+/// `extra_env` comes last and overrides the rest.
+pub async fn start_gateway(
+    app: &TestApp,
+    config: &std::path::Path,
+    failpoints: &str,
+    extra_env: &[(&str, &str)],
+) -> Gateway {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sandbox = app.sandbox.base_url();
+    // `serve` refuses the superuser outside sandbox mode.
+    let db_url = format!(
+        "{}/{}",
+        admin_url().rsplit_once('/').unwrap().0,
+        app.db_name
+    );
+    let gateway_url = app_role_url(&db_url).await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_profile-gateway"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "PROFILE_GATEWAY__SERVER__LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("PROFILE_GATEWAY__DATABASE__URL", &gateway_url)
+        .env("PROFILE_GATEWAY__JUSPAY__BASE_URL", &sandbox)
+        .env("PROFILE_GATEWAY__UPSTREAM__ALLOW_PLAIN_HTTP", "true")
+        // Killed replicas leave changes pending for the survivor: not refused for the bound.
+        .env("PROFILE_GATEWAY__CHANGES__MAX_PENDING_PER_USER", "1000")
+        .env("PROFILE_GATEWAY__JUSPAY__API_KEY", "sandbox_juspay_api_key")
+        .env("PROFILE_GATEWAY__JUSPAY__MERCHANT_ID", "sandbox_merchant")
+        .env("PROFILE_GATEWAY__RAZORPAY__BASE_URL", &sandbox)
+        .env("PROFILE_GATEWAY__RAZORPAY__KEY_ID", "rzp_sandbox_key")
+        .env(
+            "PROFILE_GATEWAY__RAZORPAY__KEY_SECRET",
+            "rzp_sandbox_secret",
+        )
+        .env(
+            "PROFILE_GATEWAY__CHANGES__ENCRYPTION_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )
+        .env(
+            "PROFILE_GATEWAY__AUDIT__HMAC_KEY",
+            "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
+        )
+        .env("PROFILE_GATEWAY__CHANGES__LEASE_MS", "1000")
+        .env("PROFILE_GATEWAY__CHANGES__COMPLETER_INTERVAL_MS", "100")
+        .env("PROFILE_GATEWAY__CHANGES__RETRY_BASE_MS", "20")
+        .env("PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL", "error")
+        .env("PROFILE_GATEWAY_FAILPOINTS", failpoints)
+        .envs(extra_env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while reqwest::get(format!("{base}/health/ready"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "gateway did not become ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    Gateway { child, base }
+}

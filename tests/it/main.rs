@@ -17,3 +17,4 @@ mod pgaudit;
 mod sandbox;
 mod telemetry;
 mod trust;
+mod webhooks;

@@ -1,0 +1,89 @@
+//! Webhook deliveries: a caller reads its own change's events and their attempts; an operator
+//! sends one again.
+
+use super::{AppState, PathParam, user_param};
+use crate::audit::AuditEvent;
+use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
+use crate::error::ApiError;
+use crate::store::webhooks::{self as store, Redeliver};
+use crate::telemetry::RequestMeta;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/changes/{change_id}/deliveries", get(list_deliveries))
+        .route(
+            "/webhooks/deliveries/{delivery_id}/redeliver",
+            post(redeliver),
+        )
+}
+
+/// The change's webhook events, oldest first, each with every attempt. Read like the change
+/// itself (`profile:read`, and the user's assertion for a caller with `assert_reads`), and only by
+/// the caller that made the change or an operator: another caller's receiver is none of its
+/// business, so for it the change does not exist.
+async fn list_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(raw): PathParam,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(SCOPE_READ)?;
+    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
+    let view = crate::store::changes::load(&state.pool, id)
+        .await?
+        .ok_or(ApiError::ChangeNotFound)?;
+    if view.caller != caller.name && caller.require(SCOPE_OPERATE).is_err() {
+        return Err(ApiError::ChangeNotFound);
+    }
+    if caller.assertion.is_some() {
+        let user = user_param(&view.user)?;
+        crate::auth::assertion::check(
+            &state.callers,
+            &state.pool,
+            &caller,
+            &headers,
+            &user,
+            crate::auth::assertion::Use::Read,
+        )
+        .await?;
+    }
+    let deliveries = store::list_for_change(&state.pool, id).await?;
+    Ok(Json(json!({"change_id": id, "deliveries": deliveries})).into_response())
+}
+
+/// Operator action: the event again, with its `webhook-id` and body, due now with a fresh retry
+/// window; its receiver's pause is lifted so this attempt is the probe. An audit event of the
+/// change's user records who asked.
+async fn redeliver(
+    State(state): State<AppState>,
+    Extension(meta): Extension<RequestMeta>,
+    caller: Caller,
+    PathParam(raw): PathParam,
+) -> Result<Response, ApiError> {
+    caller.require(SCOPE_OPERATE)?;
+    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("delivery_id"))?;
+    let (change_id, user) = store::owner(&state.pool, id)
+        .await?
+        .ok_or(ApiError::DeliveryNotFound)?;
+    let ctx = super::audit_context(&caller, &meta);
+    let mut event = AuditEvent::new(&ctx, &user, "webhook_redelivered", "accepted");
+    event.change_id = Some(change_id);
+    event.values = json!({"actor": ctx.actor.to_json(), "delivery_id": id});
+    match store::redeliver(&state.pool, id, &event).await? {
+        Redeliver::Scheduled => {}
+        Redeliver::NotFound => return Err(ApiError::DeliveryNotFound),
+        Redeliver::InFlight => return Err(ApiError::DeliveryInFlight),
+    }
+    let delivery = store::load(&state.pool, id)
+        .await?
+        .ok_or(ApiError::DeliveryNotFound)?;
+    state.changes.webhooks.wake();
+    Ok((StatusCode::ACCEPTED, Json(delivery)).into_response())
+}
