@@ -385,6 +385,8 @@ const EDITS: &[&str] = &[
     "occurred_at = occurred_at - interval '1 microsecond'",
     "step_no = coalesce(step_no, 0) + 1",
     "change_id = gen_random_uuid()",
+    // Who acted: another subject, or an actor added to an event that had none.
+    r#"actor = coalesce(actor, '{}') || '{"subject": "mallory"}'"#,
 ];
 
 async fn random_row(
@@ -564,9 +566,7 @@ async fn the_verifier_flags_every_tampering() {
                             prev_hash = coalesce((select p.hash from audit_events p where p.user_id = e.user_id and p.seq = e.seq - 1), repeat('0', 64))
                           where id = {id}")).await;
                     exec(&mut tx, &format!(
-                        "update audit_events set hash = audit_event_hash(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
-                             outcome, change_id, step_no, target, upstream_ref, fields, \"values\", hmac_key_id, error_code,
-                             request_id, trace_id, caller_addr) where id = {id}")).await;
+                        "update audit_events e set hash = audit_event_row_hash(e) where id = {id}")).await;
                 }
                 exec(
                     &mut tx,

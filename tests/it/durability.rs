@@ -902,7 +902,7 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
             request_id: format!("fence-{fence}"),
             trace_id: None,
             caller_addr: None,
-            actor: serde_json::Value::Null,
+            actor: None,
         },
         outcomes: vec![StepOutcome {
             step_no: 0,
