@@ -1863,7 +1863,8 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
 
     // Who acted: the event's own actor, else its hashed values, else (only for the older
     // gateway's change events) the change row.
-    let who: Vec<(String, Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+    type Who = (String, Option<String>, Option<String>, Option<String>);
+    let who: Vec<Who> = sqlx::query_as(
         "select event_type, auth_method, gateway_request_id, actor_source
            from audit_log where user_id = 'alice' and event_type <> 'step_attempted' order by user_event_seq",
     )

@@ -778,7 +778,7 @@ async fn who_acted_is_in_every_event_of_a_change_and_covered_by_its_hash() {
     assert_eq!(links_actor.unwrap()["auth"], "system");
     assert!(!in_values);
 
-    let clean = verify::verify(&mut *app.pool.acquire().await.unwrap(), &Filter::default())
+    let clean = verify::verify(&mut app.pool.acquire().await.unwrap(), &Filter::default())
         .await
         .unwrap();
     assert!(clean.is_ok(), "{:?}", clean.problems);
