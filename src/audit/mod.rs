@@ -28,7 +28,7 @@ pub struct AuditContext {
 /// Who acted, beyond the caller's name: how it authenticated, for which signed-in user, and the
 /// gateway's own id for the request (the caller chooses `request_id`). Every event carries it in
 /// `audit_events.actor`, which the event's hash covers (encoding v2, docs/auditing.md).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Actor {
     /// `token`, `jwt:{issuer}`, or `system` for the gateway's own acts.
     pub auth: String,
