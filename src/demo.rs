@@ -78,7 +78,7 @@ pub async fn seed_links(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
         request_id: "sandbox-seed".into(),
         trace_id: None,
         caller_addr: None,
-        actor: crate::audit::Actor::system(),
+        actor: Some(crate::audit::Actor::system()),
     };
     for (user, links) in demo_links() {
         let user = UserId::parse(user).expect("demo user ids are valid");

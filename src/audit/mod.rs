@@ -20,12 +20,15 @@ pub struct AuditContext {
     pub request_id: String,
     pub trace_id: Option<String>,
     pub caller_addr: Option<String>,
-    pub actor: Actor,
+    /// `None` only for a change recorded by a gateway that did not record one: its events are then
+    /// written without an actor (and hashed with the v1 encoding).
+    pub actor: Option<Actor>,
 }
 
 /// Who acted, beyond the caller's name: how it authenticated, for which signed-in user, and the
-/// gateway's own id for the request (the caller chooses `request_id`).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// gateway's own id for the request (the caller chooses `request_id`). Every event carries it in
+/// `audit_events.actor`, which the event's hash covers (encoding v2, docs/auditing.md).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Actor {
     /// `token`, `jwt:{issuer}`, or `system` for the gateway's own acts.
     pub auth: String,
@@ -46,6 +49,11 @@ impl Actor {
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The actor recorded with a change, to write into the events of its resumption.
+    pub fn from_json(v: &Value) -> Option<Self> {
+        serde_json::from_value(v.clone()).ok()
     }
 }
 
@@ -96,8 +104,8 @@ pub async fn insert<'c>(
     sqlx::query!(
         r#"insert into audit_events
              (user_id, event_type, caller, outcome, change_id, step_no, target, upstream_ref,
-              fields, "values", hmac_key_id, error_code, request_id, trace_id, caller_addr)
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"#,
+              fields, "values", hmac_key_id, error_code, request_id, trace_id, caller_addr, actor)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
         e.user_id,
         e.event_type,
         e.ctx.caller,
@@ -113,6 +121,7 @@ pub async fn insert<'c>(
         e.ctx.request_id,
         e.ctx.trace_id,
         e.ctx.caller_addr,
+        e.ctx.actor.as_ref().map(Actor::to_json),
     )
     .execute(conn)
     .await?;

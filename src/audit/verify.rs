@@ -3,12 +3,15 @@
 //! chain against its recorded head and retention anchors. Also computes the digest of all chain
 //! heads that operators keep outside the database.
 //!
-//! The canonical encoding (also in migrations/20261122000003_audit_chain.sql and docs/auditing.md):
-//! the tag `pgw-audit-v1`, then each field as `<byte length>:<utf-8 bytes>` or `~` for NULL, in the
-//! order id, occurred_at (microseconds since the Unix epoch), user_id, seq, prev_hash, event_type,
-//! caller, outcome, change_id, step_no, target, upstream_ref, fields (element count, then each
-//! element), values (jsonb's text form), hmac_key_id, error_code, request_id, trace_id,
-//! caller_addr. `hash` = lowercase hex SHA-256 of that; the first event of a chain has
+//! The canonical encodings (also in the migrations and docs/auditing.md). An event without an actor
+//! has version 1 (migration 20261122000003): the tag `pgw-audit-v1`, then each field as
+//! `<byte length>:<utf-8 bytes>` or `~` for NULL, in the order id, occurred_at (microseconds since
+//! the Unix epoch), user_id, seq, prev_hash, event_type, caller, outcome, change_id, step_no,
+//! target, upstream_ref, fields (element count, then each element), values (jsonb's text form),
+//! hmac_key_id, error_code, request_id, trace_id, caller_addr. An event with an actor has version 2
+//! (migration 20261201000700): the tag `pgw-audit-v2`, the same fields in the same order except
+//! that fields is one field, the jsonb text form of the array (`["a", "b"]`), then the actor's
+//! jsonb text form last. `hash` = lowercase hex SHA-256 of that; the first event of a chain has
 //! `prev_hash` = 64 zeros.
 
 use chrono::{DateTime, Utc};
@@ -130,6 +133,8 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub trace_id: Option<String>,
     pub caller_addr: Option<String>,
+    /// jsonb's text form of `actor`; `None` for an event without one (encoding v1).
+    pub actor_text: Option<String>,
 }
 
 fn put(out: &mut Vec<u8>, v: Option<&str>) {
@@ -143,9 +148,47 @@ fn put(out: &mut Vec<u8>, v: Option<&str>) {
     }
 }
 
-/// The canonical encoding of an event (see the module docs).
+/// A string as PostgreSQL's jsonb text form writes it (`escape_json`): `"` and `\` escaped, the
+/// control characters as `\b \f \n \r \t` or `\u00XX` (lower-case hex), everything else as is.
+fn jsonb_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `to_jsonb(fields)::text`: `["a", "b"]`, `[]` for none.
+pub fn jsonb_text_array(items: &[String]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        jsonb_string(&mut out, s);
+    }
+    out.push(']');
+    out
+}
+
+/// The canonical encoding of an event (see the module docs): v1 without an actor, v2 with one.
 pub fn canonical(e: &EventRow) -> Vec<u8> {
-    let mut out = b"pgw-audit-v1".to_vec();
+    let v2 = e.actor_text.is_some();
+    let mut out = if v2 {
+        b"pgw-audit-v2".to_vec()
+    } else {
+        b"pgw-audit-v1".to_vec()
+    };
     put(&mut out, Some(&e.id.to_string()));
     put(
         &mut out,
@@ -161,9 +204,13 @@ pub fn canonical(e: &EventRow) -> Vec<u8> {
     put(&mut out, e.step_no.map(|n| n.to_string()).as_deref());
     put(&mut out, e.target.as_deref());
     put(&mut out, e.upstream_ref.as_deref());
-    put(&mut out, Some(&e.fields.len().to_string()));
-    for f in &e.fields {
-        put(&mut out, Some(f));
+    if v2 {
+        put(&mut out, Some(&jsonb_text_array(&e.fields)));
+    } else {
+        put(&mut out, Some(&e.fields.len().to_string()));
+        for f in &e.fields {
+            put(&mut out, Some(f));
+        }
     }
     put(&mut out, Some(&e.values_text));
     put(&mut out, e.hmac_key_id.as_deref());
@@ -171,6 +218,9 @@ pub fn canonical(e: &EventRow) -> Vec<u8> {
     put(&mut out, e.request_id.as_deref());
     put(&mut out, e.trace_id.as_deref());
     put(&mut out, e.caller_addr.as_deref());
+    if v2 {
+        put(&mut out, e.actor_text.as_deref());
+    }
     out
 }
 
@@ -295,7 +345,7 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
            select e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, e.event_type,
                   e.caller, e.outcome, e.change_id, e.step_no, e.target, e.upstream_ref, e.fields,
                   e."values"::text as "values_text!", e.hmac_key_id, e.error_code, e.request_id,
-                  e.trace_id, e.caller_addr, s.from_seq as "from_seq!"
+                  e.trace_id, e.caller_addr, e.actor::text as actor_text, s.from_seq as "from_seq!"
              from audit_events e
              join starts s on s.user_id = e.user_id and e.seq >= s.from_seq
             order by e.user_id, e.seq, e.id"#,
@@ -367,6 +417,7 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
             request_id: r.request_id,
             trace_id: r.trace_id,
             caller_addr: r.caller_addr,
+            actor_text: r.actor_text,
         });
     }
     for (user, (from_seq, rows)) in &chains {
@@ -571,6 +622,7 @@ mod tests {
             request_id: Some("r".into()),
             trace_id: None,
             caller_addr: None,
+            actor_text: None,
         };
         r.hash = event_hash(&r);
         r
@@ -586,6 +638,27 @@ mod tests {
                 "pgw-audit-v11:116:17672256001234565:alice1:164:{GENESIS}16:change_requested3:app8:accepted~1:1~~1:113:mobile_number2:{{}}~~1:r~~"
             )
         );
+    }
+
+    #[test]
+    fn version_2_adds_the_actor_and_encodes_fields_as_jsonb() {
+        let mut r = row(1, GENESIS);
+        r.fields = vec!["mobile_number".into(), "a\"b\\c\n\u{1}é".into()];
+        r.actor_text = Some(r#"{"auth": "token"}"#.into());
+        let text = String::from_utf8(canonical(&r)).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "pgw-audit-v21:116:17672256001234565:alice1:164:{GENESIS}16:change_requested3:app8:accepted~1:1~~38:[\"mobile_number\", \"a\\\"b\\\\c\\n\\u0001é\"]2:{{}}~~1:r~~17:{{\"auth\": \"token\"}}"
+            )
+        );
+        assert_eq!(jsonb_text_array(&[]), "[]");
+        // The actor is part of the hash: another actor, or none (v1), is another hash.
+        let h = event_hash(&r);
+        r.actor_text = Some(r#"{"auth": "jwt"}"#.into());
+        assert_ne!(event_hash(&r), h);
+        r.actor_text = None;
+        assert_ne!(event_hash(&r), h);
     }
 
     #[test]

@@ -173,7 +173,7 @@ fn origin(ctx: &AuditContext) -> batch::Origin {
         request_id: ctx.request_id.clone(),
         trace_id: ctx.trace_id.clone(),
         caller_addr: ctx.caller_addr.clone(),
-        actor: ctx.actor.to_json(),
+        actor: ctx.actor.as_ref().map(audit::Actor::to_json),
     }
 }
 
@@ -435,8 +435,8 @@ impl ChangeService {
         };
         let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
         event.change_id = Some(change_id);
-        // The operator who retried, not the caller who first asked (the change row keeps that one).
-        event.values = serde_json::json!({"actor": ctx.actor.to_json()});
+        // Its actor is the operator who retried, not the caller who first asked (whose actor the
+        // change's earlier events keep); so are the actors of the attempts the retry drives.
         let can_open = |key_id: &str, sealed: &[u8]| {
             self.cipher
                 .open(key_id, sealed, change_id.as_bytes())
@@ -536,8 +536,8 @@ impl ChangeService {
             request_id: c.request_id.clone(),
             trace_id: c.trace_id.clone(),
             caller_addr: c.caller_addr.clone(),
-            // Only new changes record their actor; a resumed one keeps the one it was recorded with.
-            actor: Default::default(),
+            // A resumed change's events carry the actor it was recorded with.
+            actor: c.actor.as_ref().and_then(audit::Actor::from_json),
         });
         let Some(user) = UserId::parse(&c.user_id) else {
             return Ok(None);

@@ -121,13 +121,13 @@ pub(crate) fn acting_context(
         request_id: meta.request_id.clone(),
         trace_id: meta.trace_id.clone(),
         caller_addr: meta.caller_addr.clone(),
-        actor: crate::audit::Actor {
+        actor: Some(crate::audit::Actor {
             auth: caller.auth.label(),
             subject: caller.auth.subject().map(str::to_string),
             assertion_subject: assertion.map(|a| a.subject.clone()),
             assertion_jti: assertion.map(|a| a.jti.clone()),
             gateway_request_id: uuid::Uuid::new_v4().to_string(),
-        },
+        }),
     }
 }
 

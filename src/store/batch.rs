@@ -5,6 +5,8 @@
 //! Lock order, the same in every statement so concurrent batches cannot deadlock: `changes` rows,
 //! then `profile_links` rows sorted by user, then the audit chain heads in user order (taken by
 //! `audit_append`, migration 0016, which chains each statement's audit events in one pass).
+//! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
+//! acted is part of the hashed event, not only of the updatable `changes` row.
 
 use crate::changes::model::{ChangeStatus, StepStatus};
 use crate::domain::{PlannedStep, ProfileLinks};
@@ -23,8 +25,9 @@ pub struct Origin {
     pub request_id: String,
     pub trace_id: Option<String>,
     pub caller_addr: Option<String>,
-    /// `audit::Actor` as JSON, stored in `changes.actor`.
-    pub actor: Value,
+    /// `audit::Actor` as JSON: stored in `changes.actor` and in every audit event of the change,
+    /// whose hash covers it. `None` for a change recorded without one (by an older gateway).
+    pub actor: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +129,7 @@ pub async fn record_changes(
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
     let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
-    let actors: Vec<Value> = batch.iter().map(|c| c.origin.actor.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
     let mut step_change = Vec::new();
     let mut step_no = Vec::new();
     let mut step_target = Vec::new();
@@ -217,7 +220,7 @@ pub async fn record_changes(
              select audit_append(array_agg(row(n.user_id, 'change_requested', n.caller, 'accepted', n.id,
                                                null, null, null, string_to_array(n.fields, ','), n.audit_values,
                                                n.hmac_key_id, null, n.request_id, n.trace_id,
-                                               n.caller_addr)::audit_event_input
+                                               n.caller_addr, n.actor)::audit_event_input_v2
                                            order by n.user_id, n.ord)) as n
                from numbered n join ch on ch.id = n.id
            )
@@ -255,7 +258,7 @@ pub async fn record_changes(
         &step_ref,
         &step_fields,
         p.max_pending,
-        &actors,
+        &actors as &[Option<Value>],
     )
     .fetch_all(pool)
     .await?;
@@ -394,6 +397,7 @@ pub async fn settle_changes(
     let o_fields: Vec<String> = outcomes().map(|(_, o)| o.fields.join(",")).collect();
     let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
     let keep_secs = keep_failed_payload.as_secs_f64();
     let finished_at: Vec<Option<DateTime<Utc>>> = batch
         .iter()
@@ -413,9 +417,9 @@ pub async fn settle_changes(
     let rows = sqlx::query!(
         r#"with c as (
              select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::text[])
+                                  $7::text[], $8::text[], $9::text[], $26::jsonb[])
                  with ordinality as t(id, fence, user_id, caller, request_id, trace_id, caller_addr,
-                                      final_status, final_fields, ord)
+                                      final_status, final_fields, actor, ord)
            ),
            o as (
              select * from unnest($10::bigint[], $11::int[], $12::text[], $13::text[], $14::bool[],
@@ -426,7 +430,7 @@ pub async fn settle_changes(
                                       upstream_ref, fields, audit_values, hmac_key_id, change_id, ord)
            ),
            done as (
-             select * from unnest($26::timestamptz[]) with ordinality as t(finished_at, ord)
+             select * from unnest($27::timestamptz[]) with ordinality as t(finished_at, ord)
            ),
            held as (
              select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
@@ -478,19 +482,19 @@ pub async fn settle_changes(
              select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, c.id as change_id,
                     o.step_no, o.target, o.upstream_ref, string_to_array(o.fields, ',') as fields,
                     o.audit_values as "values", o.hmac_key_id, o.error_code, c.request_id, c.trace_id,
-                    c.caller_addr, 0 as phase, o.ord
+                    c.caller_addr, c.actor, 0 as phase, o.ord
                from o join c on c.ord = o.parent
                join upd u on u.parent = o.parent and u.step_no = o.step_no
              union all
              select c.user_id, 'change_completed', c.caller, c.final_status, c.id, null, null, null,
                     string_to_array(c.final_fields, ','), '{}'::jsonb, null, null, c.request_id, c.trace_id,
-                    c.caller_addr, 1, c.ord
+                    c.caller_addr, c.actor, 1, c.ord
                from c join fin f on f.ord = c.ord join turns t on t.user_id = f.user_id
            ),
            au as (
              select audit_append(array_agg(row(user_id, event_type, caller, outcome, change_id, step_no, target,
                                                upstream_ref, fields, "values", hmac_key_id, error_code,
-                                               request_id, trace_id, caller_addr)::audit_event_input
+                                               request_id, trace_id, caller_addr, actor)::audit_event_input_v2
                                            order by user_id, phase, ord)) as n
                from events
            ),
@@ -498,7 +502,7 @@ pub async fn settle_changes(
              select pg_notify('profile_gateway_change_final', f.user_seq::text || ' ' || f.user_id) from fin f
            ),
            hooks as (
-             select * from unnest($27::bigint[], $28::uuid[], $29::text[], $30::text[], $31::text[])
+             select * from unnest($28::bigint[], $29::uuid[], $30::text[], $31::text[], $32::text[])
                  as t(parent, id, caller, event_type, body)
            ),
            outbox as (
@@ -536,6 +540,7 @@ pub async fn settle_changes(
         &hmac_key_ids,
         keep_secs,
         &o_change,
+        &actors as &[Option<Value>],
         &finished_at as &[Option<DateTime<Utc>>],
         &w_parent,
         &w_id,

@@ -98,6 +98,7 @@ macro_rules! claimed {
             caller_addr: $r.caller_addr,
             payload_key_id: $r.payload_key_id,
             payload_enc: $r.payload_enc,
+            actor: $r.actor,
         }
     };
 }
@@ -118,6 +119,11 @@ pub struct Claimed {
     pub payload_enc: Option<Vec<u8>>,
     /// Who drove it before: a replica that may have sent requests it never recorded.
     pub previous_owner: Option<String>,
+    /// Who asked for it (`audit::Actor` as JSON), as its hashed `change_requested` event records
+    /// it rather than its `changes` row, which the gateway's role may update (the row only for a
+    /// change recorded before events carried an actor, migration 20261201000700); `None` when it
+    /// was recorded without one.
+    pub actor: Option<serde_json::Value>,
 }
 
 /// Claims the oldest unfinished change whose lease ran out and whose turn it is, skipping rows
@@ -145,7 +151,11 @@ pub async fn claim_expired(
             where c.id = picked.id
         returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller,
                   c.request_id, c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
-                  picked.lease_owner as previous_owner"#,
+                  picked.lease_owner as previous_owner,
+                  coalesce((select e.actor from audit_events e
+                             where e.change_id = c.id and e.user_id = c.user_id
+                               and e.event_type = 'change_requested' and e.actor is not null
+                             order by e.seq limit 1), c.actor) as actor"#,
         owner,
         lease.as_secs_f64()
     )
@@ -192,13 +202,17 @@ pub async fn reopen(
         None => return Ok(Reopen::NotRetryable),
     }
     let row = sqlx::query!(
-        r#"update changes
+        r#"update changes c
               set status = 'pending', finished_at = null, lease_owner = $2,
-                  lease_expires_at = now() + make_interval(secs => $3), fence = fence + 1,
+                  lease_expires_at = now() + make_interval(secs => $3), fence = c.fence + 1,
                   payload_expires_at = null, updated_at = now()
-            where id = $1 and status in ('failed', 'partially_applied') and payload_enc is not null
-        returning id, user_id, user_seq, fence, fields, created_at, caller, request_id, trace_id,
-                  caller_addr, payload_key_id, payload_enc"#,
+            where c.id = $1 and c.status in ('failed', 'partially_applied') and c.payload_enc is not null
+        returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller, c.request_id,
+                  c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
+                  coalesce((select e.actor from audit_events e
+                             where e.change_id = c.id and e.user_id = c.user_id
+                               and e.event_type = 'change_requested' and e.actor is not null
+                             order by e.seq limit 1), c.actor) as actor"#,
         change_id,
         owner,
         lease.as_secs_f64()

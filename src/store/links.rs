@@ -110,7 +110,6 @@ async fn refused(
     let mut event = AuditEvent::new(ctx, user.as_str(), "links_refused", "link_conflict");
     event.fields = conflicts.iter().map(|c| c.pointer.clone()).collect();
     event.error_code = Some("link_conflict");
-    event.values = json!({"actor": ctx.actor.to_json()});
     audit::insert(pool, &event).await
 }
 
@@ -157,7 +156,8 @@ async fn write(
         "juspay_wallet_ids".into(),
         "razorpay_customer_reference".into(),
     ];
-    event.values = json!({"old": old_json, "new": links, "actor": ctx.actor.to_json()});
+    // Who acted is the event's actor (audit::insert), no longer inside `values`.
+    event.values = json!({"old": old_json, "new": links});
     audit::insert(&mut *tx, &event).await?;
     tx.commit().await?;
     Ok(if created {

@@ -385,6 +385,8 @@ const EDITS: &[&str] = &[
     "occurred_at = occurred_at - interval '1 microsecond'",
     "step_no = coalesce(step_no, 0) + 1",
     "change_id = gen_random_uuid()",
+    // Who acted: another subject, or an actor added to an event that had none.
+    r#"actor = coalesce(actor, '{}') || '{"subject": "mallory"}'"#,
 ];
 
 async fn random_row(
@@ -564,9 +566,7 @@ async fn the_verifier_flags_every_tampering() {
                             prev_hash = coalesce((select p.hash from audit_events p where p.user_id = e.user_id and p.seq = e.seq - 1), repeat('0', 64))
                           where id = {id}")).await;
                     exec(&mut tx, &format!(
-                        "update audit_events set hash = audit_event_hash(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
-                             outcome, change_id, step_no, target, upstream_ref, fields, \"values\", hmac_key_id, error_code,
-                             request_id, trace_id, caller_addr) where id = {id}")).await;
+                        "update audit_events e set hash = audit_event_row_hash(e) where id = {id}")).await;
                 }
                 exec(
                     &mut tx,
@@ -1268,6 +1268,11 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
         .find(|r| r["event_type"] == "links_updated")
         .unwrap();
     assert_eq!(seeded["auth_method"], "system", "{seeded:?}");
+    // Every one of them from the event's own, hashed, actor.
+    assert!(
+        rows.iter().all(|r| r["actor_source"] == "event"),
+        "{rows:?}"
+    );
 
     let rows = run("field_changes_in_range");
     let alice_changes: Vec<(&str, &str, &str)> = rows
@@ -1763,4 +1768,197 @@ async fn audit_append_and_direct_inserts_take_the_heads_in_one_order() {
     assert_eq!(seqs, expected);
     let report = verify_now(&app).await;
     assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// A chain that an older gateway began (events without an actor, hashed with v1: its direct
+/// inserts and its calls of `audit_append(audit_event_input[])`) and this one continues (events
+/// with an actor, v2) verifies as a whole; the old-value rules carry across the versions; the SQL
+/// hash functions agree with the verifier on every row, strange text included; and `audit_log`
+/// takes who acted from each event's own record where it has one.
+#[tokio::test]
+async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
+    let app = spawn_app().await;
+    let old_change = uuid::Uuid::new_v4();
+    let old_actor = json!({"auth": "token", "subject": null, "assertion_subject": null,
+                           "assertion_jti": null, "gateway_request_id": "gw-old"});
+    // The older gateway's change row (with its actor, as migration 20261201000102 wrote it).
+    for sql in [
+        "update profile_links set last_change_seq = 1, finished_seq = 1 where user_id = 'alice'"
+            .to_string(),
+        format!(
+            "insert into changes (id, user_id, user_seq, caller, request_id, fields, status, finished_at, actor)
+             values ('{old_change}', 'alice', 1, 'old-app', 'r-old', '{{mobile_number}}', 'applied', now(), '{old_actor}')"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&app.pool).await.unwrap();
+    }
+    let mut tx = app.pool.begin().await.unwrap();
+    exec(&mut tx, "set local role profile_gateway_app").await;
+    // Its link event: the actor inside the hashed values.
+    exec(
+        &mut tx,
+        r#"insert into audit_events (user_id, event_type, caller, outcome, "values")
+           values ('alice', 'links_updated', 'old-app', 'applied',
+                   '{"old": null, "new": {}, "actor": {"auth": "token", "gateway_request_id": "gw-links"}}')"#,
+    )
+    .await;
+    // Its hot path: the 15-member input, no actor.
+    let n: i64 = sqlx::query_scalar(&format!(
+        r#"select audit_append(array[
+             row('alice', 'change_requested', 'old-app', 'accepted', '{old_change}', null, null, null,
+                 '{{mobile_number}}', '{{"mobile_number": {{"new": "******1111", "new_hmac": "aa"}}}}', 'k1',
+                 null, 'r-old', null, null)::audit_event_input,
+             row('alice', 'step_attempted', 'old-app', 'applied', '{old_change}', 0, 'juspay_customer',
+                 'cst_demo_alice', '{{mobile_number}}', '{{"mobile_number": {{"new": "******1111", "new_hmac": "aa"}}}}',
+                 'k1', null, 'r-old', null, null)::audit_event_input,
+             row('alice', 'change_completed', 'old-app', 'applied', '{old_change}', null, null, null,
+                 '{{mobile_number}}', '{{}}', null, null, 'r-old', null, null)::audit_event_input])"#
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(n, 3);
+    tx.commit().await.unwrap();
+
+    // This gateway continues the chain.
+    let body = patch_with_headers(
+        &app,
+        "alice",
+        &json!({"mobile_number": "9812342222"}),
+        "r-new",
+    )
+    .await;
+    let new_change: uuid::Uuid = body["change_id"].as_str().unwrap().parse().unwrap();
+    // Text that every encoding must escape, through both writers of v2.
+    let mut tx = app.pool.begin().await.unwrap();
+    exec(&mut tx, "set local role profile_gateway_app").await;
+    let odd = r#"array['a"b\c' || chr(10) || chr(1) || 'é€', '']"#;
+    let odd_actor =
+        r#"'{"auth": "token", "subject": "q\"\\ \n \u0001 é€", "gateway_request_id": "gw-odd"}'"#;
+    exec(
+        &mut tx,
+        &format!(
+            "insert into audit_events (user_id, event_type, caller, outcome, fields, actor)
+             values ('alice', 'probe', 'c', 'ok', {odd}, {odd_actor})"
+        ),
+    )
+    .await;
+    exec(
+        &mut tx,
+        &format!(
+            "select audit_append(array[row('alice', 'probe', 'c', 'ok', null, null, null, null, {odd},
+                                           null, null, null, null, null, null, {odd_actor})::audit_event_input_v2])"
+        ),
+    )
+    .await;
+    tx.commit().await.unwrap();
+
+    let rows: Vec<(i64, String, Option<uuid::Uuid>, bool, Value, bool)> = sqlx::query_as(
+        r#"select seq, event_type, change_id, actor is not null, "values",
+                  hash = audit_event_row_hash(e) and hash = case when actor is null
+                      then audit_event_hash(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
+                                            outcome, change_id, step_no, target, upstream_ref, fields,
+                                            "values", hmac_key_id, error_code, request_id, trace_id, caller_addr)
+                      else audit_event_hash_v2(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
+                                               outcome, change_id, step_no, target, upstream_ref, fields,
+                                               "values", hmac_key_id, error_code, request_id, trace_id,
+                                               caller_addr, actor) end
+             from audit_events e where user_id = 'alice' order by seq"#,
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let shape: Vec<(&str, bool)> = rows.iter().map(|r| (r.1.as_str(), r.3)).collect();
+    let mut expected = vec![
+        ("links_updated", true), // the sandbox seed, by this gateway
+        ("links_updated", false),
+        ("change_requested", false),
+        ("step_attempted", false),
+        ("change_completed", false),
+        ("change_requested", true),
+    ];
+    expected.extend(std::iter::repeat_n(
+        ("step_attempted", true),
+        rows.len() - 9,
+    ));
+    expected.extend([("change_completed", true), ("probe", true), ("probe", true)]);
+    assert_eq!(shape, expected);
+    assert!(
+        rows.iter().all(|r| r.5),
+        "the SQL hash of every row is its stored hash"
+    );
+    // The v2 request sees the v1 step's value as its old one.
+    let request = rows.iter().find(|r| r.2 == Some(new_change)).unwrap();
+    assert_eq!(
+        request.4["mobile_number"]["old"], "******1111",
+        "{:?}",
+        request.4
+    );
+
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.events >= rows.len());
+
+    // Who acted: the event's own actor, else its hashed values, else (only for the older
+    // gateway's change events) the change row.
+    type Who = (String, Option<String>, Option<String>, Option<String>);
+    let who: Vec<Who> = sqlx::query_as(
+        "select event_type, auth_method, gateway_request_id, actor_source
+           from audit_log where user_id = 'alice' and event_type <> 'step_attempted' order by user_event_seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let s = |v: &str| Some(v.to_string());
+    let new_gw = sqlx::query_scalar::<_, String>(
+        "select actor ->> 'gateway_request_id' from audit_events where change_id = $1 and event_type = 'change_requested'",
+    )
+    .bind(new_change)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let seed_gw = sqlx::query_scalar::<_, String>(
+        "select actor ->> 'gateway_request_id' from audit_events where user_id = 'alice' and seq = 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        who,
+        [
+            ("links_updated".into(), s("system"), s(&seed_gw), s("event")),
+            (
+                "links_updated".into(),
+                s("token"),
+                s("gw-links"),
+                s("event_values")
+            ),
+            (
+                "change_requested".into(),
+                s("token"),
+                s("gw-old"),
+                s("change_record")
+            ),
+            (
+                "change_completed".into(),
+                s("token"),
+                s("gw-old"),
+                s("change_record")
+            ),
+            (
+                "change_requested".into(),
+                s("token"),
+                s(&new_gw),
+                s("event")
+            ),
+            (
+                "change_completed".into(),
+                s("token"),
+                s(&new_gw),
+                s("event")
+            ),
+            ("probe".into(), s("token"), s("gw-odd"), s("event")),
+            ("probe".into(), s("token"), s("gw-odd"), s("event")),
+        ]
+    );
 }

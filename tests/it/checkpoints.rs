@@ -212,10 +212,11 @@ async fn rehash(conn: &mut sqlx::PgConnection, user: &str, from_seq: i64) {
             "update audit_events e set
                 prev_hash = coalesce((select p.hash from audit_events p where p.user_id = e.user_id and p.seq = e.seq - 1), repeat('0', 64))
               where id = {id}")).await;
-        exec(conn, &format!(
-            "update audit_events set hash = audit_event_hash(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
-                 outcome, change_id, step_no, target, upstream_ref, fields, \"values\", hmac_key_id, error_code,
-                 request_id, trace_id, caller_addr) where id = {id}")).await;
+        exec(
+            conn,
+            &format!("update audit_events e set hash = audit_event_row_hash(e) where id = {id}"),
+        )
+        .await;
     }
     exec(
         conn,

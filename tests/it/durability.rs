@@ -336,9 +336,35 @@ async fn a_retryable_outage_that_heals_completes_without_the_caller() {
         location,
         format!("/changes/{}", body["change_id"].as_str().unwrap())
     );
+    // The completer that resumes the change writes, into the events of its attempts, the actor
+    // the change's request event recorded, not the one of the change row (which the gateway's
+    // role may update).
+    let change_id: uuid::Uuid = body["change_id"].as_str().unwrap().parse().unwrap();
+    sqlx::query(r#"update changes set actor = '{"auth": "forged"}' where id = $1"#)
+        .bind(change_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     wait_all_final(&app, Duration::from_secs(20)).await;
     let done: Value = app.get(&location).await.json().await.unwrap();
     assert_eq!(done["status"], "applied", "{done}");
+    let actors: Vec<(String, Option<Value>)> = sqlx::query_as(
+        "select event_type, actor from audit_events where change_id = $1 order by seq",
+    )
+    .bind(change_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        actors.len(),
+        8,
+        "request, 1 + 5 attempts, completion: {actors:?}"
+    );
+    let requested = actors[0].1.clone().unwrap();
+    assert_eq!(requested["auth"], "token");
+    for (kind, a) in &actors {
+        assert_eq!(a.as_ref(), Some(&requested), "{kind}");
+    }
     let wallet = &done["steps"][1];
     assert_eq!(
         (wallet["status"].as_str(), wallet["attempts"].as_i64()),
@@ -546,6 +572,28 @@ async fn an_operator_can_retry_a_failed_change() {
             .await,
         1
     );
+    // The retry and the attempts it drove carry the operator's own actor (a request of its own),
+    // the first request's events keep theirs.
+    let actors: Vec<(String, Value)> = sqlx::query_as(
+        "select event_type, actor from audit_events where change_id = $1::uuid order by seq",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let at = actors
+        .iter()
+        .position(|(kind, _)| kind == "change_retried")
+        .unwrap();
+    let (first, retried) = (&actors[0].1, &actors[at].1);
+    assert_eq!(
+        (first["auth"].as_str(), retried["auth"].as_str()),
+        (Some("token"), Some("token"))
+    );
+    assert_ne!(first["gateway_request_id"], retried["gateway_request_id"]);
+    assert!(actors[..at].iter().all(|(_, a)| a == first), "{actors:?}");
+    assert!(actors[at..].iter().all(|(_, a)| a == retried), "{actors:?}");
+    assert!(actors.len() > at + 1, "{actors:?}");
     let payload: Option<Vec<u8>> = sqlx::query_scalar("select payload_enc from changes")
         .fetch_one(&app.pool)
         .await
@@ -835,7 +883,7 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
             request_id: format!("fence-{fence}"),
             trace_id: None,
             caller_addr: None,
-            actor: serde_json::Value::Null,
+            actor: None,
         },
         outcomes: vec![StepOutcome {
             step_no: 0,

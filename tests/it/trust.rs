@@ -645,6 +645,207 @@ async fn end_user_assertions_bind_a_change_to_the_signed_in_user_once() {
     assert!(uuid::Uuid::parse_str(&row.5).is_ok());
 }
 
+/// Who acted is part of every event of a change and of its hash (migration 20261201000700): the
+/// request, each attempt and the completion carry the actor in their own row, `audit_log` shows
+/// it from there (not from the `changes` row, which the gateway's role may update), and an edit
+/// of it is caught by `audit verify`, whether or not the editor re-hashed the event.
+#[tokio::test]
+async fn who_acted_is_in_every_event_of_a_change_and_covered_by_its_hash() {
+    use profile_gateway::audit::verify::{self, Filter, ProblemKind};
+
+    let sa = TestKey::ed25519("sa");
+    let idp_key = TestKey::p256("idp");
+    let k8s = JwksServer::start(&[&sa]).await;
+    let idp = JwksServer::start(&[&idp_key]).await;
+    let app = spawn_app_with(jwt_app_settings(&k8s, Some(&idp))).await;
+    let bearer = sa.sign(&sa_claims("profile-gateway"));
+    let a = assertion(&idp_key, "alice", "j-who", 120);
+    let key = uuid::Uuid::new_v4().to_string();
+    let resp = patch_as(&app, &bearer, "alice", &key, Some(&a)).await;
+    assert_eq!(resp.status(), 200);
+    let change: Value = resp.json().await.unwrap();
+    assert_eq!(change["status"], "applied", "{change}");
+    let change_id: uuid::Uuid = change["change_id"].as_str().unwrap().parse().unwrap();
+
+    // Every event of the change, in the row itself.
+    let rows: Vec<(i64, String, Option<Value>)> = sqlx::query_as(
+        "select seq, event_type, actor from audit_events where change_id = $1 order by seq",
+    )
+    .bind(change_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"change_requested"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"change_completed"), "{kinds:?}");
+    assert!(kinds.contains(&"step_attempted"), "{kinds:?}");
+    let actor = rows[0]
+        .2
+        .clone()
+        .expect("the request event carries its actor");
+    let gateway_request_id = actor["gateway_request_id"].as_str().unwrap().to_string();
+    assert!(
+        uuid::Uuid::parse_str(&gateway_request_id).is_ok(),
+        "{actor}"
+    );
+    assert_eq!(
+        actor,
+        json!({
+            "auth": format!("jwt:{ISSUER}"),
+            "subject": SUBJECT,
+            "assertion_subject": "alice",
+            "assertion_jti": "j-who",
+            "gateway_request_id": gateway_request_id,
+        })
+    );
+    for (seq, kind, a) in &rows {
+        assert_eq!(a.as_ref(), Some(&actor), "seq {seq} ({kind})");
+    }
+
+    // And in audit_log, from the event.
+    let who = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<
+            _,
+            (
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+            ),
+        >(
+            "select event_type, caller, auth_method, caller_subject, end_user_subject,
+                    end_user_assertion_jti, gateway_request_id, actor_source
+               from audit_log where change_id = $1 order by user_event_seq",
+        )
+        .bind(change_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let expected: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.1.clone(),
+                "checkout-app".to_string(),
+                format!("jwt:{ISSUER}"),
+                SUBJECT.to_string(),
+                "alice".to_string(),
+                "j-who".to_string(),
+                gateway_request_id.clone(),
+                "event".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(who(app.pool.clone()).await, expected);
+
+    // The gateway's role may update the change row; what audit_log shows does not move.
+    let app_role = sqlx::PgPool::connect(&format!(
+        "{}/{}",
+        admin_url().rsplit_once('/').unwrap().0.replacen(
+            "://postgres@",
+            &format!("://{APP_LOGIN}@"),
+            1
+        ),
+        app.db_name
+    ))
+    .await
+    .unwrap();
+    let updated = sqlx::query(
+        r#"update changes set actor = '{"auth": "token", "subject": "mallory", "assertion_subject": "bob",
+                                        "assertion_jti": "j-forged", "gateway_request_id": "forged"}'
+            where id = $1"#,
+    )
+    .bind(change_id)
+    .execute(&app_role)
+    .await
+    .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    assert_eq!(who(app.pool.clone()).await, expected);
+
+    // Link events carry the actor in the same column, no longer inside their values.
+    let (links_actor, in_values): (Option<Value>, bool) = sqlx::query_as(
+        "select actor, \"values\" ? 'actor' from audit_events
+          where user_id = 'alice' and event_type = 'links_updated' order by seq limit 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(links_actor.unwrap()["auth"], "system");
+    assert!(!in_values);
+
+    let clean = verify::verify(&mut app.pool.acquire().await.unwrap(), &Filter::default())
+        .await
+        .unwrap();
+    assert!(clean.is_ok(), "{:?}", clean.problems);
+
+    // Rewriting who acted of the middle event (an attempt): as it is, re-hashed with the v1 rules
+    // (actor dropped, so it looks like an older gateway's event), or re-hashed with v2.
+    let (mid_seq, last_seq) = (rows[1].0, rows.last().unwrap().0);
+    let forged = r#"'{"auth": "token", "subject": "mallory", "assertion_subject": "alice", "assertion_jti": "j-who", "gateway_request_id": "x"}'"#;
+    let tamperings = [
+        (
+            format!("update audit_events set actor = {forged} where change_id = '{change_id}' and seq = {mid_seq}"),
+            ProblemKind::Altered,
+            mid_seq,
+        ),
+        (
+            format!(
+                "update audit_events e set actor = null, hash = audit_event_hash(id, occurred_at, user_id, seq,
+                        prev_hash, event_type, caller, outcome, change_id, step_no, target, upstream_ref, fields,
+                        \"values\", hmac_key_id, error_code, request_id, trace_id, caller_addr)
+                  where change_id = '{change_id}' and seq = {mid_seq}"
+            ),
+            ProblemKind::BrokenLink,
+            mid_seq + 1,
+        ),
+        (
+            format!(
+                "update audit_events set actor = {forged} where change_id = '{change_id}' and seq = {mid_seq};
+                 update audit_events e set hash = audit_event_row_hash(e) where change_id = '{change_id}' and seq = {mid_seq}"
+            ),
+            ProblemKind::BrokenLink,
+            mid_seq + 1,
+        ),
+        // The last event re-hashed: nothing links to it, but the chain head does.
+        (
+            format!(
+                "update audit_events set actor = {forged} where change_id = '{change_id}' and seq = {last_seq};
+                 update audit_events e set hash = audit_event_row_hash(e) where change_id = '{change_id}' and seq = {last_seq}"
+            ),
+            ProblemKind::HeadMismatch,
+            last_seq,
+        ),
+    ];
+    for (sql, kind, seq) in tamperings {
+        let mut tx = app.pool.begin().await.unwrap();
+        sqlx::query("alter table audit_events disable trigger user")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::raw_sql(&sql).execute(&mut *tx).await.unwrap();
+        let report = verify::verify(&mut tx, &Filter::default()).await.unwrap();
+        let found: Vec<_> = report
+            .problems
+            .iter()
+            .map(|p| (p.user_id.as_str(), p.kind, p.seq))
+            .collect();
+        assert_eq!(found, [("alice", kind, Some(seq))], "{sql}");
+        assert!(
+            report.problems[0]
+                .to_string()
+                .starts_with(&format!("{} user=alice", kind.as_str())),
+            "{}",
+            report.problems[0]
+        );
+        tx.rollback().await.unwrap();
+    }
+}
+
 // ---- Sandbox guard ---------------------------------------------------------------------------
 
 #[tokio::test]
