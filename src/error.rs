@@ -95,6 +95,23 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// How a change (or its dry run) that could not be recorded answers.
+impl From<crate::changes::SubmitError> for ApiError {
+    fn from(e: crate::changes::SubmitError) -> Self {
+        use crate::changes::SubmitError;
+        match e {
+            SubmitError::UserNotFound => ApiError::UserNotFound,
+            SubmitError::MissingLink(errors) => ApiError::MissingLink(errors),
+            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
+            SubmitError::KeyInFlight => ApiError::IdempotencyKeyInFlight,
+            SubmitError::TooManyPending => ApiError::TooManyPendingChanges,
+            SubmitError::Db(e) => ApiError::from(e),
+            SubmitError::Unavailable(e) => ApiError::DatabaseUnavailable(e),
+            SubmitError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]

@@ -129,12 +129,14 @@ pub async fn insert<'c>(
 }
 
 /// `{"mobile_number": {"new": "******7766", "new_hmac": "..."}, ...}` for the fields a patch sets,
-/// restricted to `only` when given (a step's own fields).
+/// restricted to `only` when given (a step's own fields). Masked by `mask::field`, as a dry run's
+/// current values are.
 pub fn masked_values(patch: &ProfilePatch, hasher: &PiiHasher, only: Option<&[String]>) -> Value {
     let mut out = Map::new();
     let wanted = |f: &str| only.is_none_or(|o| o.iter().any(|x| x == f));
-    let mut put = |name: &str, masked: String, raw: &str, pii: bool| {
+    let mut put = |name: &str, raw: &str, pii: bool| {
         if wanted(name) {
+            let masked = crate::domain::mask::field(name, raw);
             let v = if pii {
                 json!({"new": masked, "new_hmac": hasher.hash(raw)})
             } else {
@@ -144,34 +146,24 @@ pub fn masked_values(patch: &ProfilePatch, hasher: &PiiHasher, only: Option<&[St
         }
     };
     if let Some(v) = &patch.mobile_number {
-        put("mobile_number", v.masked(), v.as_str(), true);
+        put("mobile_number", v.as_str(), true);
     }
     if let Some(v) = &patch.mobile_country_code {
-        put("mobile_country_code", v.masked(), v.as_str(), false);
+        put("mobile_country_code", v.as_str(), false);
     }
     if let Some(v) = &patch.email_address {
-        put("email_address", v.masked(), v.as_str(), true);
+        put("email_address", v.as_str(), true);
     }
     if let Some(v) = &patch.first_name {
-        put("first_name", v.masked(), v.as_str(), true);
+        put("first_name", v.as_str(), true);
     }
     if let Some(v) = &patch.last_name {
-        put("last_name", v.masked(), v.as_str(), true);
+        put("last_name", v.as_str(), true);
     }
     if let Some(u) = &patch.upi {
-        put(
-            "upi_number",
-            u.upi_number.masked(),
-            u.upi_number.as_str(),
-            true,
-        );
-        put("vpa", u.vpa.masked(), u.vpa.as_str(), true);
-        put(
-            "action",
-            u.action.as_str().to_string(),
-            u.action.as_str(),
-            false,
-        );
+        put("upi_number", u.upi_number.as_str(), true);
+        put("vpa", u.vpa.as_str(), true);
+        put("action", u.action.as_str(), false);
     }
     Value::Object(out)
 }

@@ -23,7 +23,14 @@ pub struct UserAssertion {
 /// What the request is, for the rule (`assert_reads`) and for replay (`idem_key`).
 pub enum Use<'a> {
     Read,
-    Change { idem_key: &'a str },
+    Change {
+        idem_key: &'a str,
+    },
+    /// A dry run of a change: checked as the change would be, with the Idempotency-Key it would
+    /// carry if one was sent, but its jti is not claimed, so the real change can still use it.
+    DryRun {
+        idem_key: Option<&'a str>,
+    },
 }
 
 /// Checks the caller's assertion for `user`, if its policy wants one, and claims its `jti`.
@@ -94,13 +101,18 @@ pub async fn check(
         expires_at: chrono::DateTime::from_timestamp(exp, 0)
             .ok_or_else(|| invalid("the assertion's `exp` is out of range"))?,
     };
-    let idem_key = match usage {
-        Use::Read => None,
-        Use::Change { idem_key } => Some(idem_key),
+    let (idem_key, claim) = match usage {
+        Use::Read => (None, true),
+        Use::Change { idem_key } => (Some(idem_key), true),
+        Use::DryRun { idem_key } => (idem_key, false),
     };
-    let fresh =
-        crate::store::assertions::claim(pool, &assertion, &caller.name, user.as_str(), idem_key)
-            .await?;
+    let (caller_name, user_id) = (caller.name.as_str(), user.as_str());
+    let fresh = if claim {
+        crate::store::assertions::claim(pool, &assertion, caller_name, user_id, idem_key).await?
+    } else {
+        crate::store::assertions::would_claim(pool, &assertion, caller_name, user_id, idem_key)
+            .await?
+    };
     if !fresh {
         return Err(ApiError::UserAssertionReplayed);
     }

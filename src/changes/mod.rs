@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod completer;
+pub mod dry_run;
 pub mod idempotency;
 pub mod links_cache;
 pub mod model;
@@ -308,15 +309,7 @@ impl ChangeService {
             tries += 1;
             let (links, from_cache) = match cached.take() {
                 Some(links) => (links, true),
-                None => {
-                    let Some(links) = self.writes.links.submit(user.as_str().to_string()).await?
-                    else {
-                        self.writes.links_cache.forget(user.as_str());
-                        return Err(SubmitError::UserNotFound);
-                    };
-                    self.writes.links_cache.put(user.as_str(), links.clone());
-                    (links, false)
-                }
+                None => (self.read_links(&user).await?, false),
             };
             let steps = match plan(&patch, &links.links) {
                 Ok(steps) => steps,
@@ -401,6 +394,17 @@ impl ChangeService {
             tracing::warn!(change_id = %id, error = %e, "could not mark the idempotency key answered");
         }
         Ok(outcome)
+    }
+
+    /// The user's links as the database holds them now (remembered in this replica's cache for
+    /// the next change).
+    async fn read_links(&self, user: &UserId) -> Result<batch::LinksRow, SubmitError> {
+        let Some(links) = self.writes.links.submit(user.as_str().to_string()).await? else {
+            self.writes.links_cache.forget(user.as_str());
+            return Err(SubmitError::UserNotFound);
+        };
+        self.writes.links_cache.put(user.as_str(), links.clone());
+        Ok(links)
     }
 
     /// A request whose key is known: the same request replays the change, another is refused.
@@ -811,12 +815,12 @@ impl ChangeService {
         let target = step.planned.target;
         let attempts = step.attempts + 1;
         let mut confirmed = false;
-        let result = match (self.providers.get(target), step.planned.request(&ch.patch)) {
-            (Some(adapter), Some(request)) => {
+        let result = match self.request_for(&step.planned, &ch.patch) {
+            Ok((adapter, request)) => {
                 self.call(adapter.as_ref(), &request, step, &mut confirmed)
                     .await
             }
-            _ => Err(crate::providers::misrouted(target)),
+            Err(e) => Err(e),
         };
         if !confirmed {
             crate::failpoint::hit("after_upstream_write");
@@ -842,6 +846,26 @@ impl ChangeService {
             hmac_key_id: self.hasher.key_id().to_string(),
         };
         (new_state, outcome)
+    }
+
+    /// The adapter of a step's target and the request it sends (or reads back), built from the
+    /// patch. Neither is missing for a planned step; if one were, that is a step failure, not a
+    /// panic inside a fan-out task.
+    fn request_for(
+        &self,
+        step: &PlannedStep,
+        patch: &ProfilePatch,
+    ) -> Result<
+        (
+            &Arc<dyn crate::providers::ProviderAdapter>,
+            crate::domain::StepRequest,
+        ),
+        StepError,
+    > {
+        match (self.providers.get(step.target), step.request(patch)) {
+            (Some(adapter), Some(request)) => Ok((adapter, request)),
+            _ => Err(crate::providers::misrouted(step.target)),
+        }
     }
 
     /// One attempt's upstream work: the retry budget, then the breaker, then (when an earlier send

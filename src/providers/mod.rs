@@ -81,9 +81,51 @@ pub trait ProviderAdapter: Send + Sync {
     /// Sends the step's request once and judges the answer.
     fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult>;
 
-    /// Reads the upstream's current state: does it already hold what the step sets? Used before
-    /// resending a write whose outcome is unknown, so no write takes effect twice.
-    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>>;
+    /// Reads the upstream's current state of every field the step sets (one read, no write).
+    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>>;
+
+    /// Does the upstream already hold what the step sets? Used before resending a write whose
+    /// outcome is unknown, so no write takes effect twice; the same read a dry run shows.
+    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+        Box::pin(async move { self.read(request).await.map(|r| r.holds_all()) })
+    }
+}
+
+/// What one read of the upstream showed of a step's fields. The completer asks only whether it
+/// holds them all ([`Reading::holds_all`]); a dry run shows each field. Current values are kept
+/// masked only, so no raw upstream value leaves the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// The answer named the object asked for: positive evidence, not just a 2xx.
+    pub identified: bool,
+    pub fields: Vec<FieldReading>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldReading {
+    pub field: &'static str,
+    /// The upstream's value, masked as the audit trail masks it (`domain::mask::field`); `None`
+    /// when the upstream showed none.
+    pub current: Option<String>,
+    /// The upstream already holds what the step sets for this field.
+    pub holds: bool,
+}
+
+impl FieldReading {
+    /// `raw` is masked here, at the one place a read's value is kept.
+    pub fn new(field: &'static str, raw: Option<&str>, holds: bool) -> Self {
+        Self {
+            field,
+            current: raw.map(|v| crate::domain::mask::field(field, v)),
+            holds,
+        }
+    }
+}
+
+impl Reading {
+    pub fn holds_all(&self) -> bool {
+        self.identified && self.fields.iter().all(|f| f.holds)
+    }
 }
 
 #[derive(Clone, Default)]

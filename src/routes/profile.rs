@@ -1,12 +1,13 @@
 //! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
 
-use super::{AppState, JsonBody, PathParam, acting_context, user_param};
+use super::{AppState, JsonBody, PathParam, QueryParams, acting_context, user_param};
 use crate::auth::assertion::{self, Use};
-use crate::auth::{Authorized, LinksRead, LinksWrite, ProfileWrite};
+use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite};
+use crate::changes::Submitted;
+use crate::changes::dry_run::Read;
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
 use crate::changes::model::ChangeStatus;
-use crate::changes::{SubmitError, Submitted};
-use crate::domain::{ProfileLinks, ProfilePatch};
+use crate::domain::{ProfileLinks, ProfilePatch, UserId};
 use crate::error::ApiError;
 use crate::telemetry::RequestMeta;
 use axum::extract::{Extension, State};
@@ -14,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
 use axum::{Json, Router};
+use serde::Deserialize;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -21,56 +23,118 @@ pub fn router() -> Router<AppState> {
         .route("/profile/{user}/links", get(get_links).put(put_links))
 }
 
+/// The query of `PATCH /profile/{user}`. Unknown parameters are refused: a misspelt `dryRun`
+/// must never become a real change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchQuery {
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
+    read: Option<String>,
+}
+
+/// What the PATCH does: apply the change, or only answer with its plan (Kubernetes' spelling,
+/// `dryRun=All`, the only value it defines too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Apply,
+    DryRun(Read),
+}
+
+impl PatchQuery {
+    fn mode(&self) -> Result<Mode, ApiError> {
+        match (self.dry_run.as_deref(), self.read.as_deref()) {
+            (None, None) => Ok(Mode::Apply),
+            (Some("All"), None) => Ok(Mode::DryRun(Read::None)),
+            (Some("All"), Some("live")) => Ok(Mode::DryRun(Read::Live)),
+            (Some("All"), Some(_)) => Err(ApiError::InvalidQuery("read (only `live`)")),
+            (Some(_), _) => Err(ApiError::InvalidQuery("dryRun (only `All`)")),
+            (None, Some(_)) => Err(ApiError::InvalidQuery("read (only with dryRun=All)")),
+        }
+    }
+}
+
+/// A real change and its dry run pass the same checks in the same order (scope and rate in the
+/// extractors, then the query, path, key, body, the user assertion, the links and the plan), so
+/// a dry run answers every refusal a real PATCH would.
 async fn patch_profile(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
     Authorized(caller, _): Authorized<ProfileWrite>,
     PathParam(raw): PathParam,
+    QueryParams(query): QueryParams<PatchQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    let mode = query.mode()?;
     let user = user_param(&raw)?;
-    let key = idempotency::parse_key(
+    // A dry run needs no key; one that is sent is checked like a real one, but neither looked up
+    // nor remembered, so the real PATCH can follow with the same headers.
+    let key = match idempotency::parse_key(
         headers
             .get("idempotency-key")
             .map(|v| v.to_str().unwrap_or("\"")),
-    )
-    .map_err(|e| match e {
-        KeyError::Missing => ApiError::IdempotencyKeyMissing,
-        KeyError::Malformed => ApiError::IdempotencyKeyMalformed,
-    })?;
+    ) {
+        Ok(key) => Some(key),
+        Err(KeyError::Missing) if matches!(mode, Mode::DryRun(_)) => None,
+        Err(KeyError::Missing) => return Err(ApiError::IdempotencyKeyMissing),
+        Err(KeyError::Malformed) => return Err(ApiError::IdempotencyKeyMalformed),
+    };
     let patch = ProfilePatch::parse(&body, &state.limits.fingerprint_window())
         .map_err(ApiError::Validation)?;
-    let key: IdempotencyKey =
-        state
-            .changes
-            .fingerprints
-            .key(key, "PATCH", &format!("/profile/{user}"), &body);
-    // Last of the checks: it claims the assertion's jti, which only a retry may then reuse.
-    let assertion = assertion::check(
+    let read = match mode {
+        Mode::DryRun(read) => read,
+        Mode::Apply => {
+            let key = key.ok_or(ApiError::IdempotencyKeyMissing)?;
+            let key =
+                state
+                    .changes
+                    .fingerprints
+                    .key(key, "PATCH", &format!("/profile/{user}"), &body);
+            return apply(&state, &meta, &caller, &headers, user, patch, key).await;
+        }
+    };
+    // The assertion is checked as for the change, but its jti is not claimed: a dry run records
+    // nothing, and the real change may then use the same assertion.
+    assertion::check(
         &state.callers,
         &state.pool,
         &caller,
         &headers,
         &user,
+        Use::DryRun {
+            idem_key: key.as_deref(),
+        },
+    )
+    .await?;
+    let view = state
+        .changes
+        .dry_run(&user, &patch, &caller.name, read)
+        .await?;
+    Ok(Json(view).into_response())
+}
+
+async fn apply(
+    state: &AppState,
+    meta: &RequestMeta,
+    caller: &Caller,
+    headers: &HeaderMap,
+    user: UserId,
+    patch: ProfilePatch,
+    key: IdempotencyKey,
+) -> Result<Response, ApiError> {
+    // Last of the checks: it claims the assertion's jti, which only a retry may then reuse.
+    let assertion = assertion::check(
+        &state.callers,
+        &state.pool,
+        caller,
+        headers,
+        &user,
         Use::Change { idem_key: &key.key },
     )
     .await?;
-    let ctx = acting_context(&caller, &meta, assertion.as_ref());
-    let submitted = state
-        .changes
-        .submit(user, patch, ctx, key)
-        .await
-        .map_err(|e| match e {
-            SubmitError::UserNotFound => ApiError::UserNotFound,
-            SubmitError::MissingLink(errors) => ApiError::MissingLink(errors),
-            SubmitError::KeyReused => ApiError::IdempotencyKeyReused,
-            SubmitError::KeyInFlight => ApiError::IdempotencyKeyInFlight,
-            SubmitError::TooManyPending => ApiError::TooManyPendingChanges,
-            SubmitError::Db(e) => ApiError::from(e),
-            SubmitError::Unavailable(e) => ApiError::DatabaseUnavailable(e),
-            SubmitError::Internal(e) => ApiError::Internal(e),
-        })?;
+    let ctx = acting_context(caller, meta, assertion.as_ref());
+    let submitted = state.changes.submit(user, patch, ctx, key).await?;
     Ok(change_response(submitted))
 }
 

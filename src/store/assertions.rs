@@ -5,8 +5,8 @@ use sqlx::PgPool;
 
 /// Claims the assertion's jti for this request. True when it is new (or expired and reused), or
 /// when the same caller presents it again for the same user and Idempotency-Key (a retry).
-pub async fn claim(
-    pool: &PgPool,
+pub async fn claim<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     a: &UserAssertion,
     caller: &str,
     user: &str,
@@ -34,9 +34,24 @@ pub async fn claim(
         idem_key,
         a.expires_at,
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(row)
+}
+
+/// What [`claim`] would answer, without claiming: the same statement in a transaction that is
+/// rolled back, so the rule has one home and nothing is left behind (a dry run).
+pub async fn would_claim(
+    pool: &PgPool,
+    a: &UserAssertion,
+    caller: &str,
+    user: &str,
+    idem_key: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let fresh = claim(&mut *tx, a, caller, user, idem_key).await?;
+    tx.rollback().await?;
+    Ok(fresh)
 }
 
 /// Deletes jtis whose assertions have expired (they can no longer be replayed anyway).

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub problems: IntCounterVec,
     pub idempotent_replays: IntCounter,
     pub idempotency_conflicts: IntCounter,
+    pub dry_runs: IntCounterVec,
+    pub dry_run_reads: IntCounterVec,
     pub completer_backlog: IntGauge,
     pub completer_oldest_age: Gauge,
     pub lease_takeovers: IntCounter,
@@ -151,6 +153,16 @@ impl Metrics {
                 "Requests refused with 409 because the first request with their Idempotency-Key was still in flight",
             )
             .expect("a valid counter"),
+            dry_runs: counter(
+                "profile_gateway_dry_runs_total",
+                "Dry runs (dryRun=All) answered with a plan, by what they read (none or live)",
+                &["read"],
+            ),
+            dry_run_reads: counter(
+                "profile_gateway_dry_run_reads_total",
+                "Upstream reads of dry runs with read=live, by outcome (read or a step error code)",
+                &["provider", "outcome"],
+            ),
             completer_backlog: IntGauge::new(
                 "profile_gateway_completer_backlog",
                 "Changes not yet final (in flight, waiting for a retry or for a completer)",
@@ -239,6 +251,9 @@ impl Metrics {
             m.retries.with_label_values(&[p]);
             m.retry_budget_denied.with_label_values(&[p]);
         }
+        for read in ["none", "live"] {
+            m.dry_runs.with_label_values(&[read]);
+        }
         for s in [
             ChangeStatus::Applied,
             ChangeStatus::PartiallyApplied,
@@ -260,6 +275,8 @@ impl Metrics {
             Box::new(m.problems.clone()),
             Box::new(m.idempotent_replays.clone()),
             Box::new(m.idempotency_conflicts.clone()),
+            Box::new(m.dry_runs.clone()),
+            Box::new(m.dry_run_reads.clone()),
             Box::new(m.completer_backlog.clone()),
             Box::new(m.completer_oldest_age.clone()),
             Box::new(m.lease_takeovers.clone()),

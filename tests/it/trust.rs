@@ -229,14 +229,14 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
 // ---- JWT callers -----------------------------------------------------------------------------
 
 /// A signing key generated for the test (Ed25519 from random bytes, PKCS#8 v1 wrapping).
-struct TestKey {
+pub(crate) struct TestKey {
     kid: String,
     alg: Algorithm,
     encoding: EncodingKey,
 }
 
 impl TestKey {
-    fn ed25519(kid: &str) -> Self {
+    pub(crate) fn ed25519(kid: &str) -> Self {
         use rand::RngCore;
         let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
         let mut seed = [0u8; 32];
@@ -249,7 +249,7 @@ impl TestKey {
         }
     }
 
-    fn p256(kid: &str) -> Self {
+    pub(crate) fn p256(kid: &str) -> Self {
         use rand::RngCore;
         let mut der =
             hex::decode("3041020100301306072a8648ce3d020106082a8648ce3d030107042730250201010420")
@@ -271,7 +271,7 @@ impl TestKey {
         jwk
     }
 
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
@@ -280,14 +280,14 @@ impl TestKey {
 
 /// A JWKS endpoint on loopback serving whatever set the test puts in, counting fetches.
 #[derive(Clone)]
-struct JwksServer {
+pub(crate) struct JwksServer {
     url: String,
     set: Arc<Mutex<JwkSet>>,
     fetches: Arc<Mutex<u32>>,
 }
 
 impl JwksServer {
-    async fn start(keys: &[&TestKey]) -> Self {
+    pub(crate) async fn start(keys: &[&TestKey]) -> Self {
         let set = Arc::new(Mutex::new(JwkSet {
             keys: keys.iter().map(|k| k.jwk()).collect(),
         }));
@@ -342,7 +342,7 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn sa_claims(aud: &str) -> Value {
+pub(crate) fn sa_claims(aud: &str) -> Value {
     json!({"iss": ISSUER, "sub": SUBJECT, "aud": [aud], "iat": now(), "nbf": now() - 5, "exp": now() + 600})
 }
 
@@ -365,7 +365,7 @@ async fn unauthorized_detail(resp: reqwest::Response) -> String {
     body["detail"].as_str().unwrap().to_string()
 }
 
-fn jwt_app_settings(
+pub(crate) fn jwt_app_settings(
     jwks: &JwksServer,
     idp: Option<&JwksServer>,
 ) -> impl FnOnce(&mut profile_gateway::settings::Settings) {
@@ -556,7 +556,7 @@ async fn unknown_kids_refresh_at_most_once_per_min_refresh_and_unreachable_issue
 
 // ---- End-user assertions ---------------------------------------------------------------------
 
-fn assertion(idp: &TestKey, sub: &str, jti: &str, life: i64) -> String {
+pub(crate) fn assertion(idp: &TestKey, sub: &str, jti: &str, life: i64) -> String {
     idp.sign(&json!({"iss": IDP, "sub": sub, "aud": "profile-gateway", "iat": now(), "exp": now() + life, "jti": jti}))
 }
 

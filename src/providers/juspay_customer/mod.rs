@@ -5,7 +5,8 @@ pub mod wire;
 use super::classify::bad_success;
 use super::http::basic_auth;
 use super::{
-    JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
+    FieldReading, JuspayConfig, ProviderAdapter, Reading, StepError, StepResult, endpoint,
+    juspay_error, misrouted,
 };
 use crate::domain::{StepRequest, Target};
 use futures_util::future::BoxFuture;
@@ -86,17 +87,14 @@ impl JuspayCustomer {
         }
     }
 
-    async fn holds(
+    async fn read_customer(
         &self,
         customer_id: &str,
         form: wire::UpdateCustomerForm<'_>,
-    ) -> Result<bool, StepError> {
+    ) -> Result<Reading, StepError> {
         let request = self.request(reqwest::Method::GET, customer_id)?;
         let (_, customer) = self.fetch(request, customer_id).await?;
-        // Confirming a write needs positive evidence: the object is the one asked for and every
-        // sent field is present with the sent value (absent is "not held", unlike in an echo).
-        let identified = customer.id.is_some() || customer.object_reference_id.is_some();
-        Ok(identified && holds_all(&form, &customer))
+        Ok(reading(&form, &customer))
     }
 }
 
@@ -132,19 +130,39 @@ fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&
         })
 }
 
-fn holds_all(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> bool {
+/// Confirming a write needs positive evidence: the object is the one asked for and every sent
+/// field is present with the sent value (absent is "not held", unlike in an echo).
+fn reading(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Reading {
     let pairs = [
-        (form.mobile_number, c.mobile_number.as_deref()),
-        (form.mobile_country_code, c.mobile_country_code.as_deref()),
-        (form.email_address, c.email_address.as_deref()),
-        (form.first_name, c.first_name.as_deref()),
-        (form.last_name, c.last_name.as_deref()),
+        (
+            "mobile_number",
+            form.mobile_number,
+            c.mobile_number.as_deref(),
+        ),
+        (
+            "mobile_country_code",
+            form.mobile_country_code,
+            c.mobile_country_code.as_deref(),
+        ),
+        (
+            "email_address",
+            form.email_address,
+            c.email_address.as_deref(),
+        ),
+        ("first_name", form.first_name, c.first_name.as_deref()),
+        ("last_name", form.last_name, c.last_name.as_deref()),
     ];
-    pairs.into_iter().all(|(sent, got)| match (sent, got) {
-        (None, _) => true,
-        (Some(sent), Some(got)) => sent.eq_ignore_ascii_case(got),
-        (Some(_), None) => false,
-    })
+    Reading {
+        identified: c.id.is_some() || c.object_reference_id.is_some(),
+        fields: pairs
+            .into_iter()
+            .filter_map(|(name, sent, got)| {
+                let sent = sent?;
+                let holds = got.is_some_and(|got| sent.eq_ignore_ascii_case(got));
+                Some(FieldReading::new(name, got, holds))
+            })
+            .collect(),
+    }
 }
 
 fn form(request: &StepRequest) -> Option<(&str, wire::UpdateCustomerForm<'_>)> {
@@ -183,10 +201,10 @@ impl ProviderAdapter for JuspayCustomer {
         })
     }
 
-    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
         Box::pin(async move {
             let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
-            self.holds(id, form).await
+            self.read_customer(id, form).await
         })
     }
 }
@@ -213,10 +231,23 @@ mod tests {
             email_address: Some("new@example.com"),
             ..Default::default()
         };
-        assert!(holds_all(&form, &customer(Some("NEW@example.com"))));
-        assert!(!holds_all(&form, &customer(Some("old@example.com"))));
+        assert!(reading(&form, &customer(Some("NEW@example.com"))).holds_all());
+        assert!(!reading(&form, &customer(Some("old@example.com"))).holds_all());
         // An absent field is not evidence that the write happened.
-        assert!(!holds_all(&form, &customer(None)));
+        assert!(!reading(&form, &customer(None)).holds_all());
+        // Nor is an answer that names no customer.
+        let mut anonymous = customer(Some("new@example.com"));
+        anonymous.id = None;
+        assert!(!reading(&form, &anonymous).holds_all());
+        // What a dry run shows: the current value, masked, per field sent.
+        assert_eq!(
+            reading(&form, &customer(Some("old@example.com"))).fields,
+            [FieldReading {
+                field: "email_address",
+                current: Some("o***@example.com".into()),
+                holds: false,
+            }]
+        );
         // Nor is an echo that omits it (issue 14: `{"id":"big"}` counted as applied): the step
         // stays unknown until a read-back shows the value.
         assert_eq!(mismatch(&form, &customer(None)), Some("email_address"));

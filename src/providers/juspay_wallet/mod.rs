@@ -5,7 +5,8 @@ pub mod wire;
 use super::classify::bad_success;
 use super::http::basic_auth;
 use super::{
-    JuspayConfig, ProviderAdapter, StepError, StepResult, endpoint, juspay_error, misrouted,
+    FieldReading, JuspayConfig, ProviderAdapter, Reading, StepError, StepResult, endpoint,
+    juspay_error, misrouted,
 };
 use crate::domain::{StepRequest, Target};
 use futures_util::future::BoxFuture;
@@ -91,10 +92,23 @@ impl JuspayWallet {
         Ok(())
     }
 
-    async fn holds(&self, wallet_id: &str, mobile_number: &str) -> Result<bool, StepError> {
+    async fn read_wallet(
+        &self,
+        wallet_id: &str,
+        mobile_number: &str,
+    ) -> Result<Reading, StepError> {
         let request = self.request(reqwest::Method::GET, wallet_id)?;
         let (_, current) = self.fetch(request, wallet_id).await?;
-        Ok(current.as_deref() == Some(mobile_number))
+        let holds = current.as_deref() == Some(mobile_number);
+        Ok(Reading {
+            // `fetch` refused an answer naming another wallet.
+            identified: true,
+            fields: vec![FieldReading::new(
+                "mobile_number",
+                current.as_deref(),
+                holds,
+            )],
+        })
     }
 }
 
@@ -115,13 +129,13 @@ impl ProviderAdapter for JuspayWallet {
         })
     }
 
-    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
         Box::pin(async move {
             match request {
                 StepRequest::JuspayWallet {
                     wallet_id,
                     mobile_number,
-                } => self.holds(wallet_id, mobile_number.as_str()).await,
+                } => self.read_wallet(wallet_id, mobile_number.as_str()).await,
                 _ => Err(misrouted(TARGET)),
             }
         })

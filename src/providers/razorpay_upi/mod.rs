@@ -4,7 +4,10 @@ pub mod wire;
 
 use super::classify::{ErrorFacts, bad_success, safe_code, says_not_found};
 use super::http::basic_auth;
-use super::{ProviderAdapter, RazorpayConfig, StepError, StepResult, endpoint, misrouted};
+use super::{
+    FieldReading, ProviderAdapter, RazorpayConfig, Reading, StepError, StepResult, endpoint,
+    misrouted,
+};
 use crate::domain::{StepRequest, Target, UpiChange};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -55,7 +58,11 @@ impl RazorpayUpi {
             .header("x-customer-reference", customer_reference))
     }
 
-    async fn holds(&self, customer_reference: &str, upi: &UpiChange) -> Result<bool, StepError> {
+    async fn read_number(
+        &self,
+        customer_reference: &str,
+        upi: &UpiChange,
+    ) -> Result<Reading, StepError> {
         let request = self.request(reqwest::Method::GET, customer_reference, upi)?;
         let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
         let list: wire::UpiNumberList = serde_json::from_slice(&response.body).map_err(|_| {
@@ -66,13 +73,7 @@ impl RazorpayUpi {
             .unwrap_or_default()
             .into_iter()
             .find(|n| n.number.as_deref() == Some(upi.upi_number.as_str()));
-        Ok(found.is_some_and(|n| {
-            n.status.as_deref() == Some(upi.action.expected_status())
-                && (upi.action != crate::domain::UpiAction::ChangeVpa
-                    || n.vpa
-                        .as_deref()
-                        .is_some_and(|v| v.eq_ignore_ascii_case(upi.vpa.as_str())))
-        }))
+        Ok(reading(upi, found.as_ref()))
     }
 
     async fn update(&self, customer_reference: &str, upi: &UpiChange) -> StepResult {
@@ -124,6 +125,31 @@ impl RazorpayUpi {
     }
 }
 
+/// The number as the customer's list shows it. It holds the change when its status is the one
+/// the action leads to and, for `change_vpa`, its VPA is the one sent; for the other actions
+/// Razorpay keeps the VPA, so it is not something the step changes. For `action` the current
+/// value is the number's status (`active`, `inactive`, `deregistered`).
+fn reading(upi: &UpiChange, found: Option<&wire::ListedUpiNumber>) -> Reading {
+    let status = found.and_then(|n| n.status.as_deref());
+    let vpa = found.and_then(|n| n.vpa.as_deref());
+    let status_holds = status == Some(upi.action.expected_status());
+    let vpa_holds = found.is_some()
+        && (upi.action != crate::domain::UpiAction::ChangeVpa
+            || vpa.is_some_and(|v| v.eq_ignore_ascii_case(upi.vpa.as_str())));
+    Reading {
+        identified: true,
+        fields: vec![
+            FieldReading::new(
+                "upi_number",
+                found.and_then(|n| n.number.as_deref()),
+                found.is_some(),
+            ),
+            FieldReading::new("vpa", vpa, vpa_holds),
+            FieldReading::new("action", status, status_holds),
+        ],
+    }
+}
+
 /// Facts from `{"error": {...}}`. The code is an open set and does not follow HTTP semantics, so it
 /// is kept for the record but only `reason`/`description` hint at "not found".
 fn facts(body: &[u8]) -> ErrorFacts {
@@ -164,13 +190,13 @@ impl ProviderAdapter for RazorpayUpi {
         })
     }
 
-    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
+    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
         Box::pin(async move {
             match request {
                 StepRequest::RazorpayUpi {
                     customer_reference,
                     upi,
-                } => self.holds(customer_reference, upi).await,
+                } => self.read_number(customer_reference, upi).await,
                 _ => Err(misrouted(TARGET)),
             }
         })
@@ -180,6 +206,61 @@ impl ProviderAdapter for RazorpayUpi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(vpa: &str, action: &str) -> UpiChange {
+        UpiChange {
+            upi_number: crate::domain::UpiNumber::parse("9876543210").unwrap(),
+            vpa: crate::domain::Vpa::parse(vpa).unwrap(),
+            action: crate::domain::UpiAction::parse(action).unwrap(),
+            device_fingerprint: crate::domain::DeviceFingerprint::parse("f").unwrap(),
+            fingerprint_timestamp: 1,
+        }
+    }
+
+    fn listed(vpa: &str, status: &str) -> wire::ListedUpiNumber {
+        wire::ListedUpiNumber {
+            number: Some("9876543210".into()),
+            vpa: Some(vpa.into()),
+            status: Some(status.into()),
+        }
+    }
+
+    fn holds(r: &Reading) -> Vec<(&str, bool)> {
+        r.fields.iter().map(|f| (f.field, f.holds)).collect()
+    }
+
+    #[test]
+    fn a_number_holds_the_status_its_action_leads_to_and_the_vpa_only_for_change_vpa() {
+        let active = listed("alice@okaxis", "active");
+        let r = reading(&change("alice@okaxis", "change_vpa"), Some(&active));
+        assert!(r.holds_all());
+        assert_eq!(
+            r.fields
+                .iter()
+                .map(|f| f.current.as_deref())
+                .collect::<Vec<_>>(),
+            [Some("******3210"), Some("****@okaxis"), Some("active")]
+        );
+        let r = reading(&change("alice.new@okaxis", "change_vpa"), Some(&active));
+        assert_eq!(
+            holds(&r),
+            [("upi_number", true), ("vpa", false), ("action", true)]
+        );
+        assert!(!r.holds_all());
+        // Inactivating keeps the VPA: only the status would change.
+        let r = reading(&change("other@okaxis", "inactivate"), Some(&active));
+        assert_eq!(
+            holds(&r),
+            [("upi_number", true), ("vpa", true), ("action", false)]
+        );
+        // A number the customer does not have holds nothing.
+        let r = reading(&change("alice@okaxis", "activate"), None);
+        assert_eq!(
+            holds(&r),
+            [("upi_number", false), ("vpa", false), ("action", false)]
+        );
+        assert!(r.fields.iter().all(|f| f.current.is_none()));
+    }
 
     #[test]
     fn error_envelope_facts() {

@@ -1,0 +1,289 @@
+//! Dry runs (`PATCH /profile/{user}?dryRun=All`): the steps a change would send, planned from the
+//! user's links by the same planner as a real change and, with `read=live`, compared field by
+//! field with each target's current values, read by the adapters' own read (the one the completer
+//! reads back with before a resend). Nothing is recorded (no change, step, key, jti or audit row)
+//! and nothing is written upstream.
+
+use super::resilience::{self, Admission};
+use super::{ChangeService, SubmitError};
+use crate::changes::model::StepErrorView;
+use crate::domain::{PlannedStep, ProfilePatch, Target, UserId, plan};
+use crate::providers::{ProviderAdapter, Reading, StepError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a dry run reads besides the links: nothing, or every target's current values (`read=live`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Read {
+    None,
+    Live,
+}
+
+impl Read {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Live => "live",
+        }
+    }
+}
+
+/// Whether the change would alter a field at its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    /// The target already holds what the step sets: sending it changes nothing.
+    Unchanged,
+    Changes,
+    /// The read failed, or its answer did not identify the object.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldView {
+    pub comparison: Comparison,
+    /// The target's value, masked as the audit trail masks values; `null` when unknown or absent.
+    pub current: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunStep {
+    pub step_no: i32,
+    pub target: Target,
+    #[serde(rename = "ref")]
+    pub upstream_ref: String,
+    pub fields: Vec<String>,
+    /// With `read=live`: each of `fields` against the target's current state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<BTreeMap<String, FieldView>>,
+    /// With `read=live`, when the read failed: why (the step error a real attempt would show).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<StepErrorView>,
+}
+
+/// The answer to a dry run: what a real PATCH with the same body would send now.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunView {
+    /// Always `true`: tells this body from a recorded change's.
+    pub dry_run: bool,
+    pub user: String,
+    pub caller: String,
+    pub fields: Vec<String>,
+    pub read: Read,
+    pub steps: Vec<DryRunStep>,
+}
+
+impl DryRunStep {
+    fn planned(step: &PlannedStep) -> Self {
+        Self {
+            step_no: step.step_no,
+            target: step.target,
+            upstream_ref: step.upstream_ref.clone(),
+            fields: step.fields.iter().map(|f| f.to_string()).collect(),
+            values: None,
+            read_error: None,
+        }
+    }
+
+    /// The step with each field compared against what the read showed.
+    fn compared(step: &PlannedStep, read: Result<Reading, StepError>) -> Self {
+        let unknown = FieldView {
+            comparison: Comparison::Unknown,
+            current: None,
+        };
+        let (values, read_error) = match read {
+            Ok(reading) => {
+                let values = step
+                    .fields
+                    .iter()
+                    .map(|&name| {
+                        let seen = reading
+                            .fields
+                            .iter()
+                            .find(|f| f.field == name)
+                            .filter(|_| reading.identified);
+                        let view = match seen {
+                            Some(f) => FieldView {
+                                comparison: if f.holds {
+                                    Comparison::Unchanged
+                                } else {
+                                    Comparison::Changes
+                                },
+                                current: f.current.clone(),
+                            },
+                            None => unknown.clone(),
+                        };
+                        (name.to_string(), view)
+                    })
+                    .collect();
+                (values, None)
+            }
+            Err(e) => (
+                step.fields
+                    .iter()
+                    .map(|f| (f.to_string(), unknown.clone()))
+                    .collect(),
+                Some(StepErrorView::from(&e)),
+            ),
+        };
+        Self {
+            values: Some(values),
+            read_error,
+            ..Self::planned(step)
+        }
+    }
+}
+
+impl ChangeService {
+    /// Plans `patch` for `user` as [`ChangeService::submit`] would, without recording it, and with
+    /// `Read::Live` reads every step's target. The same refusals as a real change: an unknown
+    /// user, a missing link.
+    pub async fn dry_run(
+        &self,
+        user: &UserId,
+        patch: &ProfilePatch,
+        caller: &str,
+        read: Read,
+    ) -> Result<DryRunView, SubmitError> {
+        // Never from the cache: a real change catches a stale cached plan when it records it, and
+        // a dry run records nothing that would.
+        let links = self.read_links(user).await?;
+        let planned = plan(patch, &links.links).map_err(SubmitError::MissingLink)?;
+        let steps: Vec<DryRunStep> = match read {
+            Read::None => planned.iter().map(DryRunStep::planned).collect(),
+            Read::Live => {
+                futures_util::future::join_all(planned.iter().map(|s| self.read_step(s, patch)))
+                    .await
+            }
+        };
+        self.metrics
+            .dry_runs
+            .with_label_values(&[read.as_str()])
+            .inc();
+        tracing::info!(
+            user = user.as_str(),
+            caller,
+            read = read.as_str(),
+            steps = steps.len(),
+            "dry run answered; nothing recorded, nothing written upstream"
+        );
+        Ok(DryRunView {
+            dry_run: true,
+            user: user.as_str().to_string(),
+            caller: caller.to_string(),
+            fields: patch.field_names().iter().map(|f| f.to_string()).collect(),
+            read,
+            steps,
+        })
+    }
+
+    async fn read_step(&self, step: &PlannedStep, patch: &ProfilePatch) -> DryRunStep {
+        let read = match self.request_for(step, patch) {
+            Ok((adapter, request)) => self.read_target(adapter.as_ref(), &request).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match &read {
+            Ok(_) => "read",
+            Err(e) => e.code.as_str(),
+        };
+        self.metrics
+            .dry_run_reads
+            .with_label_values(&[step.target.as_str(), outcome])
+            .inc();
+        DryRunStep::compared(step, read)
+    }
+
+    /// One read through the provider's circuit breaker, as every upstream call goes: dry runs add
+    /// no load to a provider that is failing, and their outcomes count towards its health.
+    async fn read_target(
+        &self,
+        adapter: &dyn ProviderAdapter,
+        request: &crate::domain::StepRequest,
+    ) -> Result<Reading, StepError> {
+        let target = adapter.target();
+        if self.resilience.admit(target) == Admission::FailFast {
+            return Err(resilience::breaker_open(target));
+        }
+        let read = adapter.read(request).await;
+        self.resilience
+            .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
+        read
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::FieldReading;
+
+    fn step() -> PlannedStep {
+        PlannedStep {
+            step_no: 0,
+            target: Target::JuspayCustomer,
+            upstream_ref: "cst_1".into(),
+            fields: vec!["mobile_number", "email_address"],
+        }
+    }
+
+    fn comparisons(s: &DryRunStep) -> Vec<(String, Comparison, Option<String>)> {
+        s.values
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.comparison, v.current.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn each_field_is_compared_and_an_unidentified_answer_proves_nothing() {
+        let mut reading = Reading {
+            identified: true,
+            fields: vec![
+                FieldReading::new("mobile_number", Some("9876543210"), true),
+                FieldReading::new("email_address", Some("old@example.com"), false),
+            ],
+        };
+        let s = DryRunStep::compared(&step(), Ok(reading.clone()));
+        assert_eq!(
+            comparisons(&s),
+            [
+                (
+                    "email_address".into(),
+                    Comparison::Changes,
+                    Some("o***@example.com".into())
+                ),
+                (
+                    "mobile_number".into(),
+                    Comparison::Unchanged,
+                    Some("******3210".into())
+                ),
+            ]
+        );
+        assert!(s.read_error.is_none());
+        reading.identified = false;
+        let s = DryRunStep::compared(&step(), Ok(reading));
+        assert!(
+            comparisons(&s)
+                .iter()
+                .all(|(_, c, v)| *c == Comparison::Unknown && v.is_none())
+        );
+    }
+
+    #[test]
+    fn a_failed_read_makes_every_field_unknown_and_says_why() {
+        let s = DryRunStep::compared(
+            &step(),
+            Err(resilience::breaker_open(Target::JuspayCustomer)),
+        );
+        assert!(
+            comparisons(&s)
+                .iter()
+                .all(|(_, c, v)| *c == Comparison::Unknown && v.is_none())
+        );
+        assert_eq!(
+            s.read_error.map(|e| e.code),
+            Some(crate::providers::StepErrorCode::UpstreamUnavailable)
+        );
+    }
+}
