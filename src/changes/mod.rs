@@ -883,7 +883,7 @@ impl ChangeService {
     ) -> Result<(), StepError> {
         let target = step.planned.target;
         if step.read_back_first {
-            let read = adapter.read_back(request).await;
+            let read = crate::providers::read_back(adapter, request).await;
             self.resilience
                 .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
             match read {
