@@ -194,21 +194,21 @@ impl ChangeService {
         DryRunStep::compared(step, read)
     }
 
-    /// One read through the provider's circuit breaker, as every upstream call goes: dry runs add
-    /// no load to a provider that is failing, and their outcomes count towards its health.
+    /// One read, only while the provider's circuit breaker is closed: dry runs add no load to a
+    /// provider that is failing. They never steer the breaker that protects the real writes:
+    /// they only peek (never taking an expired Open's half-open probe, which a client hanging
+    /// up mid-read would leave stuck) and do not record their outcome (a dry run's success must
+    /// not close or reset it, and a burst of dry runs must not open it for the writes).
     async fn read_target(
         &self,
         adapter: &dyn ProviderAdapter,
         request: &crate::domain::StepRequest,
     ) -> Result<Reading, StepError> {
         let target = adapter.target();
-        if self.resilience.admit(target) == Admission::FailFast {
+        if self.resilience.peek(target) == Admission::FailFast {
             return Err(resilience::breaker_open(target));
         }
-        let read = adapter.read(request).await;
-        self.resilience
-            .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
-        read
+        adapter.read(request).await
     }
 }
 
