@@ -1,9 +1,11 @@
 //! Dry runs (`PATCH /profile/{user}?dryRun=All`): the steps a change would send, planned from the
 //! user's links by the same planner as a real change and, with `read=live`, compared field by
 //! field with each target's current values, read by the adapters' own read (the one the completer
-//! reads back with before a resend). Nothing is recorded (no change, step, key, jti or audit row)
-//! and nothing is written upstream.
+//! reads back with before a resend). Nothing is recorded (no change, step, key, jti or audit row),
+//! nothing is written upstream, and neither this replica's links cache nor a provider's circuit
+//! breaker is moved.
 
+use super::idempotency::IdempotencyKey;
 use super::resilience::{self, Admission};
 use super::{ChangeService, SubmitError};
 use crate::changes::model::StepErrorView;
@@ -71,6 +73,10 @@ pub struct DryRunView {
     pub caller: String,
     pub fields: Vec<String>,
     pub read: Read,
+    /// The change recorded under the Idempotency-Key sent with the same request: the real PATCH
+    /// would answer it (a replay) and send none of `steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replays: Option<uuid::Uuid>,
     pub steps: Vec<DryRunStep>,
 }
 
@@ -137,19 +143,25 @@ impl DryRunStep {
 
 impl ChangeService {
     /// Plans `patch` for `user` as [`ChangeService::submit`] would, without recording it, and with
-    /// `Read::Live` reads every step's target. The same refusals as a real change: an unknown
-    /// user, a missing link.
+    /// `Read::Live` reads every step's target. The same refusals as a real change, in its order:
+    /// an unknown user, a missing link, then what its record would answer (a known `key`'s
+    /// conflict, too many pending changes), all read without writing.
     pub async fn dry_run(
         &self,
         user: &UserId,
         patch: &ProfilePatch,
         caller: &str,
+        key: Option<&IdempotencyKey>,
         read: Read,
     ) -> Result<DryRunView, SubmitError> {
-        // Never from the cache: a real change catches a stale cached plan when it records it, and
-        // a dry run records nothing that would.
-        let links = self.read_links(user).await?;
+        // Never from the cache, and not into it: a real change catches a stale cached plan when
+        // it records it, and a dry run records nothing that would.
+        let links = self
+            .fresh_links(user)
+            .await?
+            .ok_or(SubmitError::UserNotFound)?;
         let planned = plan(patch, &links.links).map_err(SubmitError::MissingLink)?;
+        let replays = self.would_record(user, caller, key).await?;
         let steps: Vec<DryRunStep> = match read {
             Read::None => planned.iter().map(DryRunStep::planned).collect(),
             Read::Live => {
@@ -174,6 +186,7 @@ impl ChangeService {
             caller: caller.to_string(),
             fields: patch.field_names().iter().map(|f| f.to_string()).collect(),
             read,
+            replays,
             steps,
         })
     }
@@ -194,21 +207,21 @@ impl ChangeService {
         DryRunStep::compared(step, read)
     }
 
-    /// One read through the provider's circuit breaker, as every upstream call goes: dry runs add
-    /// no load to a provider that is failing, and their outcomes count towards its health.
+    /// One read, only while the provider's circuit breaker is closed: dry runs add no load to a
+    /// provider that is failing. They never steer the breaker that protects the real writes:
+    /// they only peek (never taking an expired Open's half-open probe, which a client hanging
+    /// up mid-read would leave stuck) and do not record their outcome (a dry run's success must
+    /// not close or reset it, and a burst of dry runs must not open it for the writes).
     async fn read_target(
         &self,
         adapter: &dyn ProviderAdapter,
         request: &crate::domain::StepRequest,
     ) -> Result<Reading, StepError> {
         let target = adapter.target();
-        if self.resilience.admit(target) == Admission::FailFast {
+        if self.resilience.peek(target) == Admission::FailFast {
             return Err(resilience::breaker_open(target));
         }
-        let read = adapter.read(request).await;
-        self.resilience
-            .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
-        read
+        adapter.read(request).await
     }
 }
 

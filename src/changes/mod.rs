@@ -396,10 +396,16 @@ impl ChangeService {
         Ok(outcome)
     }
 
+    /// The user's links as the database holds them now, or `None` for a user without links. The
+    /// cache is neither read nor written (a dry run leaves this replica as it found it).
+    async fn fresh_links(&self, user: &UserId) -> Result<Option<batch::LinksRow>, SubmitError> {
+        Ok(self.writes.links.submit(user.as_str().to_string()).await?)
+    }
+
     /// The user's links as the database holds them now (remembered in this replica's cache for
     /// the next change).
     async fn read_links(&self, user: &UserId) -> Result<batch::LinksRow, SubmitError> {
-        let Some(links) = self.writes.links.submit(user.as_str().to_string()).await? else {
+        let Some(links) = self.fresh_links(user).await? else {
             self.writes.links_cache.forget(user.as_str());
             return Err(SubmitError::UserNotFound);
         };
@@ -414,17 +420,37 @@ impl ChangeService {
         ctx: &AuditContext,
         key: &IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
+        // The record found the key taken; not finding it now means its first request's record
+        // is not yet visible: still in flight.
         let existing = store::idempotency::find(&self.pool, &ctx.caller, user.as_str(), &key.key)
             .await?
             .ok_or(SubmitError::KeyInFlight)?;
-        if !key.matches(&existing.fingerprint) {
-            return Err(SubmitError::KeyReused);
-        }
-        if existing.in_flight {
-            return Err(SubmitError::KeyInFlight);
-        }
-        let view = store::changes::load(&self.pool, existing.change_id).await?;
+        let change_id = known_key(key, &existing)?;
+        let view = store::changes::load(&self.pool, change_id).await?;
         view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight)
+    }
+
+    /// What recording a change with `key` would answer now, read without writing (a dry run):
+    /// the change it would replay, or the refusal the record would give ([`known_key`]'s for a
+    /// recorded key, else `TooManyPending`), in the record's order: a recorded key is never
+    /// refused for the bound.
+    async fn would_record(
+        &self,
+        user: &UserId,
+        caller: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Option<Uuid>, SubmitError> {
+        if let Some(key) = key
+            && let Some(existing) =
+                store::idempotency::find(&self.pool, caller, user.as_str(), &key.key).await?
+        {
+            return known_key(key, &existing).map(Some);
+        }
+        let max = self.limits.max_pending_per_user;
+        if batch::would_exceed_pending(&self.pool, user.as_str(), max).await? {
+            return Err(SubmitError::TooManyPending);
+        }
+        Ok(None)
     }
 
     /// Re-drives a change that failed finally (operator action), as the latest change of its user.
@@ -936,7 +962,7 @@ impl ChangeService {
     ) -> Result<(), StepError> {
         let target = step.planned.target;
         if step.read_back_first {
-            let read = adapter.read_back(request).await;
+            let read = crate::providers::read_back(adapter, request).await;
             self.resilience
                 .record(target, &read.as_ref().map(|_| ()).map_err(Clone::clone));
             match read {
@@ -969,6 +995,22 @@ impl ChangeService {
             Err(_) => StepStatus::Failed,
         }
     }
+}
+
+/// The rule for a key already recorded: another request under it is refused (`KeyReused`); the
+/// same one waits while the key's first request is still being answered (`KeyInFlight`), then
+/// replays the key's change.
+fn known_key(
+    key: &IdempotencyKey,
+    existing: &store::idempotency::Existing,
+) -> Result<Uuid, SubmitError> {
+    if !key.matches(&existing.fingerprint) {
+        return Err(SubmitError::KeyReused);
+    }
+    if existing.in_flight {
+        return Err(SubmitError::KeyInFlight);
+    }
+    Ok(existing.change_id)
 }
 
 fn view(

@@ -139,6 +139,17 @@ impl Resilience {
         admission
     }
 
+    /// What the breaker says without being moved: `Send` only while it is closed. For calls that
+    /// must never steer the breaker protecting the writes (a dry run's reads): they neither take
+    /// an expired Open's half-open probe (only [`Resilience::record`] leaves HalfOpen, and a
+    /// caller hanging up mid-probe would leave it there) nor record their outcome.
+    pub fn peek(&self, target: Target) -> Admission {
+        self.with(target, |p, _| match p.breaker {
+            BreakerState::Closed { .. } => Admission::Send,
+            BreakerState::Open { .. } | BreakerState::HalfOpen => Admission::FailFast,
+        })
+    }
+
     /// A first attempt earns the budget a fraction of a retry.
     pub fn first_attempt(&self, target: Target) {
         self.with(target, |p, c| {
@@ -271,6 +282,37 @@ mod tests {
             r.record(t, &Err(rejected.clone()));
         }
         assert_eq!(r.admit(t), Admission::Send);
+    }
+
+    #[test]
+    fn a_peek_sends_only_while_closed_and_never_takes_the_probe() {
+        let r = Resilience::new(config());
+        let t = Target::JuspayCustomer;
+        assert_eq!(r.peek(t), Admission::Send);
+        for _ in 0..3 {
+            r.record(t, &unavailable());
+        }
+        assert_eq!(r.peek(t), Admission::FailFast, "open");
+        std::thread::sleep(Duration::from_millis(60));
+        // Expired: a peek still fails fast and leaves the state as it was, so the next real send
+        // takes the half-open probe, and after it everyone else fails fast.
+        for _ in 0..3 {
+            assert_eq!(r.peek(t), Admission::FailFast, "expired open");
+        }
+        assert_eq!(r.admit(t), Admission::Send, "the probe is still there");
+        assert_eq!(r.peek(t), Admission::FailFast, "half-open");
+        assert_eq!(r.admit(t), Admission::FailFast);
+        r.record(t, &Ok(()));
+        assert_eq!(r.peek(t), Admission::Send, "closed again");
+        // Peeking counts nothing: one failure short of the threshold stays closed however often
+        // it is peeked at.
+        r.record(t, &unavailable());
+        r.record(t, &unavailable());
+        for _ in 0..10 {
+            assert_eq!(r.peek(t), Admission::Send);
+        }
+        r.record(t, &unavailable());
+        assert_eq!(r.peek(t), Admission::FailFast);
     }
 
     #[test]

@@ -29,7 +29,7 @@ macro_rules! pii_newtype {
 pub(crate) use pii_newtype;
 
 pii_newtype!(MobileNumber, mask::digits);
-pii_newtype!(CountryCode, mask::none);
+pii_newtype!(CountryCode, mask::country_code);
 pii_newtype!(Email, mask::email);
 pii_newtype!(PersonName, mask::name);
 

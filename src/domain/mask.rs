@@ -34,9 +34,32 @@ pub fn name(s: &str) -> String {
     format!("{first}***")
 }
 
-/// Country codes identify nobody.
-pub fn none(s: &str) -> String {
-    s.to_string()
+/// `91` -> `91`: a country code identifies nobody. Anything but 1 to 4 digits (an upstream's
+/// odd answer) is not a country code and shows nothing.
+pub fn country_code(s: &str) -> String {
+    if (1..=4).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.to_string()
+    } else {
+        "****".to_string()
+    }
+}
+
+/// A UPI action (`change_vpa`, ...) or a UPI number's status (`active`, `inactive`,
+/// `deregistered`, the statuses the actions lead to) shows as itself; any other value (an
+/// upstream's odd answer) shows nothing.
+pub fn upi_state(s: &str) -> String {
+    use super::UpiAction;
+    let known = UpiAction::ALL.iter().any(|a| {
+        *a == s
+            || UpiAction::parse(a)
+                .map(|a| a.expected_status() == s)
+                .unwrap_or(false)
+    });
+    if known {
+        s.to_string()
+    } else {
+        "****".to_string()
+    }
 }
 
 /// The mask of a profile field by its name: the one table the audit trail's values and a dry
@@ -47,8 +70,9 @@ pub fn field(field_name: &str, raw: &str) -> String {
         "email_address" => email(raw),
         "first_name" | "last_name" => name(raw),
         "vpa" => vpa(raw),
-        // A country code, an action or a UPI number's status identify nobody.
-        "mobile_country_code" | "action" => none(raw),
+        // A country code, an action or a UPI number's status identify nobody, in their shapes.
+        "mobile_country_code" => country_code(raw),
+        "action" => upi_state(raw),
         _ => "****".to_string(),
     }
 }
@@ -66,8 +90,30 @@ mod tests {
         assert_eq!(super::field("first_name", "Alice"), "A***");
         assert_eq!(super::field("vpa", "alice@okaxis"), "****@okaxis");
         assert_eq!(super::field("mobile_country_code", "91"), "91");
-        assert_eq!(super::field("action", "active"), "active");
+        assert_eq!(super::field("mobile_country_code", "1684"), "1684");
+        assert_eq!(super::field("action", "change_vpa"), "change_vpa");
+        for status in ["active", "inactive", "deregistered"] {
+            assert_eq!(super::field("action", status), status);
+        }
         assert_eq!(super::field("fingerprint", "3f1c0d2e9a"), "****");
+    }
+
+    #[test]
+    fn values_of_an_unexpected_shape_show_nothing() {
+        // An upstream may answer anything; what is shown unmasked must be what these fields are.
+        for odd in ["", "91234", "+91", "9 1", "alice@example.com", "９１"] {
+            assert_eq!(super::field("mobile_country_code", odd), "****", "{odd:?}");
+        }
+        for odd in [
+            "",
+            "ACTIVE",
+            "active ",
+            "suspended",
+            "9876543210",
+            "alice@okaxis",
+        ] {
+            assert_eq!(super::field("action", odd), "****", "{odd:?}");
+        }
     }
 
     #[test]

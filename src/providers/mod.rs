@@ -83,12 +83,17 @@ pub trait ProviderAdapter: Send + Sync {
 
     /// Reads the upstream's current state of every field the step sets (one read, no write).
     fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>>;
+}
 
-    /// Does the upstream already hold what the step sets? Used before resending a write whose
-    /// outcome is unknown, so no write takes effect twice; the same read a dry run shows.
-    fn read_back<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<bool, StepError>> {
-        Box::pin(async move { self.read(request).await.map(|r| r.holds_all()) })
-    }
+/// Does the upstream already hold what the step sets? Used before resending a write whose outcome
+/// is unknown, so no write takes effect twice. A free function over [`ProviderAdapter::read`],
+/// not a trait method an adapter could override: the read-back and a dry run's `read=live` judge
+/// the same reading by the same rule ([`Reading::holds_all`]).
+pub async fn read_back(
+    adapter: &dyn ProviderAdapter,
+    request: &StepRequest,
+) -> Result<bool, StepError> {
+    adapter.read(request).await.map(|r| r.holds_all())
 }
 
 /// What one read of the upstream showed of a step's fields. The completer asks only whether it

@@ -2,7 +2,7 @@
 
 use super::{AppState, JsonBody, PathParam, QueryParams, acting_context, user_param};
 use crate::auth::assertion::{self, Use};
-use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite};
+use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite, SCOPE_READ};
 use crate::changes::Submitted;
 use crate::changes::dry_run::Read;
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
@@ -55,8 +55,9 @@ impl PatchQuery {
 }
 
 /// A real change and its dry run pass the same checks in the same order (scope and rate in the
-/// extractors, then the query, path, key, body, the user assertion, the links and the plan), so
-/// a dry run answers every refusal a real PATCH would.
+/// extractors, then the query, path, key, body, the user assertion, the links, the plan and what
+/// the record would say of the key and the pending changes), so a dry run answers every refusal
+/// a real PATCH would.
 async fn patch_profile(
     State(state): State<AppState>,
     Extension(meta): Extension<RequestMeta>,
@@ -67,9 +68,16 @@ async fn patch_profile(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let mode = query.mode()?;
+    if mode == Mode::DryRun(Read::Live) {
+        // `read=live` shows the upstreams' current values (masked) and whether each equals the
+        // one sent: a read of the profile, which a writer alone may not do. Checked like the
+        // route's own scope, before the body is judged or any upstream called.
+        caller.require(SCOPE_READ)?;
+    }
     let user = user_param(&raw)?;
-    // A dry run needs no key; one that is sent is checked like a real one, but neither looked up
-    // nor remembered, so the real PATCH can follow with the same headers.
+    // A dry run needs no key; one that is sent is checked and looked up like a real one (its
+    // conflicts answer as the real PATCH would), but not remembered, so the real PATCH can
+    // follow with the same headers.
     let key = match idempotency::parse_key(
         headers
             .get("idempotency-key")
@@ -82,15 +90,17 @@ async fn patch_profile(
     };
     let patch = ProfilePatch::parse(&body, &state.limits.fingerprint_window())
         .map_err(ApiError::Validation)?;
+    // The query is no part of the fingerprint: the dry run looks up the key as its real PATCH.
+    let key = key.map(|key| {
+        state
+            .changes
+            .fingerprints
+            .key(key, "PATCH", &format!("/profile/{user}"), &body)
+    });
     let read = match mode {
         Mode::DryRun(read) => read,
         Mode::Apply => {
             let key = key.ok_or(ApiError::IdempotencyKeyMissing)?;
-            let key =
-                state
-                    .changes
-                    .fingerprints
-                    .key(key, "PATCH", &format!("/profile/{user}"), &body);
             return apply(&state, &meta, &caller, &headers, user, patch, key).await;
         }
     };
@@ -103,13 +113,13 @@ async fn patch_profile(
         &headers,
         &user,
         Use::DryRun {
-            idem_key: key.as_deref(),
+            idem_key: key.as_ref().map(|k| k.key.as_str()),
         },
     )
     .await?;
     let view = state
         .changes
-        .dry_run(&user, &patch, &caller.name, read)
+        .dry_run(&user, &patch, &caller.name, key.as_ref(), read)
         .await?;
     Ok(Json(view).into_response())
 }

@@ -5,8 +5,8 @@ use sqlx::PgPool;
 
 /// Claims the assertion's jti for this request. True when it is new (or expired and reused), or
 /// when the same caller presents it again for the same user and Idempotency-Key (a retry).
-pub async fn claim<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
+pub async fn claim(
+    pool: &PgPool,
     a: &UserAssertion,
     caller: &str,
     user: &str,
@@ -34,13 +34,15 @@ pub async fn claim<'c>(
         idem_key,
         a.expires_at,
     )
-    .fetch_one(conn)
+    .fetch_one(pool)
     .await?;
     Ok(row)
 }
 
-/// What [`claim`] would answer, without claiming: the same statement in a transaction that is
-/// rolled back, so the rule has one home and nothing is left behind (a dry run).
+/// What [`claim`] would answer now, without claiming (a dry run): one plain read, no row lock
+/// and nothing written. The same rule as `claim`'s statement, case by case: no row is a new jti;
+/// an expired row is claimed anew; a live row only by the same caller, user and key (a NULL key,
+/// a read's, matches nothing). Keep the two together when either changes.
 pub async fn would_claim(
     pool: &PgPool,
     a: &UserAssertion,
@@ -48,10 +50,21 @@ pub async fn would_claim(
     user: &str,
     idem_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let fresh = claim(&mut *tx, a, caller, user, idem_key).await?;
-    tx.rollback().await?;
-    Ok(fresh)
+    let row = sqlx::query_scalar!(
+        r#"select coalesce(
+                    (select expires_at < now()
+                            or coalesce(caller = $3 and user_id = $4 and idem_key = $5, false)
+                       from user_assertion_jtis where issuer = $1 and jti = $2),
+                    true) as "ok!""#,
+        a.issuer,
+        a.jti,
+        caller,
+        user,
+        idem_key,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(row)
 }
 
 /// Deletes jtis whose assertions have expired (they can no longer be replayed anyway).

@@ -277,6 +277,28 @@ pub async fn record_changes(
         .collect())
 }
 
+/// Whether [`record_changes`] would now refuse one more change of `user` as
+/// [`Recorded::TooManyPending`] (a dry run): the same count (`last_change_seq - finished_seq`)
+/// and bound as its `ranked.over_limit`, for a batch of one, read without a lock. Keep the two
+/// together when either changes. Not asked for a key already recorded: that one is never refused
+/// for the bound. An unknown user is not over it (the links said so first).
+pub async fn would_exceed_pending(
+    pool: &PgPool,
+    user: &str,
+    max_pending: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"select coalesce(
+                    (select last_change_seq - finished_seq + 1 > $2
+                       from profile_links where user_id = $1),
+                    false) as "over!""#,
+        user,
+        max_pending,
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// One step attempt's outcome, as a settle records it.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {

@@ -151,6 +151,14 @@ async fn snapshot(app: &TestApp) -> Snapshot {
     s
 }
 
+/// A snapshot while a change is being driven: its row's lease may be renewed meanwhile, so the
+/// `changes` rows are compared by count only.
+async fn recorded(app: &TestApp) -> Snapshot {
+    let mut s = snapshot(app).await;
+    s.tables.get_mut("public.changes").unwrap().1.clear();
+    s
+}
+
 fn writes(app: &TestApp) -> Vec<String> {
     app.journal()
         .into_iter()
@@ -195,23 +203,15 @@ async fn a_dry_run_answers_the_plan_records_nothing_and_the_real_change_follows_
     );
     assert_eq!(snapshot(&app).await, before);
 
-    // A key may be sent (so the real PATCH can follow with the same headers); it is checked but
-    // neither looked up nor remembered: the real PATCH with it is new, not a replay.
+    // A key may be sent (so the real PATCH can follow with the same headers); it is checked and
+    // looked up but not remembered: the real PATCH with it is new, not a replay.
     let key = new_key();
-    let again = ok_json(
-        Patch::new("alice", &alice_change())
-            .dry()
-            .key(&key)
-            .send(&app)
-            .await,
-    )
-    .await;
+    // One body for the dry run, the change and the replay below (its device timestamp is now's).
+    let body = alice_change();
+    let again = ok_json(Patch::new("alice", &body).dry().key(&key).send(&app).await).await;
     assert_eq!(again, plan);
     assert_eq!(snapshot(&app).await, before);
-    let resp = Patch::new("alice", &alice_change())
-        .key(&key)
-        .send(&app)
-        .await;
+    let resp = Patch::new("alice", &body).key(&key).send(&app).await;
     assert!(resp.headers().get("idempotent-replayed").is_none());
     let change = ok_json(resp).await;
     assert_eq!(change["status"], "applied");
@@ -225,7 +225,14 @@ async fn a_dry_run_answers_the_plan_records_nothing_and_the_real_change_follows_
     assert_eq!(Value::Array(sent), plan["steps"]);
     assert_eq!(app.count("select count(*) from changes").await, 1);
     // The snapshot does see what a real change records.
-    assert_ne!(snapshot(&app).await, before);
+    let after = snapshot(&app).await;
+    assert_ne!(after, before);
+    // Now the key is the change's: the real PATCH would replay it and send nothing, and the dry
+    // run says which change it would answer.
+    let replay = ok_json(Patch::new("alice", &body).dry().key(&key).send(&app).await).await;
+    assert_eq!(replay["replays"], change["change_id"]);
+    assert_eq!(replay["steps"], plan["steps"]);
+    assert_eq!(snapshot(&app).await, after);
 }
 
 #[tokio::test]
@@ -668,4 +675,394 @@ async fn as_app(
         p.key = Some(new_key());
     }
     p.send(app).await
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.metrics_base.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one sample line (`name{labels}`), if the series exists yet.
+async fn try_sample(app: &TestApp, series: &str) -> Option<f64> {
+    metrics_text(app)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn sample(app: &TestApp, series: &str) -> f64 {
+    try_sample(app, series)
+        .await
+        .unwrap_or_else(|| panic!("no {series}"))
+}
+
+#[tokio::test]
+async fn read_live_needs_profile_read_as_well_and_is_refused_before_any_upstream_call() {
+    let app = spawn_app_with(|s| {
+        s.auth.callers.push(CallerSettings {
+            name: "writer-only".into(),
+            token_sha256: Some(profile_gateway::auth::token_sha256("writer-only-token")),
+            scopes: vec!["profile:write".into()],
+            ..Default::default()
+        });
+    })
+    .await;
+    let before = snapshot(&app).await;
+    let writer = |p: Patch<'static>| Patch {
+        token: Some("writer-only-token"),
+        ..p
+    };
+    // The plan alone shows nothing of the upstreams: a writer may ask for it.
+    let plan = ok_json(
+        writer(Patch::new("alice", &alice_change()).dry())
+            .send(&app)
+            .await,
+    )
+    .await;
+    assert_eq!(plan["read"], "none");
+    // Current values (masked) and whether each equals the one sent are a read of the profile:
+    // refused with the problem any route needing `profile:read` gives this caller.
+    let elsewhere = problem_body(
+        app.client
+            .get(app.url("/profile/alice/changes"))
+            .bearer_auth("writer-only-token")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (elsewhere.0, elsewhere.1["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(
+        elsewhere.1["detail"],
+        "the caller lacks the `profile:read` scope"
+    );
+    for body in [
+        alice_change().to_string(),
+        // Before the body is judged, as the route's own scope is.
+        r#"{"mobile_number": "98-76"}"#.to_string(),
+    ] {
+        let p = writer(Patch {
+            body,
+            ..Patch::new("alice", &json!({}))
+        })
+        .live();
+        assert_eq!(problem_body(p.send(&app).await).await, elsewhere);
+    }
+    assert!(app.journal().is_empty(), "{:?}", app.journal());
+    // With both scopes the same caller's request reads (the test writer holds both).
+    let live = ok_json(Patch::new("alice", &alice_change()).live().send(&app).await).await;
+    assert_eq!(live["read"], "live");
+    assert_eq!(snapshot(&app).await, before);
+}
+
+#[tokio::test]
+async fn a_dry_run_predicts_the_records_key_conflicts_and_pending_bound_without_writing() {
+    let app = spawn_app_with(|s| {
+        s.changes.max_pending_per_user = 1;
+        s.upstream.request_deadline_ms = 300;
+        // Bob's change below stays pending on a hanging upstream for the rest of the test.
+        s.juspay.timeout_ms = 60_000;
+    })
+    .await;
+    // Compares a dry run with the real PATCH it predicts (status, problem, Retry-After); the
+    // real one goes second, and is refused too, so it records nothing either.
+    async fn same_refusal(app: &TestApp, dry: Patch<'_>, status: u16, code: &str) {
+        let real = dry.clone_for_real();
+        let dry = dry.dry().send(app).await;
+        let dry_retry = dry.headers().get("retry-after").cloned();
+        let dry = problem_body(dry).await;
+        let real = real.send(app).await;
+        let real_retry = real.headers().get("retry-after").cloned();
+        let real = problem_body(real).await;
+        assert_eq!(
+            (dry.0, dry.1["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            dry.1
+        );
+        assert_eq!(dry, real);
+        assert_eq!(dry_retry, real_retry);
+    }
+
+    // A key of a recorded change, sent with another body: 422, as the real PATCH.
+    let key = new_key();
+    let first = ok_json(
+        Patch::new("alice", &json!({"first_name": "Al"}))
+            .key(&key)
+            .send(&app)
+            .await,
+    )
+    .await;
+    let before = snapshot(&app).await;
+    same_refusal(
+        &app,
+        Patch::new("alice", &json!({"first_name": "Bo"})).key(&key),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(snapshot(&app).await, before);
+
+    // Bob's one allowed unfinished change (its upstream hangs: 202, still pending).
+    app.sandbox
+        .add_fault(FaultSpec::hang("juspay_customer_update"));
+    let bob = json!({"first_name": "Bob"});
+    let bob_key = new_key();
+    let resp = Patch::new("bob", &bob).key(&bob_key).send(&app).await;
+    assert_eq!(resp.status(), 202);
+    let pending: Value = resp.json().await.unwrap();
+    let before = recorded(&app).await;
+    app.sandbox.clear_journal();
+    // Another change of Bob's is over the bound, with or without a key.
+    let other = json!({"last_name": "Builder"});
+    same_refusal(
+        &app,
+        Patch::new("bob", &other).key(&new_key()),
+        429,
+        "too_many_pending_changes",
+    )
+    .await;
+    let (status, b) = problem_body(Patch::new("bob", &other).dry().send(&app).await).await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (429, Some("too_many_pending_changes"))
+    );
+    // Its own key is never refused for the bound: the real PATCH replays it, the dry run says so.
+    let dry = ok_json(Patch::new("bob", &bob).dry().key(&bob_key).send(&app).await).await;
+    assert_eq!(dry["replays"], pending["change_id"]);
+    let real = Patch::new("bob", &bob).key(&bob_key).send(&app).await;
+    assert_eq!(real.headers()["idempotent-replayed"], "true");
+    let real: Value = real.json().await.unwrap();
+    assert_eq!(real["change_id"], pending["change_id"]);
+    assert_eq!(recorded(&app).await, before);
+    // While the key's first request is still being answered (another replica's, say), both get
+    // 409 with Retry-After.
+    sqlx::query(
+        "update idempotency_keys set in_flight_until = now() + interval '1 hour' where idem_key = $1",
+    )
+    .bind(&bob_key)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let in_flight = recorded(&app).await;
+    same_refusal(
+        &app,
+        Patch::new("bob", &bob).key(&bob_key),
+        409,
+        "idempotency_key_in_flight",
+    )
+    .await;
+    // Another user is not bound by Bob's changes.
+    let plan = ok_json(
+        Patch::new("alice", &json!({"last_name": "Smith"}))
+            .dry()
+            .key(&new_key())
+            .send(&app)
+            .await,
+    )
+    .await;
+    assert!(plan.get("replays").is_none());
+    assert_eq!(recorded(&app).await, in_flight);
+    assert_ne!(in_flight, before, "the key update shows");
+    assert!(writes(&app).is_empty(), "{:?}", writes(&app));
+    assert_eq!(first["status"], "applied");
+}
+
+#[tokio::test]
+async fn dry_run_reads_neither_open_the_breaker_nor_pass_an_open_one() {
+    let app = spawn_app_with(|s| {
+        s.changes.breaker_failure_threshold = 2;
+        s.changes.breaker_open_ms = 600_000;
+        s.telemetry.metrics_listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let body = json!({"mobile_number": "9876543210"});
+    // Two failed wallet reads would open a breaker counting them; dry runs' are not counted.
+    app.sandbox
+        .add_fault(FaultSpec::status("juspay_wallet_get", 503, "", None).times(2));
+    let answer = ok_json(Patch::new("alice", &body).live().send(&app).await).await;
+    for step in &answer["steps"].as_array().unwrap()[1..] {
+        assert_eq!(step["target"], "juspay_wallet");
+        assert_eq!(step["read_error"]["upstream_status"], 503, "{step}");
+    }
+    assert_eq!(
+        sample(
+            &app,
+            r#"profile_gateway_upstream_breaker_open{provider="juspay_wallet"}"#
+        )
+        .await,
+        0.0
+    );
+    app.sandbox.clear_journal();
+    let answer = ok_json(Patch::new("alice", &body).live().send(&app).await).await;
+    assert!(
+        answer["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.get("read_error").is_none()),
+        "{answer}"
+    );
+    let wallet_gets = |app: &TestApp| {
+        app.journal()
+            .iter()
+            .filter(|e| e.route.as_deref() == Some("juspay_wallet_get"))
+            .count()
+    };
+    assert_eq!(wallet_gets(&app), 2);
+    // The real change still goes to the wallets.
+    let change = ok_json(
+        app.patch("alice", &json!({"mobile_number": "9876500000"}))
+            .await,
+    )
+    .await;
+    assert_eq!(change["status"], "applied");
+
+    // Real writes failing open it; a dry run then fails fast without calling the wallets.
+    app.sandbox
+        .add_fault(FaultSpec::status("juspay_wallet_update", 503, "", None));
+    app.patch("alice", &json!({"mobile_number": "9876511111"}))
+        .await;
+    assert_eq!(
+        sample(
+            &app,
+            r#"profile_gateway_upstream_breaker_open{provider="juspay_wallet"}"#
+        )
+        .await,
+        1.0
+    );
+    app.sandbox.clear_journal();
+    let answer = ok_json(Patch::new("alice", &body).live().send(&app).await).await;
+    for step in &answer["steps"].as_array().unwrap()[1..] {
+        assert_eq!(step["read_error"]["code"], "upstream_unavailable", "{step}");
+        // Not sent: no upstream answered.
+        assert!(step["read_error"]["upstream_status"].is_null(), "{step}");
+        assert!(
+            step["read_error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is failing"),
+            "{step}"
+        );
+    }
+    assert_eq!(
+        answer["steps"][0]["values"]["mobile_number"]["comparison"],
+        "changes"
+    );
+    assert_eq!(wallet_gets(&app), 0, "{:?}", app.journal());
+}
+
+#[tokio::test]
+async fn a_dry_run_neither_fills_nor_empties_the_links_cache() {
+    let app = spawn_app_with(|s| {
+        s.telemetry.metrics_listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let links_read = r#"profile_gateway_db_batch_size_sum{statement="links"}"#;
+    let body = json!({"first_name": "Al"});
+    let reads = try_sample(&app, links_read).await.unwrap_or(0.0);
+    ok_json(Patch::new("alice", &body).dry().send(&app).await).await;
+    assert_eq!(sample(&app, links_read).await, reads + 1.0, "read fresh");
+    // The first real change reads the links from the database: the dry run left nothing cached.
+    assert_eq!(app.patch("alice", &body).await.status(), 200);
+    assert_eq!(sample(&app, links_read).await, reads + 2.0);
+    // The next one is planned from the cache (so the count does see a cached plan).
+    assert_eq!(
+        app.patch("alice", &json!({"first_name": "Bo"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(sample(&app, links_read).await, reads + 2.0);
+    // A dry run reads fresh again and leaves the entry in place.
+    ok_json(Patch::new("alice", &body).dry().send(&app).await).await;
+    assert_eq!(
+        app.patch("alice", &json!({"first_name": "Cy"}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(sample(&app, links_read).await, reads + 3.0);
+}
+
+#[tokio::test]
+async fn would_claim_answers_as_claim_does_and_writes_nothing() {
+    use profile_gateway::auth::assertion::UserAssertion;
+    use profile_gateway::store::assertions::{claim, would_claim};
+    let app = spawn_app().await;
+    let assertion = |jti: &str| UserAssertion {
+        issuer: "https://idp.test".into(),
+        subject: "alice".into(),
+        jti: jti.into(),
+        expires_at: chrono::Utc::now() + chrono::Duration::seconds(60),
+    };
+    let rows = || async {
+        sqlx::query_scalar::<_, String>(
+            "select string_agg(t::text, E'\\n' order by t::text) from user_assertion_jtis t",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    // Each case on the same fixture: a live jti claimed with a key, one claimed by a read (no
+    // key), and an expired one of another caller and user.
+    let fixture = || async {
+        sqlx::query("delete from user_assertion_jtis")
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let pool = &app.pool;
+        assert!(
+            claim(pool, &assertion("live"), "app", "alice", Some("k1"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            claim(pool, &assertion("read"), "app", "alice", None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            claim(pool, &assertion("old"), "other", "bob", Some("k9"))
+                .await
+                .unwrap()
+        );
+        sqlx::query("update user_assertion_jtis set expires_at = now() - interval '1 second' where jti = 'old'")
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    let cases: [(&str, &str, &str, Option<&str>, bool); 9] = [
+        ("new", "app", "alice", Some("k1"), true),
+        ("new", "app", "alice", None, true),
+        ("live", "app", "alice", Some("k1"), true),
+        ("live", "app", "alice", Some("k2"), false),
+        ("live", "app", "alice", None, false),
+        ("live", "other", "alice", Some("k1"), false),
+        ("live", "app", "bob", Some("k1"), false),
+        ("read", "app", "alice", None, false),
+        ("old", "app", "alice", Some("k1"), true),
+    ];
+    for (jti, caller, user, key, fresh) in cases {
+        fixture().await;
+        let before = rows().await;
+        let a = assertion(jti);
+        let predicted = would_claim(&app.pool, &a, caller, user, key).await.unwrap();
+        assert_eq!(rows().await, before, "{jti} {caller} {user} {key:?}: wrote");
+        let claimed = claim(&app.pool, &a, caller, user, key).await.unwrap();
+        assert_eq!(
+            (predicted, claimed),
+            (fresh, fresh),
+            "{jti} {caller} {user} {key:?}"
+        );
+    }
 }
