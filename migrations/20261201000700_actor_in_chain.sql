@@ -7,8 +7,9 @@
 -- hash covers it:
 --
 --   * events with a NULL actor (every event written before this migration, by an older gateway
---     during the rollout, or by the database's own functions as a login role) keep the
---     `pgw-audit-v1` encoding of migration 0003, so every existing chain stays valid untouched;
+--     during the rollout, for a change such a gateway recorded, or by the database's own
+--     functions as a login role) keep the `pgw-audit-v1` encoding of migration 0003, so every
+--     existing chain stays valid untouched;
 --   * events with an actor are hashed with `pgw-audit-v2` (audit_event_hash_v2 below, documented
 --     in docs/auditing.md and re-implemented in src/audit/verify.rs). It is v1's fields in v1's
 --     order with two differences: `fields` is encoded as the jsonb text of the array (instead of
@@ -446,8 +447,9 @@ $$;
 
 -- Same columns as migration 20261201000501, plus actor_source. Who acted comes from the event
 -- itself when it carries an actor (hashed with it); from its hashed `values.actor` for the link
--- events and operator retries of migration 20261201000102; only for a change's events recorded
--- before this migration from its `changes` row, which the gateway's role may update
+-- events and operator retries of migration 20261201000102; only for the events of a change
+-- recorded without an actor (by a gateway older than this migration, including the events a
+-- newer completer adds to it) from its `changes` row, which the gateway's role may update
 -- (actor_source says which).
 create or replace view audit_log as
 select e.id                                     as event_id,
