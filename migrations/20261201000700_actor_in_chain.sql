@@ -36,6 +36,17 @@ set local lock_timeout = '10s';
 
 alter table audit_events add column actor jsonb;
 
+-- `fields` is a flat list of names. The gateway's role could insert an event whose `fields` has
+-- a NULL element or two dimensions; `audit verify` reports such an event as altered, and new ones
+-- are refused here. (The CASE because array_position refuses a multidimensional array, and an AND
+-- does not promise to evaluate its left side first.) NOT VALID: checking the existing rows would
+-- scan the whole audit history under the exclusive lock this migration holds, stopping every
+-- gateway write meanwhile. Validate it at a quiet time (docs/operations.md, "Rollback"), which
+-- takes only a lock that lets writes through.
+alter table audit_events add constraint audit_events_fields_flat
+    check (case when array_ndims(fields) > 1 then false
+                else array_position(fields, null) is null end) not valid;
+
 -- The v2 encoding. STABLE, not IMMUTABLE: to_jsonb and convert_to are stable, and PostgreSQL
 -- inlines a function only if its body is no more volatile than it declares. Keep the body ONE
 -- expression without sub-selects (no FROM, no aggregate), or it stops being inlined.
