@@ -31,6 +31,8 @@
 -- Deploy: the pre-rollout migration Job, like 0016. Adding a nullable column is a catalog change,
 -- but it takes a brief exclusive lock on audit_events and its partitions; lock_timeout makes the
 -- Job fail (and be retried) rather than queue every gateway write behind a long auditor query.
+-- From then on, verify with this build or a later one: an older `audit verify` knows only v1 and
+-- reports every event with an actor as altered (docs/operations.md, "Rollback").
 
 set local lock_timeout = '10s';
 
