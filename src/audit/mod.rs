@@ -10,6 +10,7 @@ pub mod roles;
 pub mod verify;
 pub mod witnessed;
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -51,9 +52,10 @@ impl Actor {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// The actor recorded with a change, to write into the events of its resumption.
-    pub fn from_json(v: &Value) -> Option<Self> {
-        serde_json::from_value(v.clone()).ok()
+    /// An actor as an event recorded it, to write into the events of a resumed change. The
+    /// caller reports an error: its events would then carry no actor.
+    pub fn from_json(v: &Value) -> Result<Self, serde_json::Error> {
+        Self::deserialize(v)
     }
 }
 
@@ -265,5 +267,27 @@ pub async fn maintenance_loop(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit partition maintenance failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_reads_back_from_its_json_and_a_malformed_one_is_an_error() {
+        let a = Actor {
+            auth: "jwt:https://idp".into(),
+            subject: Some("sa".into()),
+            assertion_subject: Some("alice".into()),
+            assertion_jti: Some("j-1".into()),
+            gateway_request_id: "gw-1".into(),
+        };
+        let back = Actor::from_json(&a.to_json()).unwrap();
+        assert_eq!(back.to_json(), a.to_json());
+        // What an edit of the stored JSON could leave: the caller logs it, its events carry none.
+        assert!(Actor::from_json(&json!({"auth": 5, "gateway_request_id": "gw"})).is_err());
+        assert!(Actor::from_json(&json!({"subject": "sa"})).is_err());
+        assert!(Actor::from_json(&json!("token")).is_err());
     }
 }

@@ -126,6 +126,9 @@ pub struct EventRow {
     pub target: Option<String>,
     pub upstream_ref: Option<String>,
     pub fields: Vec<String>,
+    /// `fields` is not a flat list of strings (a NULL element, or more dimensions): the gateway
+    /// never writes one, and `fields` is then read as empty. The event is reported as altered.
+    pub fields_malformed: bool,
     /// jsonb's text form of `values`.
     pub values_text: String,
     pub hmac_key_id: Option<String>,
@@ -318,6 +321,14 @@ fn walk(user: &str, rows: &[EventRow], start: Start<'_>) -> Option<Problem> {
                 }
             }
         }
+        if row.fields_malformed {
+            return Some(problem(
+                row,
+                ProblemKind::Altered,
+                "fields is not a flat list of names (a NULL element or more than one dimension)"
+                    .into(),
+            ));
+        }
         let computed = event_hash(row);
         if computed != row.hash {
             return Some(problem(
@@ -343,7 +354,11 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
               where ($1::text is null or user_id = $1)
               group by user_id)
            select e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, e.event_type,
-                  e.caller, e.outcome, e.change_id, e.step_no, e.target, e.upstream_ref, e.fields,
+                  e.caller, e.outcome, e.change_id, e.step_no, e.target, e.upstream_ref,
+                  -- NULL (the column never is) for what the decoder would refuse; see EventRow.
+                  case when array_ndims(e.fields) > 1 then null
+                       when array_position(e.fields, null) is not null then null
+                       else e.fields end as "fields?",
                   e."values"::text as "values_text!", e.hmac_key_id, e.error_code, e.request_id,
                   e.trace_id, e.caller_addr, e.actor::text as actor_text, s.from_seq as "from_seq!"
              from audit_events e
@@ -410,7 +425,8 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
             step_no: r.step_no,
             target: r.target,
             upstream_ref: r.upstream_ref,
-            fields: r.fields,
+            fields_malformed: r.fields.is_none(),
+            fields: r.fields.unwrap_or_default(),
             values_text: r.values_text,
             hmac_key_id: r.hmac_key_id,
             error_code: r.error_code,
@@ -616,6 +632,7 @@ mod tests {
             target: None,
             upstream_ref: None,
             fields: vec!["mobile_number".into()],
+            fields_malformed: false,
             values_text: "{}".into(),
             hmac_key_id: None,
             error_code: None,

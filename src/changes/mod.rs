@@ -561,13 +561,21 @@ impl ChangeService {
                 error: v.error,
             })
             .collect();
-        let ctx = ctx.unwrap_or(AuditContext {
+        // A resumed change's events carry who acted in the request or retry whose drive it
+        // resumes (store::changes::Claimed): caller, request ids, address and actor alike.
+        let ctx = ctx.unwrap_or_else(|| AuditContext {
             caller: c.caller.clone(),
             request_id: c.request_id.clone(),
             trace_id: c.trace_id.clone(),
             caller_addr: c.caller_addr.clone(),
-            // A resumed change's events carry the actor it was recorded with.
-            actor: c.actor.as_ref().and_then(audit::Actor::from_json),
+            actor: c.actor.as_ref().and_then(|v| {
+                audit::Actor::from_json(v)
+                    .map_err(|e| {
+                        tracing::warn!(change_id = %c.id, error = %e,
+                            "the actor recorded for this change is unreadable; the events of its resumption carry none");
+                    })
+                    .ok()
+            }),
         });
         let Some(user) = UserId::parse(&c.user_id) else {
             return Ok(None);

@@ -104,6 +104,12 @@ macro_rules! claimed {
 }
 
 /// A change claimed for driving, with what is needed to resume it.
+///
+/// Who acted (`caller`, `request_id`, `trace_id`, `caller_addr`, `actor`): for a change the
+/// completer claims, the request or operator retry that set its current drive going, as the
+/// latest of its hashed `change_requested` / `change_retried` events records it, never the
+/// `changes` row, which the gateway's role may update. [`reopen`] returns the row's (and no
+/// actor): the retry that reopens drives the change under its own context.
 pub struct Claimed {
     pub id: Uuid,
     pub user_id: String,
@@ -119,10 +125,8 @@ pub struct Claimed {
     pub payload_enc: Option<Vec<u8>>,
     /// Who drove it before: a replica that may have sent requests it never recorded.
     pub previous_owner: Option<String>,
-    /// Who asked for it (`audit::Actor` as JSON), as its hashed `change_requested` event records
-    /// it rather than its `changes` row, which the gateway's role may update (the row only for a
-    /// change recorded before events carried an actor, migration 20261201000700); `None` when it
-    /// was recorded without one.
+    /// `audit::Actor` as JSON; `None` when that event has none (recorded by an older gateway):
+    /// the events of the drive then have none either.
     pub actor: Option<serde_json::Value>,
 }
 
@@ -133,6 +137,12 @@ pub async fn claim_expired(
     owner: &str,
     lease: Duration,
 ) -> Result<Option<Claimed>, sqlx::Error> {
+    // `w`: the latest request or retry event of the change. Its occurred_at is at least the
+    // change's created_at (both are the database's now(): the request's in the very statement that
+    // inserts the row, a retry's in a later transaction), which spares the probe of every older
+    // monthly partition; the day of slack keeps a retry recorded just after the database clock
+    // stepped back. An operator retry recorded by an older gateway kept its actor inside its
+    // hashed values.
     let row = sqlx::query!(
         r#"with picked as (
              select c.id, c.lease_owner
@@ -143,19 +153,34 @@ pub async fn claim_expired(
                              where p.user_id = c.user_id and p.finished_seq >= c.user_seq - 1)
               order by c.lease_expires_at nulls first
               limit 1
-                for update skip locked)
-           update changes c
-              set lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
-                  fence = c.fence + 1, updated_at = now()
-             from picked
-            where c.id = picked.id
-        returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller,
-                  c.request_id, c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
-                  picked.lease_owner as previous_owner,
-                  coalesce((select e.actor from audit_events e
-                             where e.change_id = c.id and e.user_id = c.user_id
-                               and e.event_type = 'change_requested' and e.actor is not null
-                             order by e.seq limit 1), c.actor) as actor"#,
+                for update skip locked),
+           claimed as (
+             update changes c
+                set lease_owner = $1, lease_expires_at = now() + make_interval(secs => $2),
+                    fence = c.fence + 1, updated_at = now()
+               from picked
+              where c.id = picked.id
+          returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller,
+                    c.request_id, c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
+                    picked.lease_owner as previous_owner)
+           select k.id as "id!", k.user_id as "user_id!", k.user_seq as "user_seq!",
+                  k.fence as "fence!", k.fields as "fields!", k.created_at as "created_at!",
+                  coalesce(w.caller, k.caller) as "caller!",
+                  coalesce(w.request_id, k.request_id) as "request_id!",
+                  case when w.found then w.trace_id else k.trace_id end as trace_id,
+                  case when w.found then w.caller_addr else k.caller_addr end as caller_addr,
+                  k.payload_key_id, k.payload_enc, k.previous_owner, w.actor
+             from claimed k
+             left join lateral (
+                 select true as found, e.caller, e.request_id, e.trace_id, e.caller_addr,
+                        coalesce(e.actor, case when e.event_type = 'change_retried'
+                                               then e."values" -> 'actor' end) as actor
+                   from audit_events e
+                  where e.change_id = k.id and e.user_id = k.user_id
+                    and e.event_type in ('change_requested', 'change_retried')
+                    and e.occurred_at >= k.created_at - interval '1 day'
+                  order by e.seq desc
+                  limit 1) w on true"#,
         owner,
         lease.as_secs_f64()
     )
@@ -209,10 +234,7 @@ pub async fn reopen(
             where c.id = $1 and c.status in ('failed', 'partially_applied') and c.payload_enc is not null
         returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller, c.request_id,
                   c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
-                  coalesce((select e.actor from audit_events e
-                             where e.change_id = c.id and e.user_id = c.user_id
-                               and e.event_type = 'change_requested' and e.actor is not null
-                             order by e.seq limit 1), c.actor) as actor"#,
+                  null::jsonb as actor"#,
         change_id,
         owner,
         lease.as_secs_f64()

@@ -1962,3 +1962,292 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
         ]
     );
 }
+
+/// A change an older gateway recorded (its request event has no actor, only its `changes` row
+/// does) and this gateway's completer finishes: the completer's events get no actor either (v1),
+/// never one copied from the updatable row, and `audit_log` says their who-acted comes from the
+/// change record. Caller and request id come from the request event. When the older gateway's
+/// operator had retried the change, the completer's events name that operator, from the retry
+/// event's hashed `values.actor`.
+#[tokio::test]
+async fn a_change_recorded_without_an_actor_is_finished_without_one() {
+    let app = spawn_app().await;
+    // The sealed payload as the gateway seals it (the test settings' key "k1").
+    let patch: profile_gateway::domain::ProfilePatch =
+        serde_json::from_value(json!({"first_name": "Alicia"})).unwrap();
+    let cipher =
+        profile_gateway::crypto::PayloadCipher::new("k1", *b"0123456789abcdef0123456789abcdef");
+    let row_actor = r#"{"auth": "token", "subject": null, "assertion_subject": null, "assertion_jti": null, "gateway_request_id": "gw-old"}"#;
+    let op_actor = json!({"auth": "token", "subject": null, "assertion_subject": null,
+                          "assertion_jti": null, "gateway_request_id": "gw-op"});
+    // alice's change was only requested; bob's was also retried by an operator.
+    let mut ids = Vec::new();
+    for (user, retried) in [("alice", false), ("bob", true)] {
+        let id = uuid::Uuid::new_v4();
+        ids.push(id);
+        let sealed = cipher.seal(&serde_json::to_vec(&patch).unwrap(), id.as_bytes());
+        // What the older gateway wrote, then its pod died: the row (with its actor), the step,
+        // the request event through its 15-member entry point, and its retry's event.
+        let mut tx = app.pool.begin().await.unwrap();
+        exec(
+            &mut tx,
+            &format!("update profile_links set last_change_seq = 1 where user_id = '{user}'"),
+        )
+        .await;
+        sqlx::query(
+            "insert into changes (id, user_id, user_seq, caller, request_id, fields, payload_key_id,
+                                  payload_enc, lease_owner, lease_expires_at, actor)
+             values ($1, $2, 1, 'old-app', 'r-old', '{first_name}', 'k1', $3, 'old-pod',
+                     now() - interval '1 second', $4::jsonb)",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(&sealed)
+        .bind(row_actor)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        exec(
+            &mut tx,
+            &format!(
+                "insert into change_steps (change_id, step_no, target, upstream_ref, fields)
+                 values ('{id}', 0, 'juspay_customer', 'cst_demo_{user}', '{{first_name}}')"
+            ),
+        )
+        .await;
+        exec(&mut tx, "set local role profile_gateway_app").await;
+        exec(
+            &mut tx,
+            &format!(
+                "select audit_append(array[row('{user}', 'change_requested', 'old-app', 'accepted', '{id}',
+                     null, null, null, '{{first_name}}', '{{}}', 'k1', null, 'r-old', null,
+                     null)::audit_event_input])"
+            ),
+        )
+        .await;
+        if retried {
+            exec(
+                &mut tx,
+                &format!(
+                    r#"insert into audit_events (user_id, event_type, caller, outcome, change_id, "values", request_id)
+                       values ('{user}', 'change_retried', 'old-operator', 'accepted', '{id}',
+                               '{{"actor": {op_actor}}}', 'r-op')"#
+                ),
+            )
+            .await;
+        }
+        tx.commit().await.unwrap();
+    }
+
+    let started = std::time::Instant::now();
+    while app
+        .count("select count(*) from changes where status = 'pending'")
+        .await
+        > 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "not finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let statuses: Vec<String> =
+        sqlx::query_scalar("select status from changes where id = any($1) order by user_id")
+            .bind(&ids)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, ["applied", "applied"]);
+
+    // Event type, caller, request id, actor; audit_log's gateway request id and actor source.
+    type Row = (
+        String,
+        String,
+        String,
+        Option<Value>,
+        Option<String>,
+        Option<String>,
+    );
+    let events = |id: uuid::Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_as::<_, Row>(
+                "select e.event_type, e.caller, e.request_id, e.actor, l.gateway_request_id, l.actor_source
+                   from audit_events e join audit_log l on l.event_id = e.id
+                  where e.change_id = $1 order by e.seq",
+            )
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &str| Some(v.to_string());
+    let row =
+        |kind: &str, caller: &str, request: &str, actor: Option<&Value>, gw: &str, source: &str| {
+            (
+                kind.to_string(),
+                caller.to_string(),
+                request.to_string(),
+                actor.cloned(),
+                s(gw),
+                s(source),
+            )
+        };
+    assert_eq!(
+        events(ids[0]).await,
+        [
+            row(
+                "change_requested",
+                "old-app",
+                "r-old",
+                None,
+                "gw-old",
+                "change_record"
+            ),
+            row(
+                "step_attempted",
+                "old-app",
+                "r-old",
+                None,
+                "gw-old",
+                "change_record"
+            ),
+            row(
+                "change_completed",
+                "old-app",
+                "r-old",
+                None,
+                "gw-old",
+                "change_record"
+            ),
+        ]
+    );
+    assert_eq!(
+        events(ids[1]).await,
+        [
+            row(
+                "change_requested",
+                "old-app",
+                "r-old",
+                None,
+                "gw-old",
+                "change_record"
+            ),
+            row(
+                "change_retried",
+                "old-operator",
+                "r-op",
+                None,
+                "gw-op",
+                "event_values"
+            ),
+            row(
+                "step_attempted",
+                "old-operator",
+                "r-op",
+                Some(&op_actor),
+                "gw-op",
+                "event"
+            ),
+            row(
+                "change_completed",
+                "old-operator",
+                "r-op",
+                Some(&op_actor),
+                "gw-op",
+                "event"
+            ),
+        ]
+    );
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// `fields` is a flat list of names: the gateway's role cannot insert an event with a NULL
+/// element or two dimensions, and an event altered that way (under the database owner's rights)
+/// is named by `audit verify` as altered even when re-hashed, rather than failing the verifier.
+#[tokio::test]
+async fn an_event_whose_fields_are_not_a_flat_list_is_refused_and_named() {
+    let app = spawn_app().await;
+    app.patch("alice", &json!({"mobile_number": "9812345678"}))
+        .await;
+    // The documented validation of the constraint (docs/operations.md) passes on this data.
+    exec(
+        &mut app.pool.acquire().await.unwrap(),
+        "alter table audit_events validate constraint audit_events_fields_flat",
+    )
+    .await;
+    let odd = ["'{mobile_number,NULL}'", "'{{a,b},{c,d}}'", "'{NULL}'"];
+    for fields in odd {
+        let mut tx = app.pool.begin().await.unwrap();
+        exec(&mut tx, "set local role profile_gateway_app").await;
+        let err = sqlx::query(&format!(
+            "insert into audit_events (user_id, event_type, caller, outcome, fields)
+             values ('alice', 'probe', 'test', 'ok', {fields})"
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect_err(fields);
+        assert_eq!(
+            err.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("23514"),
+            "{fields}: {err}"
+        );
+        tx.rollback().await.unwrap();
+    }
+
+    let last: i64 = sqlx::query_scalar("select max(seq) from audit_events where user_id = 'alice'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    for fields in odd {
+        for rehash in [false, true] {
+            let mut tx = app.pool.begin().await.unwrap();
+            for t in ["audit_events", "audit_chain_heads"] {
+                exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
+            }
+            exec(
+                &mut tx,
+                "alter table audit_events drop constraint audit_events_fields_flat",
+            )
+            .await;
+            exec(
+                &mut tx,
+                &format!(
+                    "update audit_events set fields = {fields} where user_id = 'alice' and seq = {last}"
+                ),
+            )
+            .await;
+            if rehash {
+                // The last event with a hash that matches the SQL encoding, and the head moved.
+                exec(&mut tx, &format!(
+                    "update audit_events e set hash = audit_event_row_hash(e) where user_id = 'alice' and seq = {last}")).await;
+                exec(
+                    &mut tx,
+                    &format!(
+                        "update audit_chain_heads h set hash = e.hash from audit_events e
+                      where h.user_id = 'alice' and e.user_id = 'alice' and e.seq = {last}"
+                    ),
+                )
+                .await;
+            }
+            let report = verify::verify(&mut tx, &Filter::default()).await.unwrap();
+            let found: Vec<_> = report
+                .problems
+                .iter()
+                .map(|p| (p.user_id.as_str(), p.kind, p.seq))
+                .collect();
+            assert_eq!(
+                found,
+                [("alice", ProblemKind::Altered, Some(last))],
+                "{fields} rehash={rehash}"
+            );
+            assert!(
+                report.problems[0].detail.contains("fields"),
+                "{}",
+                report.problems[0]
+            );
+            tx.rollback().await.unwrap();
+        }
+    }
+    let report = verify_now(&app).await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+}

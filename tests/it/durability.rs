@@ -612,6 +612,137 @@ async fn an_operator_can_retry_a_failed_change() {
     assert_eq!((s, p["code"].as_str()), (409, Some("change_not_retryable")));
 }
 
+/// An operator's retry that cannot finish within its request parks, and the completer finishes
+/// it. Every event of that drive, the completer's included, carries who acted in the retry (its
+/// caller, request id and actor, from the hashed `change_retried` event), not in the first
+/// request.
+#[tokio::test]
+async fn a_parked_operator_retry_is_finished_by_the_completer_as_the_operator() {
+    const OPERATOR_TOKEN: &str = "test-token-operator";
+    let app = spawn_app_with(|s| {
+        s.auth
+            .callers
+            .push(profile_gateway::settings::CallerSettings {
+                name: "test-operator".into(),
+                token_sha256: Some(profile_gateway::auth::token_sha256(OPERATOR_TOKEN)),
+                scopes: vec!["changes:operate".into()],
+                ..Default::default()
+            })
+    })
+    .await;
+    app.sandbox.add_fault(FaultSpec::status(
+        "juspay_wallet_update",
+        400,
+        r#"{"status":"invalid_request_error","error_code":"invalid_input"}"#,
+        Some("application/json"),
+    ));
+    let (s, p) = problem(
+        app.patch("bob", &json!({"mobile_number": "9866666666"}))
+            .await,
+    )
+    .await;
+    assert_eq!((s, p["code"].as_str()), (422, Some("upstream_rejected")));
+    let id: uuid::Uuid = p["change_id"].as_str().unwrap().parse().unwrap();
+    app.sandbox.clear_faults();
+    // The retry's three attempts in the request fail, one of the completer's too.
+    app.sandbox.add_fault(
+        FaultSpec::status(
+            "juspay_wallet_update",
+            503,
+            "<html>busy</html>",
+            Some("text/html"),
+        )
+        .times(4),
+    );
+    let resp = app
+        .client
+        .post(app.url(&format!("/changes/{id}/retry")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .header("x-request-id", "op-retry-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "pending", "{v}");
+    wait_all_final(&app, Duration::from_secs(20)).await;
+    let done: Value = app
+        .get(&format!("/changes/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "applied", "{done}");
+
+    let events: Vec<(String, Option<i32>, String, String, Value)> = sqlx::query_as(
+        "select event_type, step_no, caller, request_id, actor from audit_events
+          where change_id = $1 order by seq",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let at = events.iter().position(|e| e.0 == "change_retried").unwrap();
+    let (first, retried) = (&events[0], &events[at]);
+    assert_eq!(
+        (first.2.as_str(), retried.2.as_str(), retried.3.as_str()),
+        ("test-writer", "test-operator", "op-retry-1")
+    );
+    assert_ne!(first.4, retried.4);
+    for e in &events[..at] {
+        assert_eq!((&e.2, &e.3, &e.4), (&first.2, &first.3, &first.4), "{e:?}");
+    }
+    for e in &events[at..] {
+        assert_eq!(
+            (&e.2, &e.3, &e.4),
+            (&retried.2, &retried.3, &retried.4),
+            "{e:?}"
+        );
+    }
+    // The retry's 3 wallet attempts in the request, then the completer's 2, and the completion.
+    let wallet = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["target"] == "juspay_wallet")
+        .unwrap();
+    let wallet_step = wallet["step_no"].as_i64().unwrap() as i32;
+    let after: Vec<(&str, Option<i32>)> = events[at + 1..]
+        .iter()
+        .map(|e| (e.0.as_str(), e.1))
+        .collect();
+    let mut expected = vec![("step_attempted", Some(wallet_step)); 5];
+    expected.push(("change_completed", None));
+    assert_eq!(after, expected);
+    let who: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select event_type, caller, gateway_request_id, actor_source from audit_log
+          where change_id = $1 and user_event_seq > (select seq from audit_events
+                                                      where change_id = $1 and event_type = 'change_retried')
+          order by user_event_seq",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(who.len(), 6);
+    for w in &who {
+        assert_eq!(
+            (w.1.as_str(), w.2.as_deref(), w.3.as_deref()),
+            (
+                "test-operator",
+                retried.4["gateway_request_id"].as_str(),
+                Some("event")
+            ),
+            "{w:?}"
+        );
+    }
+    let mut conn = app.pool.acquire().await.unwrap();
+    let report = profile_gateway::audit::verify::verify(&mut conn, &Default::default())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
 #[tokio::test]
 async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
     let app = spawn_app().await;
