@@ -213,7 +213,11 @@ pub async fn edge(
                 if e.code == "idempotency_key_in_flight" {
                     metrics.idempotency_conflicts.inc();
                 }
-                if e.status >= 500 {
+                if e.code == "overloaded" {
+                    // Shedding is how overload is answered, not a fault: a line per shed request
+                    // would add to the load being shed. problems_total{code="overloaded"} counts it.
+                    tracing::debug!(status, code = e.code, elapsed_ms, "request shed")
+                } else if e.status >= 500 {
                     tracing::error!(status, code = e.code, error = %e.internal, elapsed_ms, "request failed")
                 } else {
                     tracing::warn!(status, code = e.code, error = %e.internal, elapsed_ms, "request refused")
