@@ -273,11 +273,11 @@ impl Dispatcher {
             }
             Ok(Some(_)) => {}
             Ok(None) => {
-                tracing::info!(delivery_id = %event.id, "webhook claim was taken over; attempt kept, event left to its new owner")
+                tracing::info!(delivery_id = %event.id, "webhook claim was taken over; attempt kept, event left to its new owner");
             }
             // The claim lapses and the event is sent again: receivers deduplicate by webhook-id.
             Err(e) => {
-                tracing::warn!(delivery_id = %event.id, error = %e, "could not record a webhook attempt")
+                tracing::warn!(delivery_id = %event.id, error = %e, "could not record a webhook attempt");
             }
         }
     }
