@@ -56,6 +56,8 @@ pub enum ApiError {
     DeliveryNotFound,
     #[error("webhook delivery attempt in flight")]
     DeliveryInFlight,
+    #[error("the delivery's caller has no webhook")]
+    DeliveryNoWebhook,
     #[error("the change did not fully apply")]
     ChangeFailed(Box<ChangeView>),
     #[error("internal error: {0}")]
@@ -327,6 +329,12 @@ impl ApiError {
                 "delivery_in_progress",
                 "Delivery attempt in progress",
                 "an attempt of this delivery is on its way right now; see GET /changes/{change_id}/deliveries and retry after it".into(),
+            ),
+            DeliveryNoWebhook => (
+                StatusCode::CONFLICT,
+                "delivery_no_webhook",
+                "Caller has no webhook",
+                "the caller this delivery goes to has no webhook_url configured now; nothing would be sent".into(),
             ),
             ChangeFailed(change) => change_failure(change),
             Internal(_) => (

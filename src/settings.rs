@@ -312,6 +312,12 @@ pub struct WebhooksSettings {
     pub poll_interval_ms: u64,
     /// Most delivery attempts one replica has in flight at once.
     pub batch_size: i64,
+    /// Most attempts in flight at one receiver (all replicas' claims together, give or take two
+    /// replicas claiming at the same instant), so one receiver's backlog leaves slots to others.
+    pub max_in_flight_per_receiver: i64,
+    /// The dispatcher's own database pool (claims and attempt records), apart from the request
+    /// pool so deliveries never take connections from requests.
+    pub max_connections: u32,
     /// One delivery attempt's whole budget: connect, send, and the answer's status and body.
     pub attempt_timeout_ms: u64,
     /// Most of a receiver's answer that is read; the rest is dropped with the connection.
@@ -409,6 +415,8 @@ propagate_trace_context = true
 [webhooks]
 poll_interval_ms = 1000
 batch_size = 32
+max_in_flight_per_receiver = 8
+max_connections = 3
 attempt_timeout_ms = 10000
 max_response_bytes = 4096
 retry_base_ms = 5000
@@ -704,6 +712,12 @@ impl Settings {
         if w.batch_size < 1 {
             bad("webhooks.batch_size", "must be at least 1");
         }
+        if w.max_in_flight_per_receiver < 1 {
+            bad("webhooks.max_in_flight_per_receiver", "must be at least 1");
+        }
+        if w.max_connections < 1 {
+            bad("webhooks.max_connections", "must be at least 1");
+        }
         if w.pause_after_failures < 1 {
             bad("webhooks.pause_after_failures", "must be at least 1");
         }
@@ -933,6 +947,8 @@ const KNOWN_KEYS: &[&str] = &[
     "telemetry.propagate_trace_context",
     "webhooks.poll_interval_ms",
     "webhooks.batch_size",
+    "webhooks.max_in_flight_per_receiver",
+    "webhooks.max_connections",
     "webhooks.attempt_timeout_ms",
     "webhooks.max_response_bytes",
     "webhooks.retry_base_ms",
@@ -962,6 +978,7 @@ fn typed_value(key: &str, value: String) -> config::Value {
         || key.ends_with("max_pending_per_user")
         || key.ends_with("_size")
         || key.ends_with("_failures")
+        || key.ends_with("_per_receiver")
         || key.ends_with(".burst");
     if numeric && let Ok(n) = value.parse::<i64>() {
         return config::Value::from(n);
@@ -1276,6 +1293,8 @@ mod tests {
             None,
             env(&[
                 ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "5"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_IN_FLIGHT_PER_RECEIVER", "2"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_CONNECTIONS", "4"),
                 ("PROFILE_GATEWAY__WEBHOOKS__PAUSE_AFTER_FAILURES", "3"),
                 ("PROFILE_GATEWAY__WEBHOOKS__MAX_AGE_HOURS", "48"),
             ]),
@@ -1284,16 +1303,20 @@ mod tests {
         assert_eq!(
             (
                 s.webhooks.batch_size,
+                s.webhooks.max_in_flight_per_receiver,
+                s.webhooks.max_connections,
                 s.webhooks.pause_after_failures,
                 s.webhooks.max_age_hours
             ),
-            (5, 3, 48)
+            (5, 2, 4, 3, 48)
         );
         assert!(s.validate(true).is_ok());
         let s = Settings::load(
             None,
             env(&[
                 ("PROFILE_GATEWAY__WEBHOOKS__BATCH_SIZE", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_IN_FLIGHT_PER_RECEIVER", "0"),
+                ("PROFILE_GATEWAY__WEBHOOKS__MAX_CONNECTIONS", "0"),
                 ("PROFILE_GATEWAY__WEBHOOKS__ATTEMPT_TIMEOUT_MS", "0"),
                 ("PROFILE_GATEWAY__WEBHOOKS__RETRY_CAP_MS", "10"),
             ]),
@@ -1302,6 +1325,8 @@ mod tests {
         let err = s.validate(true).unwrap_err().to_string();
         for key in [
             "webhooks.batch_size",
+            "webhooks.max_in_flight_per_receiver",
+            "webhooks.max_connections",
             "webhooks.attempt_timeout_ms",
             "webhooks.retry_cap_ms",
         ] {

@@ -255,8 +255,15 @@ impl Application {
             None,
         )
         .map_err(|e| StartupError::Config(format!("webhook client: {e}")))?;
+        // Its own few connections: up to webhooks.batch_size attempts record their results at
+        // once, and none of that may wait for (or hold) a request's connection. Lazy like the
+        // request pool, and only ever opened when a caller has a webhook.
+        let dispatcher_pool = PgPoolOptions::new()
+            .max_connections(settings.webhooks.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(connect_options(settings)?);
         let dispatcher = Arc::new(crate::webhooks::dispatcher::Dispatcher::new(
-            pool.clone(),
+            dispatcher_pool,
             webhook_client,
             Arc::clone(&webhooks),
             crate::webhooks::dispatcher::Config::from_settings(&settings.webhooks),

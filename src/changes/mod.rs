@@ -734,8 +734,11 @@ impl ChangeService {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
-        // Microseconds, as Postgres keeps it, so a replay shows the same value.
-        let finished_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+        // This replica's clock at the settle, in microseconds as Postgres keeps it (so a replay
+        // shows the same value), and never before the change was accepted: created_at came from
+        // whichever replica recorded it, whose clock may be ahead of this one.
+        let finished_at =
+            chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6).max(ch.created_at);
         let finish = batch::Finish {
             status,
             fields: ch.fields.clone(),

@@ -59,7 +59,8 @@ async fn list_deliveries(
 }
 
 /// Operator action: the event again, with its `webhook-id` and body, due now with a fresh retry
-/// window; its receiver's pause is lifted so this attempt is the probe. An audit event of the
+/// window (and backoff); its receiver's pause is lifted, so the receiver is attempted at once
+/// (when it was paused, with its oldest due event as the probe, which may be another one). An audit event of the
 /// change's user records who asked.
 async fn redeliver(
     State(state): State<AppState>,
@@ -69,12 +70,15 @@ async fn redeliver(
 ) -> Result<Response, ApiError> {
     caller.require(SCOPE_OPERATE)?;
     let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("delivery_id"))?;
-    let (change_id, user) = store::owner(&state.pool, id)
+    let owner = store::owner(&state.pool, id)
         .await?
         .ok_or(ApiError::DeliveryNotFound)?;
+    if state.changes.webhooks.get(&owner.caller).is_none() {
+        return Err(ApiError::DeliveryNoWebhook);
+    }
     let ctx = super::audit_context(&caller, &meta);
-    let mut event = AuditEvent::new(&ctx, &user, "webhook_redelivered", "accepted");
-    event.change_id = Some(change_id);
+    let mut event = AuditEvent::new(&ctx, &owner.user, "webhook_redelivered", "accepted");
+    event.change_id = Some(owner.change_id);
     // Who asked goes into the event's own actor column (hashed), as for every gateway event.
     event.values = json!({"delivery_id": id});
     match store::redeliver(&state.pool, id, &event).await? {

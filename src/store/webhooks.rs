@@ -20,10 +20,16 @@ pub struct Claimed {
     pub body: String,
     /// This attempt's number (1 for the first).
     pub attempt: i32,
+    /// Its number within the retry window (1 for the first; an operator's redelivery starts a
+    /// new window), which sets the backoff after it.
+    pub retry: i32,
 }
 
 /// Claims up to `limit` due events of `callers` (those with a webhook) whose receivers are neither
-/// paused nor waiting for their probe, oldest due first.
+/// paused nor waiting for their probe, oldest due first, and at most `per_receiver` in flight at
+/// one receiver (counting every replica's live claims), so one receiver's backlog cannot take
+/// every slot. A paused receiver's backlog is not read at all; an open one's at most
+/// `per_receiver` rows deep.
 pub async fn claim_due(
     pool: &PgPool,
     owner: &str,
@@ -31,30 +37,50 @@ pub async fn claim_due(
     limit: i64,
     claim_for: Duration,
     pause_after: i32,
+    per_receiver: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    // `picked` repeats the due and unclaimed conditions: when a row it locks was changed by a
+    // claim that committed after this statement's snapshot, Postgres re-checks the new version
+    // against `picked`'s own conditions only.
     let rows = sqlx::query!(
-        r#"with due as (
-             select e.id from webhook_events e
+        r#"with open as (
+             select c.caller from unnest($5::text[]) as c (caller)
+              where not exists (select 1 from webhook_receivers r
+                                 where r.caller = c.caller
+                                   and (r.paused_until > now() or r.failures >= $4))
+           ),
+           due as (
+             select d.id, d.next_attempt_at from open o
+              cross join lateral (
+                select e.id, e.next_attempt_at from webhook_events e
+                 where e.caller = o.caller and e.status = 'pending' and e.next_attempt_at <= now()
+                   and (e.claimed_until is null or e.claimed_until < now())
+                 order by e.next_attempt_at
+                 limit greatest($6 - (select count(*) from webhook_events b
+                                       where b.caller = o.caller and b.claimed_until >= now()
+                                         and b.status = 'pending'), 0)) d
+           ),
+           picked as (
+             select e.id from webhook_events e join due on due.id = e.id
               where e.status = 'pending' and e.next_attempt_at <= now()
                 and (e.claimed_until is null or e.claimed_until < now())
-                and e.caller = any($5)
-                and not exists (select 1 from webhook_receivers r
-                                 where r.caller = e.caller
-                                   and (r.paused_until > now() or r.failures >= $4))
-              order by e.next_attempt_at
+              order by due.next_attempt_at
               limit $2
-                for update of e skip locked)
+                for update of e skip locked
+           )
            update webhook_events e
               set attempts = e.attempts + 1, claimed_by = $1,
                   claimed_until = now() + make_interval(secs => $3)
-             from due
-            where e.id = due.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts"#,
+             from picked
+            where e.id = picked.id
+        returning e.id, e.caller, e.event_type, e.body, e.attempts,
+                  e.attempts - e.retry_from as "retry!""#,
         owner,
         limit,
         claim_for.as_secs_f64(),
         pause_after,
         callers,
+        per_receiver,
     )
     .fetch_all(pool)
     .await?;
@@ -66,6 +92,7 @@ pub async fn claim_due(
             event_type: r.event_type,
             body: r.body,
             attempt: r.attempts,
+            retry: r.retry,
         })
         .collect())
 }
@@ -94,14 +121,21 @@ pub async fn claim_probes(
           returning r.caller
            ),
            due as (
-             select distinct on (e.caller) e.id
-               from webhook_events e join probing p on p.caller = e.caller
-              where e.status = 'pending' and e.next_attempt_at <= now()
-                and (e.claimed_until is null or e.claimed_until < now())
-              order by e.caller, e.next_attempt_at
+             select d.id from probing p
+              cross join lateral (
+                select e.id from webhook_events e
+                 where e.caller = p.caller and e.status = 'pending' and e.next_attempt_at <= now()
+                   and (e.claimed_until is null or e.claimed_until < now())
+                 order by e.next_attempt_at
+                 limit 1) d
            ),
+           -- The conditions again: a row claimed by a commit after this statement's snapshot
+           -- is re-checked against these only (see claim_due).
            picked as (
-             select e.id from webhook_events e where e.id in (select id from due)
+             select e.id from webhook_events e
+              where e.id in (select id from due)
+                and e.status = 'pending' and e.next_attempt_at <= now()
+                and (e.claimed_until is null or e.claimed_until < now())
                 for update of e skip locked
            )
            update webhook_events e
@@ -109,7 +143,8 @@ pub async fn claim_probes(
                   claimed_until = now() + make_interval(secs => $2)
              from picked
             where e.id = picked.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts"#,
+        returning e.id, e.caller, e.event_type, e.body, e.attempts,
+                  e.attempts - e.retry_from as "retry!""#,
         owner,
         claim_for.as_secs_f64(),
         pause_after,
@@ -126,6 +161,7 @@ pub async fn claim_probes(
             event_type: r.event_type,
             body: r.body,
             attempt: r.attempts,
+            retry: r.retry,
         })
         .collect())
 }
@@ -174,14 +210,20 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<Option<Str
                     (select next_attempt_at from ev where status = 'pending')
              returning 1
            ),
-           rcv as (
+           -- A success at a healthy receiver changes nothing of it: no write, no row lock that
+           -- every attempt at that receiver would queue on.
+           healed as (
+             update webhook_receivers r set failures = 0, paused_until = null, updated_at = now()
+              where $3 and r.caller = $11 and (r.failures > 0 or r.paused_until is not null)
+             returning 1
+           ),
+           hurt as (
              insert into webhook_receivers as r (caller, failures, paused_until)
-             values ($11, case when $3 then 0 else 1 end,
-                     case when not $3 and 1 >= $12 then now() + make_interval(secs => $13) end)
+             select $11, 1, case when 1 >= $12 then now() + make_interval(secs => $13) end
+              where not $3
              on conflict (caller) do update
-                set failures = case when $3 then 0 else r.failures + 1 end,
-                    paused_until = case when $3 then null
-                                        when r.failures + 1 >= $12 then now() + make_interval(secs => $13)
+                set failures = r.failures + 1,
+                    paused_until = case when r.failures + 1 >= $12 then now() + make_interval(secs => $13)
                                         else r.paused_until end,
                     updated_at = now()
              returning 1
@@ -205,31 +247,67 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<Option<Str
     .await
 }
 
-/// Marks failed the pending events whose retry window closed without an attempt (their receiver
-/// was paused); returns how many.
-pub async fn expire(pool: &PgPool, max_age: Duration) -> Result<u64, sqlx::Error> {
+/// Marks failed the pending events whose retry window closed and that no attempt will come to:
+/// those whose receiver is paused (or waits for its probe), and those whose last attempt was
+/// scheduled before the window's end. The last capped retry, due exactly at the window's end, goes
+/// out (its record then marks it failed if it fails). Returns how many.
+pub async fn expire(
+    pool: &PgPool,
+    max_age: Duration,
+    pause_after: i32,
+) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query!(
-        "update webhook_events set status = 'failed', claimed_by = null, claimed_until = null
-          where status = 'pending' and window_start + make_interval(secs => $1) <= now()
-            and (claimed_until is null or claimed_until < now())",
-        max_age.as_secs_f64()
+        "update webhook_events e set status = 'failed', claimed_by = null, claimed_until = null
+          where e.status = 'pending' and e.window_start + make_interval(secs => $1) <= now()
+            and (e.claimed_until is null or e.claimed_until < now())
+            and (e.next_attempt_at < e.window_start + make_interval(secs => $1)
+                 or exists (select 1 from webhook_receivers r
+                             where r.caller = e.caller
+                               and (r.paused_until > now() or r.failures >= $2)))",
+        max_age.as_secs_f64(),
+        pause_after,
     )
     .execute(pool)
     .await?
     .rows_affected())
 }
 
-/// Pending events and the oldest one's age, for the metrics scrape.
-pub async fn backlog(pool: &PgPool) -> Result<(i64, f64, i64), sqlx::Error> {
+/// What the metrics scrape shows of the outbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub pending: i64,
+    /// Age of the oldest event not yet delivered (a paused receiver's included).
+    pub oldest_age: f64,
+    /// How long the most overdue event of a receiver that is not paused has waited past its
+    /// due time without being claimed: near 0 while dispatchers run.
+    pub oldest_overdue: f64,
+    pub paused: i64,
+}
+
+/// The outbox's backlog, for the metrics scrape.
+pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
     let r = sqlx::query!(
         r#"select count(*) as "pending!",
                   coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "oldest_age!",
+                  coalesce((select extract(epoch from now() - min(e.next_attempt_at))
+                              from webhook_events e
+                             where e.status = 'pending' and e.next_attempt_at <= now()
+                               and (e.claimed_until is null or e.claimed_until < now())
+                               and not exists (select 1 from webhook_receivers r
+                                                where r.caller = e.caller
+                                                  and r.paused_until > now())), 0)::float8
+                    as "oldest_overdue!",
                   (select count(*) from webhook_receivers where paused_until > now()) as "paused!"
              from webhook_events where status = 'pending'"#
     )
     .fetch_one(pool)
     .await?;
-    Ok((r.pending, r.oldest_age.max(0.0), r.paused))
+    Ok(Backlog {
+        pending: r.pending,
+        oldest_age: r.oldest_age.max(0.0),
+        oldest_overdue: r.oldest_overdue.max(0.0),
+        paused: r.paused,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,16 +378,27 @@ pub async fn list_for_change(
         .collect())
 }
 
-/// The change (user and caller) an event belongs to.
-pub async fn owner(pool: &PgPool, id: Uuid) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+/// The change an event belongs to, that change's user, and the caller the event goes to.
+pub struct Owner {
+    pub change_id: Uuid,
+    pub user: String,
+    pub caller: String,
+}
+
+pub async fn owner(pool: &PgPool, id: Uuid) -> Result<Option<Owner>, sqlx::Error> {
     let r = sqlx::query!(
-        "select e.change_id, c.user_id from webhook_events e join changes c on c.id = e.change_id
+        "select e.change_id, c.user_id, e.caller from webhook_events e
+           join changes c on c.id = e.change_id
           where e.id = $1",
         id
     )
     .fetch_optional(pool)
     .await?;
-    Ok(r.map(|r| (r.change_id, r.user_id)))
+    Ok(r.map(|r| Owner {
+        change_id: r.change_id,
+        user: r.user_id,
+        caller: r.caller,
+    }))
 }
 
 pub enum Redeliver {
@@ -320,8 +409,9 @@ pub enum Redeliver {
 }
 
 /// An operator's redelivery: the event (same `webhook-id`, same body) is due now with a fresh
-/// retry window, and its receiver's pause is lifted so this is its probe; with the audit event,
-/// in one transaction.
+/// retry window whose backoff starts over (attempt numbers go on), and its receiver's pause is
+/// lifted, so the receiver's next attempt (its probe, if it was paused) comes at once; with the
+/// audit event, in one transaction.
 pub async fn redeliver(
     pool: &PgPool,
     id: Uuid,
@@ -344,7 +434,7 @@ pub async fn redeliver(
     sqlx::query!(
         "update webhook_events
             set status = 'pending', delivered_at = null, next_attempt_at = now(), window_start = now(),
-                claimed_by = null, claimed_until = null
+                retry_from = attempts, claimed_by = null, claimed_until = null
           where id = $1",
         id
     )
@@ -363,10 +453,10 @@ pub async fn redeliver(
 
 /// One event as the deliveries list shows it.
 pub async fn load(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx::Error> {
-    let Some((change_id, _)) = owner(pool, id).await? else {
+    let Some(o) = owner(pool, id).await? else {
         return Ok(None);
     };
-    Ok(list_for_change(pool, change_id)
+    Ok(list_for_change(pool, o.change_id)
         .await?
         .into_iter()
         .find(|d| d.delivery_id == id))

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub webhook_events_failed: IntCounter,
     pub webhook_backlog: IntGauge,
     pub webhook_oldest_age: Gauge,
+    pub webhook_oldest_overdue: Gauge,
     pub webhook_receivers_paused: IntGauge,
 }
 
@@ -228,6 +229,11 @@ impl Metrics {
                 "Age of the oldest webhook event not yet delivered (0 when there is none)",
             )
             .expect("a valid gauge"),
+            webhook_oldest_overdue: Gauge::new(
+                "profile_gateway_webhook_oldest_overdue_seconds",
+                "How long the most overdue webhook event of a receiver that is not paused has been due without being claimed (near 0 while dispatchers run)",
+            )
+            .expect("a valid gauge"),
             webhook_receivers_paused: IntGauge::new(
                 "profile_gateway_webhook_receivers_paused",
                 "Webhook receivers paused after webhooks.pause_after_failures consecutive failures",
@@ -290,6 +296,7 @@ impl Metrics {
             Box::new(m.webhook_events_failed.clone()),
             Box::new(m.webhook_backlog.clone()),
             Box::new(m.webhook_oldest_age.clone()),
+            Box::new(m.webhook_oldest_overdue.clone()),
             Box::new(m.webhook_receivers_paused.clone()),
             Box::new(build_info),
         ];
@@ -390,10 +397,11 @@ impl Metrics {
         )
         .await
         {
-            Ok(Ok((pending, oldest, paused))) => {
-                self.webhook_backlog.set(pending);
-                self.webhook_oldest_age.set(oldest);
-                self.webhook_receivers_paused.set(paused);
+            Ok(Ok(b)) => {
+                self.webhook_backlog.set(b.pending);
+                self.webhook_oldest_age.set(b.oldest_age);
+                self.webhook_oldest_overdue.set(b.oldest_overdue);
+                self.webhook_receivers_paused.set(b.paused);
             }
             Ok(Err(e)) => {
                 note_db_error(&e);

@@ -7,7 +7,6 @@
 //! wakes this loop.
 
 use super::{Webhooks, signature};
-use crate::providers::http::{self, ReadLimits, TransportError};
 use crate::settings::WebhooksSettings;
 use crate::store::webhooks::{self as store, Attempt, Claimed};
 use rand::Rng;
@@ -27,6 +26,7 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 pub struct Config {
     pub poll_interval: Duration,
     pub batch_size: i64,
+    pub per_receiver: i64,
     pub attempt_timeout: Duration,
     pub max_response_bytes: usize,
     pub retry_base: Duration,
@@ -42,6 +42,7 @@ impl Config {
         Self {
             poll_interval: ms(w.poll_interval_ms),
             batch_size: w.batch_size,
+            per_receiver: w.max_in_flight_per_receiver,
             attempt_timeout: ms(w.attempt_timeout_ms),
             max_response_bytes: w.max_response_bytes,
             retry_base: ms(w.retry_base_ms),
@@ -54,6 +55,7 @@ impl Config {
 }
 
 pub struct Dispatcher {
+    /// Its own pool (`webhooks.max_connections`), never the request pool.
     pub pool: PgPool,
     /// Redirects are never followed (see `providers::http::client`).
     pub client: reqwest::Client,
@@ -69,7 +71,12 @@ pub struct Dispatcher {
     /// A pass left due events behind for want of a slot: the next attempt to end wakes the loop.
     saturated: AtomicBool,
     last_expiry: Mutex<Option<Instant>>,
+    /// When a failed pass was last logged, and how many failed since.
+    pass_failures: Mutex<(Option<Instant>, u64)>,
 }
+
+/// A dispatcher whose passes keep failing logs a warning at most this often.
+const PASS_FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The wait after failed attempt `attempt` (1 for the first): min(cap, base * 2^(attempt-1)),
 /// times a jitter in [1, 1.5) so receivers that failed together are not retried together. The
@@ -97,7 +104,7 @@ pub async fn run(d: Arc<Dispatcher>, stop: CancellationToken) {
             _ = d.hooks.woken() => {}
         }
         if let Err(e) = d.pass().await {
-            tracing::debug!(error = %e, "webhook dispatcher pass failed; retrying next poll");
+            d.pass_failed(&e);
         }
     }
     d.attempts.close();
@@ -124,6 +131,19 @@ impl Dispatcher {
             attempts: TaskTracker::new(),
             saturated: AtomicBool::new(false),
             last_expiry: Mutex::new(None),
+            pass_failures: Mutex::new((None, 0)),
+        }
+    }
+
+    /// A pass that failed (the database is unreachable, say) is retried at the next poll; nothing
+    /// is delivered meanwhile, so it is a warning, once a minute with the count, not per poll.
+    fn pass_failed(&self, e: &sqlx::Error) {
+        let mut f = self.pass_failures.lock().expect("pass failures lock");
+        f.1 += 1;
+        if f.0.is_none_or(|t| t.elapsed() >= PASS_FAILURE_LOG_EVERY) {
+            tracing::warn!(error = %e, failed_passes = f.1,
+                "webhook dispatcher cannot claim or expire events; nothing is delivered until it can");
+            *f = (Some(Instant::now()), 0);
         }
     }
 
@@ -139,7 +159,8 @@ impl Dispatcher {
             due
         };
         if expiry_due {
-            let expired = store::expire(&self.pool, self.config.max_age).await?;
+            let expired =
+                store::expire(&self.pool, self.config.max_age, self.config.pause_after).await?;
             if expired > 0 {
                 tracing::warn!(
                     events = expired,
@@ -174,6 +195,7 @@ impl Dispatcher {
                     room as i64,
                     claim_for,
                     self.config.pause_after,
+                    self.config.per_receiver,
                 )
                 .await?,
             );
@@ -217,23 +239,14 @@ impl Dispatcher {
             .header("webhook-signature", signature)
             .header("profile-gateway-event", &event.event_type)
             .body(event.body.clone());
-        let limits = ReadLimits {
-            timeout: self.config.attempt_timeout,
-            max_bytes: self.config.max_response_bytes,
-        };
         let started_at = chrono::Utc::now();
         let started = Instant::now();
-        // Only the status matters; the body is read (up to the cap) to keep the connection usable.
-        let (status_code, error) = match http::send(request, &limits).await {
-            Ok(r) => (Some(r.status), judge(r.status)),
-            Err(TransportError::TooLarge { status })
-            | Err(TransportError::Broken {
-                status: Some(status),
-            }) => (Some(status), judge(status)),
-            Err(TransportError::Timeout) => (None, Some("timeout")),
-            Err(TransportError::Connect) => (None, Some("connect")),
-            Err(TransportError::Broken { status: None }) => (None, Some("broken")),
-        };
+        let (status_code, error) = send(
+            request,
+            self.config.attempt_timeout,
+            self.config.max_response_bytes,
+        )
+        .await;
         let took = started.elapsed();
         let outcome = error.unwrap_or("delivered");
         self.metrics
@@ -247,7 +260,7 @@ impl Dispatcher {
             took,
             status_code,
             error,
-            retry_in: backoff(self.config.retry_base, self.config.retry_cap, event.attempt),
+            retry_in: backoff(self.config.retry_base, self.config.retry_cap, event.retry),
             max_age: self.config.max_age,
             pause_after: self.config.pause_after,
             pause: self.config.pause,
@@ -260,14 +273,46 @@ impl Dispatcher {
             }
             Ok(Some(_)) => {}
             Ok(None) => {
-                tracing::info!(delivery_id = %event.id, "webhook claim was taken over; attempt kept, event left to its new owner")
+                tracing::info!(delivery_id = %event.id, "webhook claim was taken over; attempt kept, event left to its new owner");
             }
             // The claim lapses and the event is sent again: receivers deduplicate by webhook-id.
             Err(e) => {
-                tracing::warn!(delivery_id = %event.id, error = %e, "could not record a webhook attempt")
+                tracing::warn!(delivery_id = %event.id, error = %e, "could not record a webhook attempt");
             }
         }
     }
+}
+
+/// Sends one attempt. The status decides: once a head arrived, the body is read (up to
+/// `max_bytes`, within what is left of `timeout`) only so the connection can be reused, and a body
+/// that is too long, cut short or late changes nothing: the receiver said 2xx, so it has the event.
+async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+    max_bytes: usize,
+) -> (Option<u16>, Option<&'static str>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut response = match tokio::time::timeout_at(deadline, request.send()).await {
+        Err(_) => return (None, Some("timeout")),
+        Ok(Err(e)) if e.is_timeout() => return (None, Some("timeout")),
+        Ok(Err(e)) if e.is_connect() => return (None, Some("connect")),
+        Ok(Err(_)) => return (None, Some("broken")),
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status().as_u16();
+    let mut read = 0usize;
+    if response
+        .content_length()
+        .is_none_or(|n| n <= max_bytes as u64)
+    {
+        while read <= max_bytes {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    }
+    (Some(status), judge(status))
 }
 
 /// A 2xx is a delivery; a 3xx is refused (redirects are not followed); anything else fails.

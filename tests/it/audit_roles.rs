@@ -62,6 +62,28 @@ async fn the_app_role_cannot_detach_maintain_or_change_what_auditors_see() {
     }
     let (ok, out) = cli(&app_url, &["maintain"]);
     assert!(!ok && out.contains("permission denied"), "{out}");
+    // The webhook tables: the default privileges gave the app role everything; its migration
+    // takes back all but what the settle and the dispatcher use. What went out stays recorded.
+    for sql in [
+        "delete from webhook_events",
+        "delete from webhook_attempts",
+        "delete from webhook_receivers",
+        "truncate webhook_events cascade",
+        "update webhook_attempts set status_code = 200",
+    ] {
+        let err = sqlx::query(sql).execute(&as_app).await.unwrap_err();
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    for sql in [
+        "select count(*) from webhook_events",
+        "select count(*) from webhook_attempts",
+        "update webhook_receivers set failures = 0 where false",
+    ] {
+        sqlx::query(sql).execute(&as_app).await.expect(sql);
+    }
 
     // The maintenance role may, within the 12-month minimum that SQL enforces for everyone.
     ensure_login_role(MAINTENANCE_LOGIN, "profile_gateway_maintenance").await;

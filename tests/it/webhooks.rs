@@ -50,6 +50,8 @@ struct ReceiverState {
     script: VecDeque<u16>,
     /// Answer nothing (until the caller gives up).
     hang: bool,
+    /// Hold every answer until this many requests have arrived in all.
+    gate: Option<usize>,
 }
 
 /// A webhook receiver: a tiny axum server on loopback that records every request.
@@ -107,6 +109,16 @@ impl Receiver {
                         });
                         answer
                     };
+                    loop {
+                        let open = {
+                            let s = state.lock().unwrap();
+                            s.gate.is_none_or(|n| s.received.len() >= n)
+                        };
+                        if open {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     match answer {
                         Some(status) => axum::http::StatusCode::from_u16(status).unwrap(),
                         None => {
@@ -264,6 +276,11 @@ async fn each_final_change_is_delivered_once_with_a_standard_webhooks_signature(
         expected_signature(&hook.id, &hook.timestamp, &hook.body)
     );
     assert_eq!(attempts(&app, &change_id).await, [(1, Some(200), None)]);
+    assert_eq!(
+        app.count("select count(*) from webhook_receivers").await,
+        0,
+        "a success at a healthy receiver writes nothing of it"
+    );
 
     // A change that fails finally sends its own event; the first is not sent again.
     app.sandbox.add_fault(FaultSpec::status(
@@ -421,6 +438,9 @@ async fn spawn_replica(app: &TestApp, tweak: impl FnOnce(&mut Settings)) -> Stri
 async fn two_replicas_deliver_every_event_once() {
     let receiver = Receiver::start().await;
     let (_dir, secret) = secret_file();
+    // No answer until three requests are in: more than one replica's two slots hold, so the
+    // other replica must have claimed events too.
+    receiver.state.lock().unwrap().gate = Some(3);
     let tweak = |s: &mut Settings| {
         with_webhook(&receiver.url, &secret, 100)(s);
         // Small claims and quick polls, so both dispatchers compete for the same events.
@@ -469,10 +489,12 @@ async fn two_replicas_deliver_every_event_once() {
         per_id.values().all(|c| *c == 1),
         "an event was delivered twice: {per_id:?}"
     );
-    let replicas = app
-        .count("select count(distinct replica) from webhook_attempts")
-        .await;
-    eprintln!("two replicas: {n} events delivered once each, by {replicas} replica(s)");
+    assert_eq!(
+        app.count("select count(distinct replica) from webhook_attempts where status_code = 200")
+            .await,
+        2,
+        "both replicas delivered"
+    );
 }
 
 #[tokio::test]
@@ -542,7 +564,10 @@ async fn an_event_whose_gateway_was_killed_is_delivered_once_by_the_next_process
 
     // 1. The process dies right after the commit that recorded the outcome and its event: the
     //    caller never got an answer, nothing was sent.
-    let mut first = start_gateway(&app, &config, "after_webhook_outbox_commit=1", &env).await;
+    // It never polls: only the wake after the commit (which the failpoint forestalls) could send.
+    let mut no_poll = env.to_vec();
+    no_poll.push(("PROFILE_GATEWAY__WEBHOOKS__POLL_INTERVAL_MS", "600000"));
+    let mut first = start_gateway(&app, &config, "after_webhook_outbox_commit=1", &no_poll).await;
     assert!(
         patch(&first.base, "alice", "kill-key-0000000001")
             .await
@@ -941,4 +966,261 @@ async fn the_sandbox_receiver_records_what_arrived_and_the_cli_verifies_it() {
     let cleared = app.client.delete(&sandbox_hook).send().await.unwrap();
     assert_eq!(cleared.status(), 204);
     assert!(app.sandbox.webhooks().is_empty());
+}
+
+const OTHER_TOKEN: &str = "test-token-other-writer";
+
+#[tokio::test]
+async fn a_hanging_receiver_with_a_backlog_takes_only_its_share_of_the_slots() {
+    let hanging = Receiver::start().await;
+    hanging.hang(true);
+    let other = Receiver::start().await;
+    let (_dir, secret) = secret_file();
+    let (hanging_url, other_url) = (hanging.url.clone(), other.url.clone());
+    let app = spawn_app_with(move |s| {
+        with_webhook(&hanging_url, &secret, 100)(s);
+        // Attempts at the hanging receiver hold their slots for the whole test.
+        s.webhooks.attempt_timeout_ms = 120_000;
+        s.webhooks.batch_size = 4;
+        s.webhooks.max_in_flight_per_receiver = 2;
+        s.auth
+            .callers
+            .push(profile_gateway::settings::CallerSettings {
+                name: "other-writer".into(),
+                token_sha256: Some(profile_gateway::auth::token_sha256(OTHER_TOKEN)),
+                scopes: vec!["profile:write".into(), "profile:read".into()],
+                webhook_url: Some(other_url.clone()),
+                webhook_secret_file: Some(secret.clone()),
+                ..Default::default()
+            });
+    })
+    .await;
+    let resp = app.patch("alice", &json!({"first_name": "Backlog"})).await;
+    assert_eq!(resp.status(), 200);
+    let change: Value = resp.json().await.unwrap();
+    // A large backlog for the hanging receiver, all due now.
+    sqlx::query(
+        "insert into webhook_events (id, change_id, caller, event_type, body)
+         select gen_random_uuid(), $1::uuid, 'test-writer', 'change.applied', '{}'
+           from generate_series(1, 50)",
+    )
+    .bind(change["change_id"].as_str().unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    hanging.wait_for(2, Duration::from_secs(10)).await;
+
+    let resp = app
+        .client
+        .patch(app.url("/profile/bob"))
+        .bearer_auth(OTHER_TOKEN)
+        .header("idempotency-key", "other-caller-000000001")
+        .json(&json!({"first_name": "Prompt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let theirs: Value = resp.json().await.unwrap();
+    let got = other.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].answered, Some(200));
+    assert_eq!(
+        serde_json::from_str::<Value>(&got[0].body).unwrap()["change_id"],
+        theirs["change_id"]
+    );
+    assert_eq!(
+        hanging.received().len(),
+        2,
+        "the hanging receiver has webhooks.max_in_flight_per_receiver attempts, no more"
+    );
+}
+
+/// A receiver that answers `200` with a `Content-Length` and then never sends the body.
+async fn head_only_receiver() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(120)).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/hooks")
+}
+
+#[tokio::test]
+async fn a_2xx_head_is_a_delivery_even_when_the_body_never_ends() {
+    let url = head_only_receiver().await;
+    let (_dir, secret) = secret_file();
+    let app = spawn_app_with(|s| {
+        with_webhook(&url, &secret, 100)(s);
+        s.webhooks.attempt_timeout_ms = 500;
+    })
+    .await;
+    let resp = app.patch("alice", &json!({"last_name": "Headonly"})).await;
+    assert_eq!(resp.status(), 200);
+    let change: Value = resp.json().await.unwrap();
+    wait_until(
+        &app,
+        "select exists (select 1 from webhook_events where status <> 'pending' or attempts > 1)",
+        Duration::from_secs(10),
+    )
+    .await;
+    let change_id = change["change_id"].as_str().unwrap();
+    assert_eq!(attempts(&app, change_id).await, [(1, Some(200), None)]);
+    assert_eq!(
+        app.count("select count(*) from webhook_events where status = 'delivered'")
+            .await,
+        1
+    );
+}
+
+const OPERATOR_TOKEN: &str = "test-token-operator";
+
+#[tokio::test]
+async fn an_operators_retry_answers_and_notifies_as_the_caller_that_made_the_change() {
+    let receiver = Receiver::start().await;
+    let (_dir, secret) = secret_file();
+    let app = spawn_app_with(|s| {
+        with_webhook(&receiver.url, &secret, 100)(s);
+        s.auth
+            .callers
+            .push(profile_gateway::settings::CallerSettings {
+                name: "test-operator".into(),
+                token_sha256: Some(profile_gateway::auth::token_sha256(OPERATOR_TOKEN)),
+                scopes: vec!["changes:operate".into(), "profile:read".into()],
+                ..Default::default()
+            });
+    })
+    .await;
+    app.sandbox.add_fault(FaultSpec::status(
+        "juspay_wallet_update",
+        400,
+        r#"{"status":"invalid_request_error","error_code":"invalid_input"}"#,
+        Some("application/json"),
+    ));
+    let (s, p) = problem(
+        app.patch("bob", &json!({"mobile_number": "9855555555"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 422);
+    let id = p["change_id"].as_str().unwrap().to_string();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    app.sandbox.clear_faults();
+    let resp = app
+        .client
+        .post(app.url(&format!("/changes/{id}/retry")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (answer["status"].as_str(), answer["caller"].as_str()),
+        (Some("applied"), Some("test-writer")),
+        "the operator's answer names the caller that made the change"
+    );
+    let finished = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(finished(&answer["finished_at"]) >= finished(&answer["created_at"]));
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].event, "change.applied");
+    assert_eq!(got[1].body, raw_change(&app, &id).await);
+    assert_eq!(serde_json::from_str::<Value>(&got[1].body).unwrap(), answer);
+}
+
+/// A probe claimed while another replica's claim of the same event commits: the statement that
+/// waited re-checks the event and leaves it (it is sent once, by the other).
+#[tokio::test]
+async fn a_probe_is_not_claimed_again_after_another_replicas_claim_commits() {
+    use profile_gateway::store::webhooks as store;
+    // No caller has a webhook here, so no dispatcher runs: this test plays both replicas.
+    let app = spawn_app().await;
+    let change: Value = app
+        .patch("alice", &json!({"first_name": "Probe"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let event = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into webhook_events (id, change_id, caller, event_type, body)
+         values ($1, $2::uuid, 'test-writer', 'change.applied', '{}')",
+    )
+    .bind(event)
+    .bind(change["change_id"].as_str().unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // A paused receiver whose pause is over: its next pass takes one probe.
+    sqlx::query("insert into webhook_receivers (caller, failures) values ('test-writer', 3)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // Replica A claims the event for its probe, holding the receiver row until it commits.
+    let mut a = app.pool.begin().await.unwrap();
+    sqlx::query("update webhook_receivers set paused_until = now() where caller = 'test-writer'")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update webhook_events set attempts = 1, claimed_by = 'replica-a',
+                claimed_until = now() + interval '1 minute' where id = $1",
+    )
+    .bind(event)
+    .execute(&mut *a)
+    .await
+    .unwrap();
+    // Replica B's claim starts (its snapshot shows the event unclaimed) and waits for A.
+    let pool = app.pool.clone();
+    let b = tokio::spawn(async move {
+        store::claim_probes(
+            &pool,
+            "replica-b",
+            &["test-writer".to_string()],
+            Duration::from_secs(60),
+            3,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+    });
+    wait_until(
+        &app,
+        "select exists (select 1 from pg_stat_activity
+                         where wait_event_type = 'Lock' and query like '%with probing as%')",
+        Duration::from_secs(10),
+    )
+    .await;
+    a.commit().await.unwrap();
+    let claimed = b.await.unwrap();
+    assert!(claimed.is_empty(), "claimed twice: {claimed:?}");
+    let (owner, tries): (String, i32) =
+        sqlx::query_as("select claimed_by, attempts from webhook_events where id = $1")
+            .bind(event)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((owner.as_str(), tries), ("replica-a", 1));
+
+    // An operator cannot redeliver to a caller that has no webhook: nothing would be sent.
+    let (s, p) = problem(
+        app.client
+            .post(app.url(&format!("/webhooks/deliveries/{event}/redeliver")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, p["code"].as_str()), (409, Some("delivery_no_webhook")));
 }
