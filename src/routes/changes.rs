@@ -29,25 +29,44 @@ async fn get_change(
     PathParam(raw): PathParam,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
+    let view = load_for_read(&state, &caller, &raw).await?;
+    check_read_assertion(&state, &caller, &headers, &view).await?;
+    Ok(render(&view))
+}
+
+/// The change a `profile:read` caller asks for by id (`GET /changes/{id}` and its deliveries).
+pub(super) async fn load_for_read(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<ChangeView, ApiError> {
     caller.require(SCOPE_READ)?;
-    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
-    let view = crate::store::changes::load(&state.pool, id)
+    let id = Uuid::parse_str(raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
+    crate::store::changes::load(&state.pool, id)
         .await?
-        .ok_or(ApiError::ChangeNotFound)?;
-    // A read of the change's user: with `assert_reads`, the caller shows an assertion for them.
+        .ok_or(ApiError::ChangeNotFound)
+}
+
+/// A read of the change's user: with `assert_reads`, the caller shows an assertion for them.
+pub(super) async fn check_read_assertion(
+    state: &AppState,
+    caller: &Caller,
+    headers: &axum::http::HeaderMap,
+    view: &ChangeView,
+) -> Result<(), ApiError> {
     if caller.assertion.is_some() {
         let user = user_param(&view.user)?;
         crate::auth::assertion::check(
             &state.callers,
             &state.pool,
-            &caller,
-            &headers,
+            caller,
+            headers,
             &user,
             crate::auth::assertion::Use::Read,
         )
         .await?;
     }
-    Ok(render(&view))
+    Ok(())
 }
 
 /// A change as the API shows it: this answer and every webhook body are `ChangeView::to_json`.

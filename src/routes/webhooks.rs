@@ -1,9 +1,9 @@
 //! Webhook deliveries: a caller reads its own change's events and their attempts; an operator
 //! sends one again.
 
-use super::{AppState, PathParam, user_param};
+use super::{AppState, PathParam};
 use crate::audit::AuditEvent;
-use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
+use crate::auth::{Caller, SCOPE_OPERATE};
 use crate::error::ApiError;
 use crate::store::webhooks::{self as store, Redeliver};
 use crate::telemetry::RequestMeta;
@@ -34,26 +34,12 @@ async fn list_deliveries(
     PathParam(raw): PathParam,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(SCOPE_READ)?;
-    let id = Uuid::parse_str(&raw).map_err(|_| ApiError::InvalidPath("change_id"))?;
-    let view = crate::store::changes::load(&state.pool, id)
-        .await?
-        .ok_or(ApiError::ChangeNotFound)?;
+    let view = super::changes::load_for_read(&state, &caller, &raw).await?;
     if view.caller != caller.name && caller.require(SCOPE_OPERATE).is_err() {
         return Err(ApiError::ChangeNotFound);
     }
-    if caller.assertion.is_some() {
-        let user = user_param(&view.user)?;
-        crate::auth::assertion::check(
-            &state.callers,
-            &state.pool,
-            &caller,
-            &headers,
-            &user,
-            crate::auth::assertion::Use::Read,
-        )
-        .await?;
-    }
+    super::changes::check_read_assertion(&state, &caller, &headers, &view).await?;
+    let id = view.change_id;
     let deliveries = store::list_for_change(&state.pool, id).await?;
     Ok(Json(json!({"change_id": id, "deliveries": deliveries})).into_response())
 }

@@ -42,7 +42,8 @@ pub async fn claim_due(
     // `picked` repeats the due and unclaimed conditions: when a row it locks was changed by a
     // claim that committed after this statement's snapshot, Postgres re-checks the new version
     // against `picked`'s own conditions only.
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        Claimed,
         r#"with open as (
              select c.caller from unnest($5::text[]) as c (caller)
               where not exists (select 1 from webhook_receivers r
@@ -73,7 +74,7 @@ pub async fn claim_due(
                   claimed_until = now() + make_interval(secs => $3)
              from picked
             where e.id = picked.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts,
+        returning e.id, e.caller, e.event_type, e.body, e.attempts as attempt,
                   e.attempts - e.retry_from as "retry!""#,
         owner,
         limit,
@@ -83,18 +84,7 @@ pub async fn claim_due(
         per_receiver,
     )
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Claimed {
-            id: r.id,
-            caller: r.caller,
-            event_type: r.event_type,
-            body: r.body,
-            attempt: r.attempts,
-            retry: r.retry,
-        })
-        .collect())
+    .await
 }
 
 /// For each receiver whose pause is over, takes its one probe (re-pausing it for every other
@@ -108,7 +98,8 @@ pub async fn claim_probes(
     pause_after: i32,
     pause: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query!(
+    sqlx::query_as!(
+        Claimed,
         r#"with probing as (
              update webhook_receivers r set paused_until = now() + make_interval(secs => $4),
                     updated_at = now()
@@ -143,7 +134,7 @@ pub async fn claim_probes(
                   claimed_until = now() + make_interval(secs => $2)
              from picked
             where e.id = picked.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts,
+        returning e.id, e.caller, e.event_type, e.body, e.attempts as attempt,
                   e.attempts - e.retry_from as "retry!""#,
         owner,
         claim_for.as_secs_f64(),
@@ -152,18 +143,7 @@ pub async fn claim_probes(
         callers,
     )
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Claimed {
-            id: r.id,
-            caller: r.caller,
-            event_type: r.event_type,
-            body: r.body,
-            attempt: r.attempts,
-            retry: r.retry,
-        })
-        .collect())
+    .await
 }
 
 /// What one attempt came to.
