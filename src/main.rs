@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use profile_gateway::settings::Settings;
+use profile_gateway::settings::{Mode, Settings};
 use profile_gateway::{demo, sandbox, startup, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,7 +97,9 @@ fn settings(config: &[PathBuf]) -> Result<Settings, String> {
 
 fn load(config: &[PathBuf], sandbox: bool) -> Result<Settings, String> {
     let settings = settings(config)?;
-    settings.validate(sandbox).map_err(|e| e.to_string())?;
+    settings
+        .validate(Mode::sandbox(sandbox), &startup::provider_names())
+        .map_err(|e| e.to_string())?;
     Ok(settings)
 }
 

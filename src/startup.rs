@@ -1,14 +1,15 @@
 //! Builds the application from settings on a given listener; `main` and the tests both use it.
 
 use crate::auth::Callers;
-use crate::changes::resilience::{Resilience, ResilienceConfig};
+use crate::changes::resilience::Resilience;
 use crate::changes::turns::Turns;
 use crate::changes::{ChangeService, Limits, Writes, completer};
-use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
+use crate::crypto::{PayloadCipher, PiiHasher};
+use crate::domain::Target;
 use crate::lifecycle::Lifecycle;
 use crate::providers::{self, JuspayConfig, RazorpayConfig};
 use crate::routes::{self, AppState};
-use crate::settings::Settings;
+use crate::settings::{Mode, Runtime, Settings};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::net::SocketAddr;
@@ -118,23 +119,30 @@ pub async fn migrate_once(settings: &Settings) -> Result<i64, String> {
     Ok(newest)
 }
 
-fn key_or_sandbox(
-    value: &Option<crate::secret::Secret>,
-    key: &str,
-) -> Result<[u8; 32], StartupError> {
-    match value {
-        Some(v) => decode_key(v)
-            .map_err(|_| StartupError::Config(format!("{key}: must be 32 bytes, base64"))),
-        // Only reachable in sandbox mode: `validate(false)` requires the keys elsewhere. A fixed key
-        // lets a restarted sandbox gateway finish its own pending changes.
-        None => Ok(*b"profile-gateway-sandbox-only-key"),
-    }
+/// The names of the providers the gateway registers, for [`Settings::resolve`].
+pub fn provider_names() -> Vec<&'static str> {
+    crate::domain::Target::ALL
+        .map(crate::domain::Target::as_str)
+        .to_vec()
 }
 
 impl Application {
+    /// Resolves `settings` (as `serve` does: every check, in sandbox mode when
+    /// `settings.sandbox`), then [`Application::from_runtime`].
+    pub async fn build(settings: &Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        let runtime = settings
+            .resolve(Mode::sandbox(settings.sandbox), &provider_names())
+            .map_err(|e| StartupError::Config(e.to_string()))?;
+        Self::from_runtime(&runtime, listener).await
+    }
+
     /// Everything but serving: pool (lazy, so a database outage at boot still serves probes),
     /// migrations when asked, the shared HTTP client, the adapters and the router.
-    pub async fn build(settings: &Settings, listener: TcpListener) -> Result<Self, StartupError> {
+    pub async fn from_runtime(
+        runtime: &Runtime,
+        listener: TcpListener,
+    ) -> Result<Self, StartupError> {
+        let settings = &runtime.settings;
         let pool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
@@ -168,72 +176,41 @@ impl Application {
             settings.upstream.proxy.as_deref(),
         )
         .map_err(|e| StartupError::Config(format!("upstream.proxy: {e}")))?;
-        let missing = |k: &str| StartupError::Config(format!("{k} is required"));
-        let juspay = JuspayConfig {
-            base_url: settings
-                .juspay
-                .base_url
-                .clone()
-                .ok_or_else(|| missing("juspay.base_url"))?,
-            api_key: settings
-                .juspay
-                .api_key
-                .clone()
-                .ok_or_else(|| missing("juspay.api_key"))?,
-            merchant_id: settings.juspay.merchant_id.clone(),
-            version: settings.juspay.version.clone(),
-            read: providers::http::ReadLimits {
-                timeout: Duration::from_millis(settings.juspay.timeout_ms),
-                max_bytes: settings.upstream.max_response_bytes,
-            },
+        let read = |provider: Target| {
+            let t = runtime.traffic(provider.as_str());
+            providers::http::ReadLimits {
+                timeout: t.timeout,
+                max_bytes: t.max_response_bytes,
+            }
+        };
+        let juspay = |provider: Target| JuspayConfig {
+            base_url: runtime.juspay.base_url.clone(),
+            api_key: runtime.juspay.api_key.clone(),
+            merchant_id: runtime.juspay.merchant_id.clone(),
+            version: runtime.juspay.version.clone(),
+            read: read(provider),
         };
         let razorpay = RazorpayConfig {
-            base_url: settings
-                .razorpay
-                .base_url
-                .clone()
-                .ok_or_else(|| missing("razorpay.base_url"))?,
-            key_id: settings
-                .razorpay
-                .key_id
-                .clone()
-                .ok_or_else(|| missing("razorpay.key_id"))?,
-            key_secret: settings
-                .razorpay
-                .key_secret
-                .clone()
-                .ok_or_else(|| missing("razorpay.key_secret"))?,
-            read: providers::http::ReadLimits {
-                timeout: Duration::from_millis(settings.razorpay.timeout_ms),
-                max_bytes: settings.upstream.max_response_bytes,
-            },
+            base_url: runtime.razorpay.base_url.clone(),
+            key_id: runtime.razorpay.key_id.clone(),
+            key_secret: runtime.razorpay.key_secret.clone(),
+            read: read(Target::RazorpayUpi),
         };
-        let previous = match &settings.changes.previous_encryption_keys {
-            Some(keys) => crate::crypto::parse_key_list(keys).map_err(|_| {
-                StartupError::Config("changes.previous_encryption_keys: malformed".into())
-            })?,
-            None => Vec::new(),
-        };
-        let cipher = PayloadCipher::new(
-            settings.changes.encryption_key_id.clone(),
-            key_or_sandbox(&settings.changes.encryption_key, "changes.encryption_key")?,
-        )
-        .with_previous(previous);
-        let hasher = PiiHasher::new(
-            settings.audit.hmac_key_id.clone(),
-            key_or_sandbox(&settings.audit.hmac_key, "audit.hmac_key")?,
-        );
-        let fingerprints = crate::changes::idempotency::Fingerprints::new(&key_or_sandbox(
-            &settings.audit.hmac_key,
-            "audit.hmac_key",
-        )?);
+        let keys = &runtime.keys;
+        let cipher = PayloadCipher::new(keys.encryption_key_id.clone(), keys.encryption_key.0)
+            .with_previous(
+                keys.previous_encryption_keys
+                    .iter()
+                    .map(|(id, k)| (id.clone(), k.0))
+                    .collect(),
+            );
+        let hasher = PiiHasher::new(keys.hmac_key_id.clone(), keys.hmac_key.0);
+        let fingerprints = crate::changes::idempotency::Fingerprints::new(&keys.hmac_key.0);
         let c = &settings.changes;
         let ms = Duration::from_millis;
         let limits = Limits {
             deadline: settings.request_deadline(),
             lease: ms(c.lease_ms),
-            max_attempts: c.max_attempts,
-            in_request_attempts: c.in_request_attempts,
             idempotency_retention: Duration::from_secs(c.idempotency_retention_hours * 3600),
             failed_payload_retention: Duration::from_secs(c.failed_payload_retention_hours * 3600),
             max_pending_per_user: c.max_pending_per_user,
@@ -280,22 +257,25 @@ impl Application {
         );
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
-            providers: providers::build(client, juspay, razorpay),
+            providers: providers::build(
+                client,
+                juspay(Target::JuspayCustomer),
+                juspay(Target::JuspayWallet),
+                razorpay,
+            ),
             cipher,
             hasher,
             fingerprints,
             instance_id,
             limits,
             writes,
-            resilience: Resilience::new(ResilienceConfig {
-                retry_base: ms(c.retry_base_ms),
-                retry_cap: ms(c.retry_cap_ms),
-                budget_ratio: c.retry_budget_ratio,
-                budget_min_per_sec: c.retry_budget_min_per_sec,
-                breaker_threshold: c.breaker_failure_threshold,
-                breaker_open: ms(c.breaker_open_ms),
-            })
-            .with_metrics(Arc::clone(&metrics)),
+            resilience: Target::ALL
+                .into_iter()
+                .fold(
+                    Resilience::new(settings.traffic(crate::settings::ALL_PROVIDERS)),
+                    |r, t| r.with_policy(t, runtime.traffic(t.as_str())),
+                )
+                .with_metrics(Arc::clone(&metrics)),
             turns: Turns::default(),
             tracker: TaskTracker::new(),
             metrics: Arc::clone(&metrics),

@@ -33,8 +33,6 @@ pub struct Limits {
     /// How long a caller waits before getting 202.
     pub deadline: Duration,
     pub lease: Duration,
-    pub max_attempts: u32,
-    pub in_request_attempts: u32,
     pub idempotency_retention: Duration,
     pub failed_payload_retention: Duration,
     /// Unfinished changes one user may have; a change beyond it is refused unrecorded.
@@ -600,10 +598,15 @@ impl ChangeService {
         self.cipher.seal(&plain, id.as_bytes())
     }
 
+    /// The traffic policy of the step's provider.
+    fn policy(&self, s: &StepState) -> &crate::settings::TrafficPolicy {
+        self.resilience.policy(s.planned.target)
+    }
+
     fn is_final(&self, s: &StepState) -> bool {
         match s.status {
             StepStatus::Applied | StepStatus::Failed => true,
-            StepStatus::Unknown => s.attempts >= self.limits.max_attempts,
+            StepStatus::Unknown => s.attempts >= self.policy(s).max_attempts,
             StepStatus::Pending => false,
         }
     }
@@ -622,24 +625,41 @@ impl ChangeService {
         }
         let mut round = 0u32;
         loop {
-            let due: Vec<usize> = (0..ch.steps.len())
+            let open: Vec<usize> = (0..ch.steps.len())
                 .filter(|i| !self.is_final(&ch.steps[*i]))
                 .collect();
-            if due.is_empty() {
+            if open.is_empty() {
                 return self.settle(ch, Vec::new()).await;
             }
+            // Each step gets its own provider's in-request attempts; the rest wait for the
+            // background.
+            let due: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|i| round < self.policy(&ch.steps[*i]).in_request_attempts)
+                .collect();
+            // The backoff of the most tried step, by its provider's policy.
+            let most_tried = |steps: &[usize]| {
+                let s = steps
+                    .iter()
+                    .map(|i| &ch.steps[*i])
+                    .max_by_key(|s| s.attempts)
+                    .unwrap_or(&ch.steps[open[0]]);
+                (s.attempts, self.policy(s))
+            };
             if round > 0 {
                 let within_request = answer_by.is_some_and(|t| Instant::now() < t);
-                if round >= self.limits.in_request_attempts || !within_request {
-                    let tried = due.iter().map(|i| ch.steps[*i].attempts).max().unwrap_or(1);
-                    let after = resilience::backoff(self.resilience.config(), tried);
+                if due.is_empty() || !within_request {
+                    let (tried, policy) = most_tried(&open);
+                    let after = resilience::backoff(policy, tried);
                     return match store::changes::park(&self.pool, ch.id, ch.fence, after).await {
                         Ok(true) => self.halted(&ch, Halt::Parked).await,
                         Ok(false) => self.halted(&ch, Halt::LostLease).await,
                         Err(_) => self.halted(&ch, Halt::DbDown).await,
                     };
                 }
-                tokio::time::sleep(resilience::backoff(self.resilience.config(), round)).await;
+                let (_, policy) = most_tried(&due);
+                tokio::time::sleep(resilience::backoff(policy, round)).await;
                 if let Err(halt) = self.renew(&ch).await {
                     return self.halted(&ch, halt).await;
                 }
@@ -862,7 +882,7 @@ impl ChangeService {
         if !confirmed {
             crate::failpoint::hit("after_upstream_write");
         }
-        let status = self.next_status(&result, attempts);
+        let status = self.next_status(target, &result, attempts);
         let new_state = StepState {
             planned: step.planned.clone(),
             status,
@@ -996,8 +1016,13 @@ impl ChangeService {
 
     /// The recorded status after an attempt: a failure that may be retried stays open (pending,
     /// or unknown when the write may have happened) until the attempts run out.
-    fn next_status(&self, result: &Result<(), StepError>, attempts: u32) -> StepStatus {
-        let more = attempts < self.limits.max_attempts;
+    fn next_status(
+        &self,
+        target: crate::domain::Target,
+        result: &Result<(), StepError>,
+        attempts: u32,
+    ) -> StepStatus {
+        let more = attempts < self.resilience.policy(target).max_attempts;
         match result {
             Ok(()) => StepStatus::Applied,
             Err(e) if e.outcome_unknown && more => StepStatus::Unknown,

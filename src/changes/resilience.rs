@@ -1,26 +1,18 @@
 //! Per-provider protection, held in each replica's memory (like Envoy's): a retry budget so retries
-//! cannot multiply an outage, and a circuit breaker that fails fast while a provider is down.
+//! cannot multiply an outage, and a circuit breaker that fails fast while a provider is down. Each
+//! provider has its own traffic policy (`[providers.<name>]` over `[providers.all]`).
 
 use crate::domain::Target;
 use crate::providers::{StepError, StepErrorCode};
+use crate::settings::TrafficPolicy;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone)]
-pub struct ResilienceConfig {
-    pub retry_base: Duration,
-    pub retry_cap: Duration,
-    pub budget_ratio: f64,
-    pub budget_min_per_sec: f64,
-    pub breaker_threshold: u32,
-    pub breaker_open: Duration,
-}
-
 /// Exponential backoff with full jitter (AWS architecture blog): spreads retries of many clients
 /// instead of synchronizing them.
-pub fn backoff(config: &ResilienceConfig, attempt: u32) -> Duration {
+pub fn backoff(config: &TrafficPolicy, attempt: u32) -> Duration {
     let exp = config
         .retry_base
         .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
@@ -54,7 +46,9 @@ struct Provider {
 }
 
 pub struct Resilience {
-    config: ResilienceConfig,
+    /// The policy of a provider that has none of its own.
+    default: TrafficPolicy,
+    policies: HashMap<Target, TrafficPolicy>,
     providers: Mutex<HashMap<Target, Provider>>,
     metrics: Option<std::sync::Arc<crate::telemetry::metrics::Metrics>>,
 }
@@ -80,9 +74,10 @@ pub enum Admission {
 const BUDGET_CAP: f64 = 20.0;
 
 impl Resilience {
-    pub fn new(config: ResilienceConfig) -> Self {
+    pub fn new(default: TrafficPolicy) -> Self {
         Self {
-            config,
+            default,
+            policies: HashMap::new(),
             providers: Mutex::new(HashMap::new()),
             metrics: None,
         }
@@ -105,11 +100,18 @@ impl Resilience {
         }
     }
 
-    pub fn config(&self) -> &ResilienceConfig {
-        &self.config
+    /// Gives `target` its own policy.
+    pub fn with_policy(mut self, target: Target, policy: TrafficPolicy) -> Self {
+        self.policies.insert(target, policy);
+        self
     }
 
-    fn with<R>(&self, target: Target, f: impl FnOnce(&mut Provider, &ResilienceConfig) -> R) -> R {
+    /// `target`'s traffic policy: attempts, backoff, budget and breaker.
+    pub fn policy(&self, target: Target) -> &TrafficPolicy {
+        self.policies.get(&target).unwrap_or(&self.default)
+    }
+
+    fn with<R>(&self, target: Target, f: impl FnOnce(&mut Provider, &TrafficPolicy) -> R) -> R {
         let mut map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
         let p = map.entry(target).or_insert_with(|| Provider {
             budget: Budget {
@@ -118,7 +120,7 @@ impl Resilience {
             },
             breaker: BreakerState::Closed { failures: 0 },
         });
-        f(p, &self.config)
+        f(p, self.policy(target))
     }
 
     /// Called before every send.
@@ -154,7 +156,7 @@ impl Resilience {
     pub fn first_attempt(&self, target: Target) {
         self.with(target, |p, c| {
             refill(&mut p.budget, c);
-            p.budget.tokens = (p.budget.tokens + c.budget_ratio).min(BUDGET_CAP);
+            p.budget.tokens = (p.budget.tokens + c.retry_budget_ratio).min(BUDGET_CAP);
         })
     }
 
@@ -191,7 +193,7 @@ impl Resilience {
                     until: Instant::now() + c.breaker_open,
                 },
                 (BreakerState::Closed { failures }, true)
-                    if failures + 1 >= c.breaker_threshold =>
+                    if failures + 1 >= c.breaker_failure_threshold =>
                 {
                     tracing::warn!(target = target.as_str(), "circuit breaker opened");
                     BreakerState::Open {
@@ -209,10 +211,10 @@ impl Resilience {
     }
 }
 
-fn refill(b: &mut Budget, c: &ResilienceConfig) {
+fn refill(b: &mut Budget, c: &TrafficPolicy) {
     let now = Instant::now();
     let secs = now.duration_since(b.refilled).as_secs_f64();
-    b.tokens = (b.tokens + secs * c.budget_min_per_sec).min(BUDGET_CAP);
+    b.tokens = (b.tokens + secs * c.retry_budget_min_per_sec).min(BUDGET_CAP);
     b.refilled = now;
 }
 
@@ -236,13 +238,17 @@ pub fn breaker_open(target: Target) -> StepError {
 mod tests {
     use super::*;
 
-    fn config() -> ResilienceConfig {
-        ResilienceConfig {
+    fn config() -> TrafficPolicy {
+        TrafficPolicy {
+            timeout: Duration::from_secs(5),
+            max_response_bytes: 65536,
+            max_attempts: 5,
+            in_request_attempts: 3,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_millis(1000),
-            budget_ratio: 0.2,
-            budget_min_per_sec: 0.0,
-            breaker_threshold: 3,
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_sec: 0.0,
+            breaker_failure_threshold: 3,
             breaker_open: Duration::from_millis(50),
         }
     }

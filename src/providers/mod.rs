@@ -167,15 +167,21 @@ pub struct RazorpayConfig {
     pub read: http::ReadLimits,
 }
 
-pub fn build(client: reqwest::Client, juspay: JuspayConfig, razorpay: RazorpayConfig) -> Providers {
+/// The two Juspay adapters share an account but each reads with its own provider's limits.
+pub fn build(
+    client: reqwest::Client,
+    juspay_customer: JuspayConfig,
+    juspay_wallet: JuspayConfig,
+    razorpay: RazorpayConfig,
+) -> Providers {
     Providers::default()
         .with(Arc::new(juspay_customer::JuspayCustomer::new(
             client.clone(),
-            juspay.clone(),
+            juspay_customer,
         )))
         .with(Arc::new(juspay_wallet::JuspayWallet::new(
             client.clone(),
-            juspay,
+            juspay_wallet,
         )))
         .with(Arc::new(razorpay_upi::RazorpayUpi::new(client, razorpay)))
 }

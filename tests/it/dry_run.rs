@@ -770,7 +770,7 @@ async fn a_dry_run_predicts_the_records_key_conflicts_and_pending_bound_without_
         s.changes.max_pending_per_user = 1;
         s.upstream.request_deadline_ms = 300;
         // Bob's change below stays pending on a hanging upstream for the rest of the test.
-        s.juspay.timeout_ms = 60_000;
+        juspay_timeout_ms(s, 60_000);
     })
     .await;
     // Compares a dry run with the real PATCH it predicts (status, problem, Retry-After); the
@@ -880,8 +880,8 @@ async fn a_dry_run_predicts_the_records_key_conflicts_and_pending_bound_without_
 #[tokio::test]
 async fn dry_run_reads_neither_open_the_breaker_nor_pass_an_open_one() {
     let app = spawn_app_with(|s| {
-        s.changes.breaker_failure_threshold = 2;
-        s.changes.breaker_open_ms = 600_000;
+        s.providers.all_mut().breaker_failure_threshold = Some(2);
+        s.providers.all_mut().breaker_open_ms = Some(600_000);
         s.telemetry.metrics_listen = Some("127.0.0.1:0".into());
     })
     .await;

@@ -408,7 +408,7 @@ async fn an_outage_that_does_not_heal_ends_failed_after_the_budget() {
 
 #[tokio::test]
 async fn an_unknown_outcome_is_read_back_before_anything_is_resent() {
-    let app = spawn_app_with(|s| s.juspay.timeout_ms = 300).await;
+    let app = spawn_app_with(|s| juspay_timeout_ms(s, 300)).await;
     // The wallet applies the update, then the answer never comes.
     app.sandbox.add_fault(
         FaultSpec::hang("juspay_wallet_update")
@@ -450,11 +450,11 @@ async fn an_unknown_outcome_is_read_back_before_anything_is_resent() {
 #[tokio::test]
 async fn an_open_breaker_keeps_an_unknown_outcome_unknown() {
     let app = spawn_app_with(|s| {
-        s.juspay.timeout_ms = 300;
-        s.changes.max_attempts = 2;
-        s.changes.in_request_attempts = 2;
-        s.changes.breaker_failure_threshold = 1;
-        s.changes.breaker_open_ms = 60_000;
+        juspay_timeout_ms(s, 300);
+        s.providers.all_mut().max_attempts = Some(2);
+        s.providers.all_mut().in_request_attempts = Some(2);
+        s.providers.all_mut().breaker_failure_threshold = Some(1);
+        s.providers.all_mut().breaker_open_ms = Some(60_000);
     })
     .await;
     // The first wallet write times out (its outcome is unknown) and opens the breaker; the second

@@ -345,8 +345,8 @@ async fn razorpay_status_and_code_disagreements_are_judged_by_status_and_reason(
 async fn all_timeouts_answer_504_and_mixed_failures_502() {
     let app = spawn_app_with(|s| {
         single_attempt(s);
-        s.juspay.timeout_ms = 300;
-        s.razorpay.timeout_ms = 300;
+        juspay_timeout_ms(s, 300);
+        s.providers.section_mut("razorpay_upi").timeout_ms = Some(300);
     })
     .await;
     app.sandbox.add_fault(FaultSpec::hang("*").times(2));

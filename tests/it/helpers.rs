@@ -2,7 +2,7 @@
 //! database and a fresh sandbox.
 
 use profile_gateway::sandbox::{self, JournalEntry, SandboxConfig, SandboxHandle};
-use profile_gateway::settings::{CallerSettings, Settings};
+use profile_gateway::settings::{CallerSettings, Mode, Settings};
 use profile_gateway::startup::Application;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -62,9 +62,8 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
             "PROFILE_GATEWAY__AUDIT__HMAC_KEY".into(),
             "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=".into(),
         ),
-        ("PROFILE_GATEWAY__JUSPAY__TIMEOUT_MS".into(), "1500".into()),
         (
-            "PROFILE_GATEWAY__RAZORPAY__TIMEOUT_MS".into(),
+            "PROFILE_GATEWAY__PROVIDERS__ALL__TIMEOUT_MS".into(),
             "1500".into(),
         ),
         (
@@ -106,8 +105,11 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
             ..Default::default()
         },
     ];
-    s.validate(false)
-        .expect("test settings are production-valid");
+    s.validate(
+        Mode::Production,
+        &profile_gateway::startup::provider_names(),
+    )
+    .expect("test settings are production-valid");
     s
 }
 
@@ -308,10 +310,17 @@ pub async fn problem(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// One upstream call's budget at both Juspay providers (what `juspay.timeout_ms` sets).
+pub fn juspay_timeout_ms(s: &mut Settings, ms: u64) {
+    for provider in ["juspay_customer", "juspay_wallet"] {
+        s.providers.section_mut(provider).timeout_ms = Some(ms);
+    }
+}
+
 /// Settings under which every failure is final at once (no retries), to observe one attempt.
 pub fn single_attempt(s: &mut Settings) {
-    s.changes.max_attempts = 1;
-    s.changes.in_request_attempts = 1;
+    s.providers.all_mut().max_attempts = Some(1);
+    s.providers.all_mut().in_request_attempts = Some(1);
 }
 
 /// The gateway as a real process, so it can be SIGKILLed.
@@ -370,7 +379,7 @@ pub async fn start_gateway(
         )
         .env("PROFILE_GATEWAY__CHANGES__LEASE_MS", "1000")
         .env("PROFILE_GATEWAY__CHANGES__COMPLETER_INTERVAL_MS", "100")
-        .env("PROFILE_GATEWAY__CHANGES__RETRY_BASE_MS", "20")
+        .env("PROFILE_GATEWAY__PROVIDERS__ALL__RETRY_BASE_MS", "20")
         .env("PROFILE_GATEWAY__TELEMETRY__LOG_LEVEL", "error")
         .env("PROFILE_GATEWAY_FAILPOINTS", failpoints)
         .envs(extra_env.iter().copied())

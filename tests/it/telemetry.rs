@@ -635,10 +635,10 @@ async fn scrape(app: &TestApp) -> String {
 
 fn metrics_app(s: &mut profile_gateway::settings::Settings) {
     s.telemetry.metrics_listen = Some("127.0.0.1:0".into());
-    s.changes.breaker_failure_threshold = 2;
-    s.changes.breaker_open_ms = 600_000;
-    s.changes.retry_base_ms = 1;
-    s.changes.retry_cap_ms = 5;
+    s.providers.all_mut().breaker_failure_threshold = Some(2);
+    s.providers.all_mut().breaker_open_ms = Some(600_000);
+    s.providers.all_mut().retry_base_ms = Some(1);
+    s.providers.all_mut().retry_cap_ms = Some(5);
     // The completer stays out of the way: the parked change keeps its counts still.
     s.changes.completer_interval_ms = 600_000;
 }

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use profile_gateway::settings::{CallerSettings, IssuerSettings};
+use profile_gateway::settings::{CallerSettings, IssuerSettings, Mode};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
@@ -386,7 +386,11 @@ pub(crate) fn jwt_app_settings(
             s.auth.callers[2].require_user_assertion = true;
             s.auth.callers[2].user_assertion_issuer = Some(IDP.into());
         }
-        s.validate(false).expect("JWT settings are valid");
+        s.validate(
+            Mode::Production,
+            &profile_gateway::startup::provider_names(),
+        )
+        .expect("JWT settings are valid");
     }
 }
 

@@ -847,9 +847,9 @@ async fn a_step_that_stays_unknown_sends_the_event_a_caller_subscribed_to() {
     let app = spawn_app_with(|s| {
         with_webhook(&receiver.url, &secret, 50)(s);
         s.auth.callers[0].webhook_events = Some(vec!["change.step_unknown".into()]);
-        s.changes.max_attempts = 2;
-        s.changes.in_request_attempts = 2;
-        s.changes.retry_base_ms = 10;
+        s.providers.all_mut().max_attempts = Some(2);
+        s.providers.all_mut().in_request_attempts = Some(2);
+        s.providers.all_mut().retry_base_ms = Some(10);
     })
     .await;
     // The write times out (it may have happened), and the read-back that should tell fails too.
