@@ -30,6 +30,7 @@ RUN mkdir -p src benches \
 COPY .sqlx/ .sqlx/
 COPY migrations/ migrations/
 COPY benches/ benches/
+COPY config/ config/
 COPY src/ src/
 RUN cargo build --release --locked --bin profile-gateway \
     && install -D -m 0755 target/release/profile-gateway /out/profile-gateway

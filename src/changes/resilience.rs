@@ -322,6 +322,20 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_with_its_own_policy_keeps_it_while_the_others_use_the_default() {
+        let mut own = config();
+        own.breaker_failure_threshold = 1;
+        own.max_attempts = 1;
+        let r = Resilience::new(config()).with_policy(Target::RazorpayUpi, own);
+        assert_eq!(r.policy(Target::RazorpayUpi).max_attempts, 1);
+        assert_eq!(r.policy(Target::JuspayWallet).max_attempts, 5);
+        r.record(Target::RazorpayUpi, &unavailable());
+        r.record(Target::JuspayWallet, &unavailable());
+        assert_eq!(r.admit(Target::RazorpayUpi), Admission::FailFast);
+        assert_eq!(r.admit(Target::JuspayWallet), Admission::Send);
+    }
+
+    #[test]
     fn retry_budget_is_a_fraction_of_first_attempts() {
         let r = Resilience::new(config());
         let t = Target::RazorpayUpi;

@@ -5,6 +5,8 @@
 mod auth;
 mod load;
 mod providers;
+#[cfg(test)]
+mod providers_tests;
 mod resolve;
 mod sections;
 #[cfg(test)]

@@ -453,3 +453,62 @@ async fn the_record_is_written_before_the_first_upstream_call() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "applied");
 }
+
+#[tokio::test]
+async fn a_provider_with_its_own_max_attempts_stops_while_the_others_retry() {
+    let app = spawn_app_with(|s| {
+        let all = s.providers.all_mut();
+        all.max_attempts = Some(3);
+        all.in_request_attempts = Some(3);
+        all.retry_base_ms = Some(1);
+        all.retry_cap_ms = Some(5);
+        s.providers.section_mut("razorpay_upi").max_attempts = Some(1);
+    })
+    .await;
+    app.sandbox
+        .add_fault(FaultSpec::status("juspay_customer_update", 503, "", None).times(2));
+    app.sandbox
+        .add_fault(FaultSpec::status("razorpay_upi_update", 503, "", None));
+    let resp = app
+        .patch(
+            "bob",
+            &json!({
+                "email_address": "bob.retry@example.com",
+                "upi": upi_body("bob.retry@okaxis", "change_vpa"),
+            }),
+        )
+        .await;
+    let body: Value = resp.json().await.unwrap();
+    let calls = |route: &str| {
+        app.journal()
+            .iter()
+            .filter(|e| e.route.as_deref() == Some(route))
+            .count()
+    };
+    assert_eq!(calls("juspay_customer_update"), 3, "all's 3 attempts");
+    assert_eq!(calls("razorpay_upi_update"), 1, "its own single attempt");
+    let status = |target: &str| {
+        body["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == target)
+            .map(|s| s["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(status("juspay_customer"), "applied", "{body}");
+    assert!(
+        ["failed", "unknown"].contains(&status("razorpay_upi").as_str()),
+        "{body}"
+    );
+    let attempts: Vec<(String, i32)> =
+        sqlx::query_as("select target, attempts from change_steps order by target")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        attempts.contains(&("juspay_customer".to_string(), 3))
+            && attempts.contains(&("razorpay_upi".to_string(), 1)),
+        "{attempts:?}"
+    );
+}
