@@ -15,7 +15,6 @@ mod failures;
 mod lifecycle;
 mod limits;
 mod pgaudit;
-mod sandbox;
 mod telemetry;
 mod trust;
 mod webhooks;
