@@ -12,16 +12,21 @@ WORKDIR /src
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
-# Dependencies alone, with stub sources: this layer is rebuilt only when Cargo.toml or
+# The production build: --no-default-features leaves out the upstream simulator and its
+# unauthenticated admin API (the `sandbox` feature), so only its manifest is copied, for the
+# workspace and the lock file, with an empty library that is never compiled.
+#
+# Dependencies alone, with stub sources: this layer is rebuilt only when a Cargo.toml or
 # Cargo.lock change. The stubs' own artefacts are removed so the real sources always rebuild,
 # whatever their modification times.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/upstream-sandbox/Cargo.toml crates/upstream-sandbox/
 COPY .cargo/ .cargo/
-RUN mkdir -p src benches \
+RUN mkdir -p src benches crates/upstream-sandbox/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/upstream-sandbox/src/lib.rs \
     && echo 'fn main() {}' > benches/cpu_path.rs \
-    && cargo build --release --locked --bin profile-gateway \
+    && cargo build --release --locked --no-default-features --bin profile-gateway \
     && rm -rf src benches \
         target/release/.fingerprint/profile-gateway-* \
         target/release/deps/profile_gateway-* \
@@ -32,7 +37,7 @@ COPY migrations/ migrations/
 COPY benches/ benches/
 COPY config/ config/
 COPY src/ src/
-RUN cargo build --release --locked --bin profile-gateway \
+RUN cargo build --release --locked --no-default-features --bin profile-gateway \
     && install -D -m 0755 target/release/profile-gateway /out/profile-gateway
 
 # glibc 2.36 (Debian 12's libc6 2.36-9+deb12u*), libgcc_s, libstdc++, CA certificates, tzdata;

@@ -3,9 +3,9 @@
 
 use crate::audit::AuditContext;
 use crate::domain::{ProfileLinks, UserId};
-use crate::sandbox::{self, DEMO_WEBHOOK_SECRET, SandboxConfig, SandboxHandle};
 use crate::secret::Secret;
 use crate::settings::{CallerSettings, Settings};
+use upstream_sandbox::{self as sandbox, DEMO_WEBHOOK_SECRET, SandboxConfig, SandboxHandle};
 
 /// The demo caller's bearer token. Printed at start; only ever accepted in sandbox mode.
 pub const DEMO_TOKEN: &str = "sandbox-demo-token";

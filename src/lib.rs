@@ -3,6 +3,7 @@ pub mod auth;
 pub mod changes;
 pub mod crypto;
 pub mod db_tls;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod domain;
 pub mod error;
@@ -12,7 +13,6 @@ pub mod limits;
 pub mod listener;
 pub mod providers;
 pub mod routes;
-pub mod sandbox;
 pub mod secret;
 pub mod settings;
 pub mod startup;

@@ -1,6 +1,8 @@
 use clap::{Parser, Subcommand};
+#[cfg(feature = "sandbox")]
+use profile_gateway::demo;
 use profile_gateway::settings::{Mode, Settings};
-use profile_gateway::{demo, sandbox, startup, telemetry};
+use profile_gateway::{startup, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -103,9 +105,27 @@ fn load(config: &[PathBuf], sandbox: bool) -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// What a build without the simulator says to a command that needs it.
+const NO_SANDBOX: &str = "this build has no sandbox (built without the `sandbox` feature); \
+     build with default features to use `serve --sandbox` or `sandbox`";
+
+/// Why `command` cannot run on this build, when it needs the simulator and the build has none.
+fn needs_missing_sandbox(command: &Command, has_sandbox: bool) -> Option<&'static str> {
+    let needs = matches!(
+        command,
+        Command::Serve { sandbox: true } | Command::Sandbox { .. }
+    );
+    (needs && !has_sandbox).then_some(NO_SANDBOX)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(message) = needs_missing_sandbox(&cli.command, cfg!(feature = "sandbox")) {
+        // 2, as for any other command line this build cannot run.
+        eprintln!("profile-gateway: {message}");
+        return ExitCode::from(2);
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -128,16 +148,19 @@ async fn run(cli: Cli) -> Result<(), String> {
             tracing::info!(version = newest, "migrations applied");
             Ok(())
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox { listen, seed } => {
             let settings = settings(&cli.config)?;
             telemetry::init(
                 &settings.telemetry.log_format,
                 &settings.telemetry.log_level,
             );
-            sandbox::run_standalone(listen, seed)
+            upstream_sandbox::run_standalone(listen, seed)
                 .await
                 .map_err(|e| e.to_string())
         }
+        #[cfg(not(feature = "sandbox"))]
+        Command::Sandbox { .. } => Err(NO_SANDBOX.into()),
         Command::CheckConfig { sandbox } => {
             let settings = load(&cli.config, sandbox)?;
             println!("{settings:#?}");
@@ -228,6 +251,13 @@ async fn serve_with(
     config: &[PathBuf],
     sandbox: bool,
 ) -> Result<(), String> {
+    #[cfg(not(feature = "sandbox"))]
+    if sandbox {
+        // `main` refuses this before anything starts; kept so the path cannot serve by mistake.
+        let _ = config;
+        return Err(NO_SANDBOX.into());
+    }
+    #[cfg(feature = "sandbox")]
     let sandbox_handle = if sandbox {
         let handle = demo::start_sandbox(settings)
             .await
@@ -250,6 +280,7 @@ async fn serve_with(
     if !sandbox {
         profile_gateway::audit::roles::refuse_privileged(&app.pool).await?;
     }
+    #[cfg(feature = "sandbox")]
     if let Some(handle) = &sandbox_handle {
         demo::seed_links(&app.pool)
             .await
@@ -267,4 +298,27 @@ async fn serve_with(
     );
     let shutdown = app.drain_on(startup::shutdown_signal());
     app.run_until(shutdown).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_build_without_the_simulator_refuses_the_commands_that_need_it() {
+        let serve = |sandbox| Command::Serve { sandbox };
+        let standalone = Command::Sandbox {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            seed: None,
+        };
+        for command in [serve(true), standalone] {
+            assert_eq!(needs_missing_sandbox(&command, false), Some(NO_SANDBOX));
+            assert_eq!(needs_missing_sandbox(&command, true), None);
+        }
+        for has_sandbox in [false, true] {
+            assert_eq!(needs_missing_sandbox(&serve(false), has_sandbox), None);
+            assert_eq!(needs_missing_sandbox(&Command::Migrate, has_sandbox), None);
+        }
+        assert!(NO_SANDBOX.starts_with("this build has no sandbox"));
+    }
 }

@@ -688,7 +688,7 @@ async fn no_plaintext_pii_in_a_dump_of_the_database() {
     );
     // A failing change too, and a second one so old values are recorded.
     app.sandbox.add_fault(
-        profile_gateway::sandbox::FaultSpec::status(
+        upstream_sandbox::FaultSpec::status(
             "juspay_wallet_update",
             404,
             r#"{"status":"invalid_request_error","error_code":"object_not_found","error_message":"no wallet for 9000011122"}"#,
@@ -1170,7 +1170,7 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     )
     .await;
     app.sandbox.add_fault(
-        profile_gateway::sandbox::FaultSpec::status(
+        upstream_sandbox::FaultSpec::status(
             "juspay_wallet_update",
             404,
             r#"{"status":"invalid_request_error","error_code":"object_not_found","error_message":"Cannot find what you are looking for"}"#,

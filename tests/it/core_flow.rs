@@ -4,9 +4,9 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 
 fn by_route<'a>(
-    j: &'a [profile_gateway::sandbox::JournalEntry],
+    j: &'a [upstream_sandbox::JournalEntry],
     route: &str,
-) -> Vec<&'a profile_gateway::sandbox::JournalEntry> {
+) -> Vec<&'a upstream_sandbox::JournalEntry> {
     j.iter()
         .filter(|e| e.route.as_deref() == Some(route))
         .collect()

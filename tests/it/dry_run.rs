@@ -4,10 +4,10 @@
 
 use crate::helpers::*;
 use crate::trust::{JwksServer, TestKey, assertion, jwt_app_settings, sa_claims};
-use profile_gateway::sandbox::FaultSpec;
 use profile_gateway::settings::CallerSettings;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use upstream_sandbox::FaultSpec;
 
 /// One PATCH as the tests send it: `query` is the raw query string (`""` for none).
 struct Patch<'a> {

@@ -2,12 +2,12 @@
 //! read-back of unknown outcomes, operator retry, and completion after crashes.
 
 use crate::helpers::*;
-use profile_gateway::sandbox::{FaultSpec, JournalEntry};
 use profile_gateway::settings::Settings;
 use profile_gateway::startup::Application;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
+use upstream_sandbox::{FaultSpec, JournalEntry};
 
 fn db_url(app: &TestApp) -> String {
     format!(

@@ -2,8 +2,8 @@
 //! recorded as such, and a database outage stops a change before any upstream call.
 
 use crate::helpers::*;
-use profile_gateway::sandbox::FaultSpec;
 use serde_json::{Value, json};
+use upstream_sandbox::FaultSpec;
 
 const JSON: Option<&str> = Some("application/json");
 

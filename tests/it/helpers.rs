@@ -1,11 +1,11 @@
 //! Spawns the gateway exactly as `main` does (through `Application::build`) against a fresh
 //! database and a fresh sandbox.
 
-use profile_gateway::sandbox::{self, JournalEntry, SandboxConfig, SandboxHandle};
 use profile_gateway::settings::{CallerSettings, Mode, Settings};
 use profile_gateway::startup::Application;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use upstream_sandbox::{self as sandbox, JournalEntry, SandboxConfig, SandboxHandle};
 
 pub const TOKEN: &str = "test-token-writer";
 pub const READ_ONLY_TOKEN: &str = "test-token-reader";

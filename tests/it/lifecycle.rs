@@ -3,7 +3,6 @@
 //! child process); `migrate` from two pods at once.
 
 use crate::helpers::*;
-use profile_gateway::sandbox::{FaultSpec, SandboxHandle};
 use profile_gateway::settings::Settings;
 use profile_gateway::startup::{self, Application};
 use serde_json::{Value, json};
@@ -13,6 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
+use upstream_sandbox::{FaultSpec, SandboxHandle};
 
 const BIN: &str = env!("CARGO_BIN_EXE_profile-gateway");
 
@@ -415,8 +415,8 @@ token_sha256 = "{token}"
 scopes = ["profile:write", "profile:read"]
 "#,
             base = sandbox.base_url(),
-            merchant = profile_gateway::sandbox::DEMO_JUSPAY_MERCHANT_ID,
-            key_id = profile_gateway::sandbox::DEMO_RAZORPAY_KEY_ID,
+            merchant = upstream_sandbox::DEMO_JUSPAY_MERCHANT_ID,
+            key_id = upstream_sandbox::DEMO_RAZORPAY_KEY_ID,
             token = profile_gateway::auth::token_sha256(TOKEN),
         ),
     )
@@ -435,8 +435,8 @@ encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 [audit]
 hmac_key = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
 "#,
-            juspay = profile_gateway::sandbox::DEMO_JUSPAY_API_KEY,
-            razorpay = profile_gateway::sandbox::DEMO_RAZORPAY_KEY_SECRET,
+            juspay = upstream_sandbox::DEMO_JUSPAY_API_KEY,
+            razorpay = upstream_sandbox::DEMO_RAZORPAY_KEY_SECRET,
         ),
     )
     .unwrap();

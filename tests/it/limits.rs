@@ -2,11 +2,11 @@
 //! slow clients are disconnected. Sockets are real; every wait is bounded.
 
 use crate::helpers::*;
-use profile_gateway::sandbox::FaultSpec;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use upstream_sandbox::FaultSpec;
 
 async fn raw_patch(app: &TestApp, user: &str, body: &str) -> reqwest::Response {
     app.client

@@ -1,5 +1,9 @@
 //! The one integration-test binary: real PostgreSQL (a fresh database per test), the real adapters
 //! over HTTP against the in-process sandbox, the app on port 0.
+//!
+//! They run `serve --sandbox` and seed the demo users, so a build without the `sandbox` feature
+//! (the production build) has none of them.
+#![cfg(feature = "sandbox")]
 
 mod helpers;
 
@@ -15,7 +19,6 @@ mod failures;
 mod lifecycle;
 mod limits;
 mod pgaudit;
-mod sandbox;
 mod telemetry;
 mod trust;
 mod webhooks;

@@ -11,12 +11,12 @@ use crate::helpers::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
-use profile_gateway::sandbox::{self, FaultSpec};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use upstream_sandbox::{self as sandbox, FaultSpec};
 
 // ---------------------------------------------------------------------------------------------
 // An OTLP/HTTP receiver

@@ -7,7 +7,6 @@ use crate::helpers::*;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use profile_gateway::sandbox::FaultSpec;
 use profile_gateway::settings::Settings;
 use profile_gateway::startup::Application;
 use serde_json::{Value, json};
@@ -15,6 +14,7 @@ use sha2::Sha256;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use upstream_sandbox::FaultSpec;
 
 /// The signing key, and the secret file's content (`whsec_` + its base64).
 const KEY: &[u8] = b"webhook-test-key-0123456789abcdef";
@@ -883,7 +883,7 @@ async fn a_step_that_stays_unknown_sends_the_event_a_caller_subscribed_to() {
 async fn the_sandbox_receiver_records_what_arrived_and_the_cli_verifies_it() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("demo.secret");
-    std::fs::write(&secret, profile_gateway::sandbox::DEMO_WEBHOOK_SECRET).unwrap();
+    std::fs::write(&secret, upstream_sandbox::DEMO_WEBHOOK_SECRET).unwrap();
     let app = spawn_app_with(|s| {
         s.auth.callers[0].webhook_url = None;
         s.webhooks.poll_interval_ms = 50;

@@ -2,14 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use profile_gateway::sandbox::{
-    self, DEMO_JUSPAY_API_KEY, DEMO_JUSPAY_MERCHANT_ID, DEMO_RAZORPAY_KEY_ID,
-    DEMO_RAZORPAY_KEY_SECRET, FaultKind, FaultSpec, SandboxConfig, SandboxHandle, SeedData,
-    UpiStatus,
-};
 use reqwest::{Client, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use upstream_sandbox::{
+    self as sandbox, DEMO_JUSPAY_API_KEY, DEMO_JUSPAY_MERCHANT_ID, DEMO_RAZORPAY_KEY_ID,
+    DEMO_RAZORPAY_KEY_SECRET, FaultKind, FaultSpec, SandboxConfig, SandboxHandle, SeedData,
+    UpiStatus,
+};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const UPI_PATH: &str = "/v1/upi/tpap/upi_number";

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::faults::FiredFault;
+use crate::faults::FiredFault;
 
 /// Oldest entries are dropped beyond this, so a long benchmark cannot exhaust memory.
 const CAPACITY: usize = 10_000;

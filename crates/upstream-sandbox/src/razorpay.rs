@@ -10,12 +10,12 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::exchange::{
-    self, AuthInfo, Call, Handler, Outcome, Reply, basic_credentials, wrong_method,
-};
-use super::seed::{UpiNumber, UpiNumberType, UpiStatus};
-use super::state::{AppState, Credentials, Inner, Route};
-use super::validate;
+use crate::exchange::{self, wrong_method};
+use crate::provider::{AuthInfo, Call, Handler, Outcome, Provider, Reply, basic_credentials};
+use crate::route::Route;
+use crate::seed::{UpiNumber, UpiNumberType, UpiStatus};
+use crate::state::{AppState, Credentials, Inner};
+use crate::validate;
 
 const PATH: &str = "/v1/upi/tpap/upi_number";
 
@@ -26,30 +26,34 @@ pub(crate) fn router() -> Router<AppState> {
 async fn upi_update(State(state): State<AppState>, req: Request) -> Response {
     let handler: Handler =
         Box::new(|inner, creds, call| update(inner, creds, call).unwrap_or_else(Outcome::read));
-    exchange::serve(state, Route::RazorpayUpiUpdate, req, handler).await
+    exchange::serve(state, &Razorpay, Route::RazorpayUpiUpdate, req, handler).await
 }
 
 async fn upi_get(State(state): State<AppState>, req: Request) -> Response {
     let handler: Handler =
         Box::new(|inner, creds, call| list(inner, creds, call).unwrap_or_else(Outcome::read));
-    exchange::serve(state, Route::RazorpayUpiGet, req, handler).await
+    exchange::serve(state, &Razorpay, Route::RazorpayUpiGet, req, handler).await
 }
 
-/// The key id is not a secret, so the journal names it; a wrong scheme word counts as no
-/// credentials at all.
-pub(crate) fn check_auth(creds: &Credentials, headers: &HeaderMap) -> AuthInfo {
-    match headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| basic_credentials(v, true))
-    {
-        Some((key_id, secret)) => AuthInfo {
-            ok: key_id == creds.razorpay_key_id && secret == creds.razorpay_key_secret,
-            principal: Some(key_id),
-        },
-        None => AuthInfo {
-            principal: None,
-            ok: false,
-        },
+struct Razorpay;
+
+impl Provider for Razorpay {
+    /// The key id is not a secret, so the journal names it; a wrong scheme word counts as no
+    /// credentials at all.
+    fn check_auth(&self, creds: &Credentials, headers: &HeaderMap) -> AuthInfo {
+        match headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| basic_credentials(v, true))
+        {
+            Some((key_id, secret)) => AuthInfo {
+                ok: key_id == creds.razorpay_key_id && secret == creds.razorpay_key_secret,
+                principal: Some(key_id),
+            },
+            None => AuthInfo {
+                principal: None,
+                ok: false,
+            },
+        }
     }
 }
 

@@ -6,18 +6,16 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
-use serde::Serialize;
 
-use super::conn::ConnHandle;
-use super::faults::{FaultKind, FaultSpecFired};
-use super::journal::{JournalEntry, headers_for_journal};
-use super::state::{AppState, Credentials, Inner, Route};
-use super::{juspay, razorpay};
+use crate::conn::ConnHandle;
+use crate::faults::{FaultKind, FaultSpecFired};
+use crate::journal::{JournalEntry, headers_for_journal};
+use crate::provider::{AuthInfo, Call, Handler, Outcome, Provider, Reply};
+use crate::route::Route;
+use crate::state::AppState;
 
 /// Bodies beyond this are refused with 413; upstream requests here are a few hundred bytes.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -26,91 +24,15 @@ const MAX_HANG: Duration = Duration::from_secs(600);
 /// How much more body a truncated answer announces than it sends.
 const TRUNCATE_SHORTFALL: usize = 64;
 
-/// A request as the provider handlers see it.
-pub(crate) struct Call {
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub auth: AuthInfo,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct AuthInfo {
-    pub principal: Option<String>,
-    pub ok: bool,
-}
-
-/// A complete answer, kept as data so a fault can still cut or replace it.
-pub(crate) struct Reply {
-    pub status: StatusCode,
-    pub content_type: Option<String>,
-    pub body: Bytes,
-}
-
-impl Reply {
-    pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Reply {
-        // Serializing our own response types cannot fail; an empty body is the safe fallback.
-        let body = serde_json::to_vec(value).unwrap_or_default();
-        Reply {
-            status,
-            content_type: Some("application/json".into()),
-            body: body.into(),
-        }
-    }
-
-    pub(crate) fn empty(status: StatusCode) -> Reply {
-        Reply {
-            status,
-            content_type: None,
-            body: Bytes::new(),
-        }
-    }
-
-    fn into_response(self) -> Response {
-        let mut response = (self.status, self.body).into_response();
-        // `Bytes` makes axum add `application/octet-stream`; the reply decides instead.
-        response.headers_mut().remove(header::CONTENT_TYPE);
-        if let Some(ct) = self
-            .content_type
-            .and_then(|ct| HeaderValue::from_str(&ct).ok())
-        {
-            response.headers_mut().insert(header::CONTENT_TYPE, ct);
-        }
-        response
-    }
-}
-
-/// What a handler did: the answer, and whether it changed state.
-pub(crate) struct Outcome {
-    pub reply: Reply,
-    pub applied: bool,
-}
-
-impl Outcome {
-    pub(crate) fn read(reply: Reply) -> Outcome {
-        Outcome {
-            reply,
-            applied: false,
-        }
-    }
-
-    pub(crate) fn applied(reply: Reply) -> Outcome {
-        Outcome {
-            reply,
-            applied: true,
-        }
-    }
-}
-
-pub(crate) type Handler = Box<dyn FnOnce(&mut Inner, &Credentials, &Call) -> Outcome + Send>;
-
-/// Serves one call of a known route.
+/// Serves one call of a known route of `provider`.
 pub(crate) async fn serve(
     state: AppState,
+    provider: &dyn Provider,
     route: Route,
     req: Request,
     handler: Handler,
 ) -> Response {
-    serve_inner(state, Some(route), req, handler).await
+    serve_inner(state, Some((provider, route)), req, handler).await
 }
 
 /// A known path with a method the upstream does not serve there.
@@ -127,10 +49,11 @@ pub(crate) async fn serve_unmatched(state: AppState, req: Request, status: Statu
 
 async fn serve_inner(
     state: AppState,
-    route: Option<Route>,
+    known: Option<(&dyn Provider, Route)>,
     req: Request,
     handler: Handler,
 ) -> Response {
+    let route = known.map(|(_, route)| route);
     let conn = req
         .extensions()
         .get::<ConnectInfo<ConnHandle>>()
@@ -141,9 +64,8 @@ async fn serve_inner(
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
     let body = axum::body::to_bytes(body, BODY_LIMIT).await;
-    let auth = match route {
-        Some(r) if r.is_juspay() => juspay::check_auth(&state.creds, &parts.headers),
-        Some(_) => razorpay::check_auth(&state.creds, &parts.headers),
+    let auth = match known {
+        Some((provider, _)) => provider.check_auth(&state.creds, &parts.headers),
         None => AuthInfo {
             principal: None,
             ok: false,
@@ -323,24 +245,4 @@ fn truncated(reply: Reply) -> Response {
 async fn sleep_unless_stopping(state: &AppState, duration: Duration) {
     let mut stopping = state.shutdown.clone();
     let _ = tokio::time::timeout(duration, stopping.wait_for(|s| *s)).await;
-}
-
-/// Decodes `Authorization: Basic base64(user:password)`. Razorpay wants the scheme word exactly
-/// `Basic`; HTTP itself (and Juspay, as far as anyone knows) treats it case-insensitively.
-pub(crate) fn basic_credentials(
-    value: &HeaderValue,
-    exact_scheme: bool,
-) -> Option<(String, String)> {
-    let (scheme, encoded) = value.to_str().ok()?.split_once(' ')?;
-    let scheme_ok = if exact_scheme {
-        scheme == "Basic"
-    } else {
-        scheme.eq_ignore_ascii_case("basic")
-    };
-    if !scheme_ok {
-        return None;
-    }
-    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
-    let (user, password) = decoded.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::faults::FaultSpec;
+use crate::faults::FaultSpec;
 
 /// Every object the simulated upstreams know, plus faults to install on load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -56,10 +56,14 @@ mod admin;
 mod conn;
 mod exchange;
 mod faults;
+mod inbox;
 mod journal;
 mod juspay;
+mod provider;
 mod razorpay;
+mod route;
 mod seed;
+mod signature;
 mod state;
 mod validate;
 mod webhooks;
@@ -79,12 +83,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{FaultKind, FaultSpec, FaultView, FiredFault};
+pub use inbox::WebhookReceipt;
 pub use journal::JournalEntry;
+pub use route::Route;
 pub use seed::{
     JuspayCustomer, JuspayWallet, RazorpayCustomer, SeedData, UpiNumber, UpiNumberType, UpiStatus,
 };
-pub use state::{Route, RouteCounters};
-pub use webhooks::WebhookReceipt;
+pub use state::RouteCounters;
 
 use conn::{ConnHandle, SandboxListener};
 use state::{AppState, Credentials};
@@ -141,7 +146,7 @@ pub async fn spawn(config: SandboxConfig, listener: TcpListener) -> io::Result<S
     let addr = listener.local_addr()?;
     let (stop, stopping) = watch::channel(false);
     let webhook_secret = match &config.webhook_secret {
-        Some(s) => Some(crate::webhooks::signature::parse_secrets(s).map_err(|e| {
+        Some(s) => Some(signature::parse_secrets(s).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("webhook secret {e}"))
         })?),
         None => None,

@@ -8,53 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::faults::{FaultBook, FaultView};
-use super::journal::Journal;
-use super::seed::SeedData;
-
-/// The upstream operations the sandbox serves; fault rules and counters are keyed by their names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Route {
-    JuspayWalletUpdate,
-    JuspayWalletGet,
-    JuspayCustomerUpdate,
-    JuspayCustomerGet,
-    JuspayCustomerWallets,
-    RazorpayUpiUpdate,
-    RazorpayUpiGet,
-}
-
-impl Route {
-    pub const ALL: [Route; 7] = [
-        Route::JuspayWalletUpdate,
-        Route::JuspayWalletGet,
-        Route::JuspayCustomerUpdate,
-        Route::JuspayCustomerGet,
-        Route::JuspayCustomerWallets,
-        Route::RazorpayUpiUpdate,
-        Route::RazorpayUpiGet,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Route::JuspayWalletUpdate => "juspay_wallet_update",
-            Route::JuspayWalletGet => "juspay_wallet_get",
-            Route::JuspayCustomerUpdate => "juspay_customer_update",
-            Route::JuspayCustomerGet => "juspay_customer_get",
-            Route::JuspayCustomerWallets => "juspay_customer_wallets",
-            Route::RazorpayUpiUpdate => "razorpay_upi_update",
-            Route::RazorpayUpiGet => "razorpay_upi_get",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Route> {
-        Route::ALL.into_iter().find(|r| r.name() == name)
-    }
-
-    pub(crate) fn is_juspay(self) -> bool {
-        !matches!(self, Route::RazorpayUpiUpdate | Route::RazorpayUpiGet)
-    }
-}
+use crate::faults::{FaultBook, FaultView};
+use crate::inbox::Inbox;
+use crate::journal::Journal;
+use crate::route::Route;
+use crate::seed::SeedData;
+use crate::signature::WebhookSecret;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteCounters {
@@ -73,7 +32,7 @@ pub(crate) struct Credentials {
     pub razorpay_key_id: String,
     pub razorpay_key_secret: String,
     /// Checks the signatures of webhooks the receiver gets.
-    pub webhook_secret: Option<Vec<crate::webhooks::signature::WebhookSecret>>,
+    pub webhook_secret: Option<Vec<WebhookSecret>>,
 }
 
 pub(crate) struct Inner {
@@ -82,7 +41,7 @@ pub(crate) struct Inner {
     pub faults: FaultBook,
     pub journal: Journal,
     pub counters: BTreeMap<Route, RouteCounters>,
-    pub webhooks: super::webhooks::Inbox,
+    pub webhooks: Inbox,
 }
 
 pub(crate) struct Shared {

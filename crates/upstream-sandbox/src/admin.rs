@@ -10,9 +10,9 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::faults::FaultSpec;
-use super::seed::SeedData;
-use super::state::AppState;
+use crate::faults::FaultSpec;
+use crate::seed::SeedData;
+use crate::state::AppState;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()

@@ -1,9 +1,9 @@
 //! The sandbox's webhook receiver: `POST /__sandbox/webhooks` takes any Standard Webhooks message
 //! and records it, checking its signature when the sandbox knows the secret (`serve --sandbox`
-//! gives its demo caller [`super::DEMO_WEBHOOK_SECRET`]); `GET` lists what arrived, `DELETE`
+//! gives its demo caller [`crate::DEMO_WEBHOOK_SECRET`]); `GET` lists what arrived, `DELETE`
 //! forgets it. So the quick start can show a webhook arriving without any service of one's own.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -11,53 +11,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
-use serde::{Deserialize, Serialize};
 
-use super::state::AppState;
+use crate::inbox::WebhookReceipt;
+use crate::signature;
+use crate::state::AppState;
 
-/// Oldest receipts are dropped beyond this.
-const CAPACITY: usize = 1_000;
 /// The Standard Webhooks receivers' usual tolerance for `webhook-timestamp`.
 const TOLERANCE_S: i64 = 300;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WebhookReceipt {
-    /// Arrival order, starting at 1.
-    pub seq: u64,
-    pub received_at: chrono::DateTime<chrono::Utc>,
-    /// `content-type`, `profile-gateway-event` and the `webhook-*` headers, lower-case.
-    pub headers: BTreeMap<String, String>,
-    /// The body as it arrived (lossy UTF-8).
-    pub body: String,
-    /// Whether the signature matches the sandbox's webhook secret (within 5 minutes of the
-    /// timestamp); `None` when the sandbox has no secret to check with.
-    pub signature_valid: Option<bool>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Inbox {
-    next_seq: u64,
-    receipts: VecDeque<WebhookReceipt>,
-}
-
-impl Inbox {
-    fn push(&mut self, mut r: WebhookReceipt) {
-        self.next_seq += 1;
-        r.seq = self.next_seq;
-        if self.receipts.len() == CAPACITY {
-            self.receipts.pop_front();
-        }
-        self.receipts.push_back(r);
-    }
-
-    pub(crate) fn entries(&self) -> Vec<WebhookReceipt> {
-        self.receipts.iter().cloned().collect()
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.receipts.clear();
-    }
-}
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route("/__sandbox/webhooks", post(receive).get(list).delete(clear))
@@ -79,16 +39,15 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         })
         .collect();
     let signature_valid = state.creds.webhook_secret.as_ref().map(|secrets| {
-        crate::webhooks::signature::verify(
+        signature::verify(
             secrets,
             header("webhook-id").unwrap_or_default(),
             header("webhook-timestamp").unwrap_or_default(),
             header("webhook-signature").unwrap_or_default(),
             &body,
             chrono::Utc::now().timestamp(),
-            Some(TOLERANCE_S),
+            TOLERANCE_S,
         )
-        .is_ok()
     });
     state.lock().webhooks.push(WebhookReceipt {
         seq: 0,
