@@ -3,7 +3,7 @@
 //! is the HTTP edge's job (`routes::problem`).
 //! Over 400 lines because that match is the public error table: one arm per code, read top to bottom.
 
-use crate::changes::model::ChangeView;
+use crate::domain::ChangeView;
 use crate::domain::FieldError;
 use axum::http::StatusCode;
 use std::time::Duration;
@@ -113,7 +113,7 @@ fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static st
     let applied = change
         .steps
         .iter()
-        .filter(|s| s.status == crate::changes::model::StepStatus::Applied)
+        .filter(|s| s.status == crate::domain::StepStatus::Applied)
         .count();
     let summary = format!(
         "{applied} of {} steps applied; see steps[] for each provider's outcome",

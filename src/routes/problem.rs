@@ -39,9 +39,9 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change_id: Option<uuid::Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub change_status: Option<crate::changes::model::ChangeStatus>,
+    pub change_status: Option<crate::domain::ChangeStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<Vec<crate::changes::model::StepView>>,
+    pub steps: Option<Vec<crate::domain::StepView>>,
     #[serde(skip)]
     pub location: Option<String>,
 }

@@ -5,8 +5,8 @@
 //! The metric names and labels are a contract with the alerts in deploy/: rename nothing. No
 //! label ever holds a user, change or request id.
 
-use crate::changes::model::{ChangeStatus, StepStatus};
 use crate::domain::Target;
+use crate::domain::{ChangeStatus, StepStatus};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
