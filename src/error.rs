@@ -1,7 +1,6 @@
 //! The error vocabulary: every error the service answers with is an `ApiError`, whose status,
 //! stable `code`, title and detail are decided in one match (`parts`). Rendering it as problem+json
 //! is the HTTP edge's job (`routes::problem`).
-//! Over 400 lines because that match is the public error table: one arm per code, read top to bottom.
 
 use crate::domain::ChangeView;
 use crate::domain::FieldError;
