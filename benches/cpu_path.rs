@@ -11,6 +11,7 @@ use profile_gateway::changes::model::{ChangeStatus, StepStatus};
 use profile_gateway::crypto::PiiHasher;
 use profile_gateway::domain::Target;
 use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
+use profile_gateway::providers::http::TransportError;
 use profile_gateway::providers::{juspay_customer, juspay_wallet, razorpay_upi};
 use profile_gateway::telemetry::metrics::Metrics;
 use profile_gateway::telemetry::otel;
@@ -321,7 +322,7 @@ fn request_telemetry(metrics: &Metrics, incoming: &axum::http::HeaderMap) -> usi
             let client = otel::upstream_span(target.as_str(), &mut request);
             injected += request.headers().len();
             client.in_scope(|| {});
-            otel::upstream_outcome(&client, Ok(200));
+            otel::upstream_outcome::<TransportError>(&client, Ok(200));
             metrics.upstream_attempt(target, "applied", Duration::from_millis(3));
         }
     });

@@ -1,14 +1,11 @@
-//! The one public error schema: RFC 9457 problem details with a stable `code`. Every error the
-//! service emits goes through `ApiError`, whose status and code are decided in one match.
+//! The error vocabulary: every error the service answers with is an `ApiError`, whose status,
+//! stable `code`, title and detail are decided in one match (`parts`). Rendering it as problem+json
+//! is the HTTP edge's job (`routes::problem`).
 
-use crate::changes::model::ChangeView;
+use crate::domain::ChangeView;
 use crate::domain::FieldError;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use axum::http::StatusCode;
 use std::time::Duration;
-
-pub const PROBLEM_JSON: &str = "application/problem+json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -86,17 +83,6 @@ pub enum ApiError {
     UserAssertionReplayed,
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        crate::telemetry::metrics::note_db_error(&e);
-        if crate::store::is_unavailable(&e) {
-            ApiError::DatabaseUnavailable(e.to_string())
-        } else {
-            ApiError::Internal(e.to_string())
-        }
-    }
-}
-
 /// How a change (or its dry run) that could not be recorded answers.
 impl From<crate::changes::SubmitError> for ApiError {
     fn from(e: crate::changes::SubmitError) -> Self {
@@ -114,30 +100,6 @@ impl From<crate::changes::SubmitError> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: &'static str,
-    pub status: u16,
-    pub detail: String,
-    pub code: &'static str,
-    pub request_id: String,
-    /// The W3C trace id the request's spans are exported under.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub change_id: Option<uuid::Uuid>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub change_status: Option<crate::changes::model::ChangeStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<Vec<crate::changes::model::StepView>>,
-    #[serde(skip)]
-    pub location: Option<String>,
-}
-
 /// How a failed change answers: the worst step decides. Input the caller must fix (422) beats
 /// upstream trouble (502), and a change whose only failures are timeouts is a 504.
 fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static str, String) {
@@ -150,7 +112,7 @@ fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static st
     let applied = change
         .steps
         .iter()
-        .filter(|s| s.status == crate::changes::model::StepStatus::Applied)
+        .filter(|s| s.status == crate::domain::StepStatus::Applied)
         .count();
     let summary = format!(
         "{applied} of {} steps applied; see steps[] for each provider's outcome",
@@ -194,7 +156,8 @@ fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static st
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
+    /// Status, `code`, title and detail: the whole public meaning of the error.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str, String) {
         use ApiError::*;
         match self {
             Unauthorized => (
@@ -412,7 +375,7 @@ impl ApiError {
         }
     }
 
-    fn retry_after(&self) -> Option<Duration> {
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::DatabaseUnavailable(_) => Some(Duration::from_secs(2)),
             ApiError::IdempotencyKeyInFlight => Some(Duration::from_secs(1)),
@@ -432,91 +395,4 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.parts().1
     }
-}
-
-/// Attached to every error response so the edge middleware logs it once, inside the request span.
-#[derive(Debug, Clone)]
-pub struct LoggedError {
-    pub code: &'static str,
-    pub status: u16,
-    pub internal: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, title, detail) = self.parts();
-        let retry_after = self.retry_after();
-        let internal = self.to_string();
-        // The rest of a slow body may never come: the connection is not reused.
-        let close = matches!(self, ApiError::BodyTimeout);
-        let (errors, change) = match self {
-            ApiError::DuplicateMember(pointer) => (
-                vec![FieldError::new(
-                    pointer,
-                    "duplicate_member",
-                    "this member appears more than once in its object",
-                )],
-                None,
-            ),
-            ApiError::Validation(e) | ApiError::MissingLink(e) | ApiError::LinkConflict(e) => {
-                (e, None)
-            }
-            ApiError::ChangeFailed(c) => (Vec::new(), Some(c)),
-            _ => (Vec::new(), None),
-        };
-        let problem = Problem {
-            kind: format!("/problems/{code}"),
-            title,
-            status: status.as_u16(),
-            detail,
-            code,
-            request_id: crate::telemetry::current_request_id(),
-            trace_id: crate::telemetry::current_trace_id(),
-            errors,
-            change_id: change.as_ref().map(|c| c.change_id),
-            change_status: change.as_ref().map(|c| c.status),
-            location: change.as_ref().map(|c| c.location()),
-            steps: change.map(|c| c.steps),
-        };
-        let mut response = problem_response(
-            status,
-            &problem,
-            retry_after,
-            LoggedError {
-                code,
-                status: status.as_u16(),
-                internal,
-            },
-        );
-        if close {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-fn problem_response(
-    status: StatusCode,
-    problem: &Problem,
-    retry_after: Option<Duration>,
-    logged: LoggedError,
-) -> Response {
-    let body = serde_json::to_vec(problem).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = (status, body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    if let Some(d) = retry_after
-        && let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string())
-    {
-        headers.insert(header::RETRY_AFTER, v);
-    }
-    if let Some(location) = &problem.location
-        && let Ok(v) = HeaderValue::from_str(location)
-    {
-        headers.insert(header::LOCATION, v);
-    }
-    response.extensions_mut().insert(logged);
-    response
 }

@@ -13,6 +13,9 @@
 //! that fields is one field, the jsonb text form of the array (`["a", "b"]`), then the actor's
 //! jsonb text form last. `hash` = lowercase hex SHA-256 of that; the first event of a chain has
 //! `prev_hash` = 64 zeros.
+//!
+//! Over 400 lines on purpose: the encodings and the walk that re-hashes with them are one independent
+//! re-implementation of the chain, read and reviewed together so they cannot drift apart.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};

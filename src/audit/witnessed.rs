@@ -7,6 +7,8 @@
 //! chain, a truncated tail or a database restored to an earlier state shows as the user, the seq
 //! and the checkpoint; (c) the chains, including the events after the last checkpoint, re-hash
 //! (verify.rs).
+//!
+//! Just over 400 lines: checks (a) to (c) are one procedure over the same loaded checkpoints.
 
 use super::checkpoint::{self, Leaf, Witnessed, ZERO};
 use ed25519_dalek::VerifyingKey;

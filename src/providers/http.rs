@@ -63,6 +63,25 @@ pub enum TransportError {
     TooLarge { status: u16 },
 }
 
+impl crate::telemetry::otel::UpstreamFailure for TransportError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Self::Connect | Self::Timeout => None,
+            Self::Broken { status } => *status,
+            Self::TooLarge { status } => Some(*status),
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::Connect => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Broken { .. } => "connection_broken",
+            Self::TooLarge { .. } => "response_too_large",
+        }
+    }
+}
+
 /// Sends a request with its per-provider total timeout and reads the body up to the cap.
 pub async fn send(
     request: reqwest::RequestBuilder,

@@ -1,12 +1,12 @@
 //! Recorded changes: one by id, or a user's history.
 
+use super::edge::RequestMeta;
 use super::{AppState, PathParam, QueryParams, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
 use crate::changes::RetryOutcome;
 use crate::changes::model::ChangeStatus;
 use crate::changes::model::ChangeView;
 use crate::error::ApiError;
-use crate::telemetry::RequestMeta;
 use axum::extract::Extension;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

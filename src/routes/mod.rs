@@ -1,7 +1,9 @@
 //! HTTP routes, one module per resource; this module merges them and adds the edge layers.
 
 pub mod changes;
+pub mod edge;
 pub mod health;
+pub mod problem;
 pub mod profile;
 pub mod webhooks;
 
@@ -47,10 +49,7 @@ pub fn router(state: AppState) -> Router {
             crate::limits::guard,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            crate::telemetry::edge,
-        ))
+        .layer(axum::middleware::from_fn_with_state(metrics, edge::edge))
         .layer(axum::middleware::from_fn(crate::limits::security_headers))
         .with_state(state)
 }
@@ -104,7 +103,7 @@ pub(crate) fn user_param(raw: &str) -> Result<crate::domain::UserId, ApiError> {
 
 pub(crate) fn audit_context(
     caller: &crate::auth::Caller,
-    meta: &crate::telemetry::RequestMeta,
+    meta: &edge::RequestMeta,
 ) -> crate::audit::AuditContext {
     acting_context(caller, meta, None)
 }
@@ -113,7 +112,7 @@ pub(crate) fn audit_context(
 /// (when it showed an assertion) and a gateway-made request id beside the caller-chosen one.
 pub(crate) fn acting_context(
     caller: &crate::auth::Caller,
-    meta: &crate::telemetry::RequestMeta,
+    meta: &edge::RequestMeta,
     assertion: Option<&crate::auth::assertion::UserAssertion>,
 ) -> crate::audit::AuditContext {
     crate::audit::AuditContext {

@@ -1,5 +1,6 @@
 //! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
 
+use super::edge::RequestMeta;
 use super::{AppState, JsonBody, PathParam, QueryParams, acting_context, user_param};
 use crate::auth::assertion::{self, Use};
 use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite, SCOPE_READ};
@@ -9,7 +10,6 @@ use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
 use crate::changes::model::ChangeStatus;
 use crate::domain::{ProfileLinks, ProfilePatch, UserId};
 use crate::error::ApiError;
-use crate::telemetry::RequestMeta;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -1,12 +1,12 @@
 //! Webhook deliveries: a caller reads its own change's events and their attempts; an operator
 //! sends one again.
 
+use super::edge::RequestMeta;
 use super::{AppState, PathParam};
 use crate::audit::AuditEvent;
 use crate::auth::{Caller, SCOPE_OPERATE};
 use crate::error::ApiError;
 use crate::store::webhooks::{self as store, Redeliver};
-use crate::telemetry::RequestMeta;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

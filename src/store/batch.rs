@@ -8,8 +8,7 @@
 //! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
 //! acted is part of the hashed event, not only of the updatable `changes` row.
 
-use crate::changes::model::{ChangeStatus, StepStatus};
-use crate::domain::{PlannedStep, ProfileLinks};
+use crate::domain::ProfileLinks;
 use crate::providers::StepError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -18,17 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Where a request came from, as the audit rows need it.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub caller: String,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
-    /// `audit::Actor` as JSON: stored in `changes.actor` and in every audit event of the change,
-    /// whose hash covers it. `None` for a change recorded without one (by an older gateway).
-    pub actor: Option<Value>,
-}
+pub use crate::domain::change::{Finish, NewChange, Origin, OutboxEvent, Settle, StepOutcome};
 
 #[derive(Debug, Clone)]
 pub struct LinksRow {
@@ -64,22 +53,6 @@ pub async fn read_links(
             )
         })
         .collect())
-}
-
-#[derive(Debug, Clone)]
-pub struct NewChange {
-    pub id: Uuid,
-    pub user_id: String,
-    pub origin: Origin,
-    pub fields: Vec<String>,
-    pub steps: Vec<PlannedStep>,
-    pub payload_key_id: String,
-    pub payload_enc: Vec<u8>,
-    pub idem_key: String,
-    pub fingerprint: Vec<u8>,
-    pub links_version: DateTime<Utc>,
-    pub audit_values: Value,
-    pub hmac_key_id: String,
 }
 
 /// What became of one new change in a batch.
@@ -297,54 +270,6 @@ pub async fn would_exceed_pending(
     )
     .fetch_one(pool)
     .await
-}
-
-/// One step attempt's outcome, as a settle records it.
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    pub step_no: i32,
-    pub status: StepStatus,
-    pub error: Option<StepError>,
-    pub confirmed_by_read_back: bool,
-    pub target: String,
-    pub upstream_ref: String,
-    pub fields: Vec<String>,
-    pub audit_values: Value,
-    pub hmac_key_id: String,
-}
-
-/// What one change's round of attempts came to: the outcomes of the steps it attempted and, when
-/// every step is final, the change's final state.
-#[derive(Debug, Clone)]
-pub struct Settle {
-    pub change_id: Uuid,
-    pub fence: i64,
-    pub user_id: String,
-    pub origin: Origin,
-    pub outcomes: Vec<StepOutcome>,
-    pub finish: Option<Finish>,
-    /// Outcome webhook events, written only if this settle is (same statement, same commit).
-    pub webhooks: Vec<OutboxEvent>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Finish {
-    pub status: ChangeStatus,
-    pub fields: Vec<String>,
-    /// Recorded as the change's `finished_at`, so the answer, `GET /changes/{id}` and the
-    /// webhook body all show the same time.
-    pub finished_at: DateTime<Utc>,
-}
-
-/// One webhook event for the outbox (`webhooks`): its body is the change as `GET /changes/{id}`
-/// shows it once this settle commits.
-#[derive(Debug, Clone)]
-pub struct OutboxEvent {
-    pub id: Uuid,
-    /// The change's caller (the webhook's owner), not an operator who retried it.
-    pub caller: String,
-    pub event_type: &'static str,
-    pub body: String,
 }
 
 /// Records step outcomes with their audit events and, for the changes that are final, the final

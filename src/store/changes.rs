@@ -3,8 +3,8 @@
 //! lease was taken over writes nothing.
 
 use crate::audit::{self, AuditEvent};
-use crate::changes::model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
-use crate::domain::{Target, UserId};
+use crate::domain::change::UnknownStatus;
+use crate::domain::{ChangeView, StepErrorView, StepView, Target, UserId};
 use crate::providers::StepErrorCode;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -297,7 +297,7 @@ pub async fn load(pool: &PgPool, change_id: Uuid) -> Result<Option<ChangeView>, 
         user: c.user_id,
         seq: c.user_seq,
         caller: c.caller,
-        status: ChangeStatus::parse(&c.status),
+        status: status(&c.status)?,
         fields: c.fields,
         created_at: c.created_at,
         finished_at: c.finished_at,
@@ -326,20 +326,21 @@ pub async fn list_for_user(
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let mut steps = load_steps(pool, &ids).await?;
-    Ok(rows
-        .into_iter()
-        .map(|c| ChangeView {
-            steps: steps.remove(&c.id).unwrap_or_default(),
-            change_id: c.id,
-            user: c.user_id,
-            seq: c.user_seq,
-            caller: c.caller,
-            status: ChangeStatus::parse(&c.status),
-            fields: c.fields,
-            created_at: c.created_at,
-            finished_at: c.finished_at,
+    rows.into_iter()
+        .map(|c| {
+            Ok(ChangeView {
+                steps: steps.remove(&c.id).unwrap_or_default(),
+                change_id: c.id,
+                user: c.user_id,
+                seq: c.user_seq,
+                caller: c.caller,
+                status: status(&c.status)?,
+                fields: c.fields,
+                created_at: c.created_at,
+                finished_at: c.finished_at,
+            })
         })
-        .collect())
+        .collect()
 }
 
 pub async fn load_steps(
@@ -372,10 +373,17 @@ pub async fn load_steps(
             target: Target::parse(&r.target).unwrap_or(Target::JuspayCustomer),
             upstream_ref: r.upstream_ref,
             fields: r.fields,
-            status: StepStatus::parse(&r.status),
+            status: status(&r.status)?,
             attempts: r.attempts,
             error,
         });
     }
     Ok(out)
+}
+
+/// A status column's text as its domain type: a value no status has fails the read, so a bad row
+/// is reported instead of being shown as something it is not.
+fn status<S: std::str::FromStr<Err = UnknownStatus>>(text: &str) -> Result<S, sqlx::Error> {
+    text.parse()
+        .map_err(|e: UnknownStatus| sqlx::Error::Decode(e.into()))
 }

@@ -227,22 +227,21 @@ pub fn upstream_span(provider: &'static str, request: &mut reqwest::Request) -> 
     span
 }
 
+/// A transport failure of an upstream request, as its client span records it.
+pub trait UpstreamFailure {
+    /// The status, when one arrived before the failure.
+    fn status(&self) -> Option<u16>;
+    /// The span's `error.type`.
+    fn error_type(&self) -> &'static str;
+}
+
 /// How an upstream request ended, on its client span: the status, and `error.type` (the status
 /// code for an HTTP error, the transport failure otherwise).
-pub fn upstream_outcome(
-    span: &tracing::Span,
-    outcome: Result<u16, &crate::providers::http::TransportError>,
-) {
-    use crate::providers::http::TransportError;
+pub fn upstream_outcome<E: UpstreamFailure>(span: &tracing::Span, outcome: Result<u16, &E>) {
     let (status, error) = match outcome {
         Ok(s) if s >= 400 => (Some(s), Some(s.to_string())),
         Ok(s) => (Some(s), None),
-        Err(TransportError::Connect) => (None, Some("connect_error".to_string())),
-        Err(TransportError::Timeout) => (None, Some("timeout".to_string())),
-        Err(TransportError::Broken { status }) => (*status, Some("connection_broken".to_string())),
-        Err(TransportError::TooLarge { status }) => {
-            (Some(*status), Some("response_too_large".to_string()))
-        }
+        Err(e) => (e.status(), Some(e.error_type().to_string())),
     };
     if let Some(s) = status {
         span.record("http.response.status_code", i64::from(s));

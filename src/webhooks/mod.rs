@@ -7,7 +7,7 @@
 pub mod dispatcher;
 pub mod signature;
 
-use crate::changes::model::ChangeStatus;
+use crate::domain::ChangeStatus;
 use crate::settings::{CallerSettings, SettingError};
 use signature::WebhookSecret;
 use std::collections::HashMap;

@@ -13,6 +13,7 @@ mod audit_roles;
 mod checkpoints;
 mod core_flow;
 mod db_tls;
+mod decoding;
 mod dry_run;
 mod durability;
 mod failures;
