@@ -1,3 +1,25 @@
+-- record_changes (src/store/batch.rs): new changes with their steps, idempotency keys and
+-- "requested" audit events, and each change's per-user sequence number, in one statement.
+-- Parameters: one array per column of a row kind, element i of each array is row i. These
+-- parallel arrays cost PostgreSQL no more CPU than one array of a composite row type per row
+-- kind, and less at 16 changes a batch (bench/README.md, "SQL shape"); they need no row types.
+--   changes, one element per new change, in batch order (the order of the result):
+--     $1 id uuid[]               $2 user_id text[]          $3 caller text[]
+--     $4 request_id text[]       $5 trace_id text[] (null)  $6 caller_addr text[] (null)
+--     $7 fields text[]: the change's field names joined with ',' (a ragged text[][] cannot be
+--        unnested)
+--     $8 payload_key_id text[]   $9 payload_enc bytea[]: the sealed values
+--     $10 idem_key text[]        $11 fingerprint bytea[]: of the request, for replays
+--     $12 links_version timestamptz[]: profile_links.updated_at the change was planned against
+--     $13 audit_values jsonb[]: the masked values of the "requested" event
+--     $14 hmac_key_id text[]     $25 actor jsonb[] (null): who acted, hashed into every event
+--   steps, one element per planned step of any change of the batch:
+--     $19 change_id uuid[]  $20 step_no int[]  $21 target text[]  $22 upstream_ref text[]
+--     $23 fields text[] (joined with ',', as $7)
+--   scalars:
+--     $15 seconds the idempotency key stays in flight   $16 seconds it is remembered
+--     $17 lease owner (this replica)                     $18 lease seconds
+--     $24 max_pending: unfinished changes a user may have
 with input as (
   select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],

@@ -1,3 +1,30 @@
+-- settle_changes (src/store/batch.rs): step outcomes with their audit events and, for changes
+-- that are final, the final state, the user's turn, the idempotency key's release, the final audit
+-- event, the outbox's webhook events and the NOTIFY, in one statement.
+-- Parameters: one array per column of a row kind, element i of each array is row i (see
+-- record_changes.sql for why not composite rows).
+--   settles, one element per settle in batch order (the order of the result):
+--     $1 change id uuid[]        $2 fence bigint[]: the lease generation it was made under
+--     $3 user_id text[]          $4 caller text[]           $5 request_id text[]
+--     $6 trace_id text[] (null)  $7 caller_addr text[] (null)
+--     $8 final_status text[] (null: the change is not final yet)
+--     $9 final_fields text[]: joined with ',' ('' when not final)
+--     $26 actor jsonb[] (null)   $27 finished_at timestamptz[] (null when not final)
+--   outcomes, one element per attempted step:
+--     $10 parent bigint[]: the 1-based position of its settle (a batch may hold a stale and a
+--         current settle of the same change)
+--     $25 change_id uuid[]       $11 step_no int[]          $12 status text[]
+--     $13 error_code text[] (null)   $14 error_retryable bool[] (null)
+--     $15 upstream_status int[] (null)   $16 upstream_code text[] (null)
+--     $17 error_message text[] (null)    $18 confirmed_by_read_back bool[]
+--     $19 target text[]          $20 upstream_ref text[]    $21 fields text[] (joined with ',')
+--     $22 audit_values jsonb[]   $23 hmac_key_id text[]
+--   webhook events, one element per outbox event:
+--     $28 parent bigint[] (as $10)  $29 id uuid[]  $30 caller text[]  $31 event_type text[]
+--     $32 body text[]
+--   scalars:
+--     $24 seconds a failed change's payload is kept for a retry (0: erased at once)
+--     $33 the NOTIFY channel (store::changes::FINAL_CHANNEL)
 with c as (
   select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::text[], $26::jsonb[])
