@@ -118,95 +118,8 @@ pub async fn record_changes(
             step_fields.push(s.fields.join(","));
         }
     }
-    let rows = sqlx::query!(
-        r#"with input as (
-             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
-                                  $12::timestamptz[], $13::jsonb[], $14::text[], $25::jsonb[])
-                 with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
-                                      payload_key_id, payload_enc, idem_key, fingerprint, links_version,
-                                      audit_values, hmac_key_id, actor, ord)
-           ),
-           locked as (
-             select p.user_id, p.updated_at, p.last_change_seq - p.finished_seq as pending
-               from profile_links p
-              where p.user_id in (select user_id from input)
-              order by p.user_id
-                for update
-           ),
-           ranked as (
-             select i.*,
-                    l.pending + row_number() over (partition by i.user_id order by i.ord) > $24 as over_limit,
-                    exists (select 1 from idempotency_keys k
-                             where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
-                               and k.expires_at > now()) as known_key
-               from input i join locked l on l.user_id = i.user_id and l.updated_at = i.links_version
-           ),
-           fresh as (
-             select * from ranked where not over_limit or known_key
-           ),
-           keys as (
-             insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
-                                           in_flight_until, expires_at)
-             select caller, user_id, idem_key, fingerprint, id,
-                    now() + make_interval(secs => $15), now() + make_interval(secs => $16)
-               from fresh
-             on conflict (caller, user_id, idem_key) do update
-                set fingerprint = excluded.fingerprint, change_id = excluded.change_id,
-                    in_flight_until = excluded.in_flight_until, created_at = now(),
-                    expires_at = excluded.expires_at
-              where idempotency_keys.expires_at <= now()
-             returning change_id
-           ),
-           counts as (
-             select f.user_id, count(*) as n from fresh f join keys k on k.change_id = f.id group by f.user_id
-           ),
-           seqs as (
-             update profile_links p set last_change_seq = p.last_change_seq + c.n
-               from counts c
-              where p.user_id = c.user_id
-          returning p.user_id, p.last_change_seq as last, p.finished_seq, c.n
-           ),
-           numbered as (
-             select f.*, s.last - s.n + row_number() over (partition by f.user_id order by f.ord) as seq,
-                    s.finished_seq
-               from fresh f join keys k on k.change_id = f.id join seqs s on s.user_id = f.user_id
-           ),
-           ch as (
-             insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
-                                  payload_key_id, payload_enc, lease_owner, lease_expires_at, actor)
-             select id, user_id, seq, caller, request_id, trace_id, caller_addr,
-                    string_to_array(fields, ','), payload_key_id, payload_enc, $17,
-                    now() + make_interval(secs => $18), actor
-               from numbered
-             returning id, created_at
-           ),
-           st as (
-             insert into change_steps (change_id, step_no, target, upstream_ref, fields)
-             select s.change_id, s.step_no, s.target, s.upstream_ref, string_to_array(s.fields, ',')
-               from unnest($19::uuid[], $20::int[], $21::text[], $22::text[], $23::text[])
-                    as s(change_id, step_no, target, upstream_ref, fields)
-               join ch on ch.id = s.change_id
-             returning change_id
-           ),
-           au as (
-             select audit_append(array_agg(row(n.user_id, 'change_requested', n.caller, 'accepted', n.id,
-                                               null, null, null, string_to_array(n.fields, ','), n.audit_values,
-                                               n.hmac_key_id, null, n.request_id, n.trace_id,
-                                               n.caller_addr, n.actor)::audit_event_input_v2
-                                           order by n.user_id, n.ord)) as n
-               from numbered n join ch on ch.id = n.id
-           )
-           select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
-                  ch.created_at as "created_at?", (f.id is not null) as "fresh!",
-                  coalesce(r.over_limit and not r.known_key, false) as "over_limit!",
-                  (select n from au) + (select count(*) from st) as "written!"
-             from input i
-             left join ranked r on r.id = i.id
-             left join fresh f on f.id = i.id
-             left join numbered n on n.id = i.id
-             left join ch on ch.id = i.id
-            order by i.ord"#,
+    let rows = sqlx::query_file!(
+        "src/store/sql/record_changes.sql",
         &ids,
         &users,
         &callers,
@@ -361,107 +274,8 @@ pub async fn settle_changes(
     let w_caller: Vec<String> = hooks().map(|(_, w)| w.caller.clone()).collect();
     let w_type: Vec<String> = hooks().map(|(_, w)| w.event_type.to_string()).collect();
     let w_body: Vec<String> = hooks().map(|(_, w)| w.body.clone()).collect();
-    let rows = sqlx::query!(
-        r#"with c as (
-             select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::text[], $26::jsonb[])
-                 with ordinality as t(id, fence, user_id, caller, request_id, trace_id, caller_addr,
-                                      final_status, final_fields, actor, ord)
-           ),
-           o as (
-             select * from unnest($10::bigint[], $11::int[], $12::text[], $13::text[], $14::bool[],
-                                  $15::int[], $16::text[], $17::text[], $18::bool[], $19::text[],
-                                  $20::text[], $21::text[], $22::jsonb[], $23::text[], $25::uuid[])
-                 with ordinality as t(parent, step_no, status, error_code, error_retryable,
-                                      upstream_status, upstream_code, error_message, confirmed, target,
-                                      upstream_ref, fields, audit_values, hmac_key_id, change_id, ord)
-           ),
-           done as (
-             select * from unnest($27::timestamptz[]) with ordinality as t(finished_at, ord)
-           ),
-           held as (
-             select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
-              where ch.status = 'pending'
-              order by ch.id
-                for no key update of ch
-           ),
-           upd as (
-             update change_steps s
-                set status = o.status, attempts = s.attempts + 1, error_code = o.error_code,
-                    error_retryable = o.error_retryable, upstream_status = o.upstream_status,
-                    upstream_code = o.upstream_code, error_message = o.error_message,
-                    confirmed_by_read_back = o.confirmed, updated_at = now()
-               from o join held h on h.ord = o.parent
-              where s.change_id = o.change_id and s.step_no = o.step_no
-          returning o.parent, s.step_no
-           ),
-           fin as (
-             update changes ch
-                set status = c.final_status, finished_at = coalesce(d.finished_at, now()), updated_at = now(),
-                    payload_enc = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_enc end,
-                    payload_key_id = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_key_id end,
-                    payload_expires_at = case when c.final_status <> 'applied' and $24::float8 > 0
-                                              then now() + make_interval(secs => $24::float8) end,
-                    lease_owner = null, lease_expires_at = null
-               from c join held h on h.ord = c.ord left join done d on d.ord = c.ord
-              where ch.id = c.id and c.final_status is not null
-          returning ch.id, ch.user_id, ch.user_seq, c.ord
-           ),
-           locked as (
-             select p.user_id from profile_links p
-              where p.user_id in (select user_id from fin)
-              order by p.user_id
-                for update
-           ),
-           turns as (
-             update profile_links p set finished_seq = greatest(p.finished_seq, x.seq)
-               from (select f.user_id, max(f.user_seq) as seq from fin f join locked l using (user_id)
-                      group by f.user_id) x
-              where p.user_id = x.user_id
-          returning p.user_id
-           ),
-           keys as (
-             update idempotency_keys k set in_flight_until = null
-               from fin where k.change_id = fin.id and k.in_flight_until is not null
-          returning 1
-           ),
-           events as (
-             select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, c.id as change_id,
-                    o.step_no, o.target, o.upstream_ref, string_to_array(o.fields, ',') as fields,
-                    o.audit_values as "values", o.hmac_key_id, o.error_code, c.request_id, c.trace_id,
-                    c.caller_addr, c.actor, 0 as phase, o.ord
-               from o join c on c.ord = o.parent
-               join upd u on u.parent = o.parent and u.step_no = o.step_no
-             union all
-             select c.user_id, 'change_completed', c.caller, c.final_status, c.id, null, null, null,
-                    string_to_array(c.final_fields, ','), '{}'::jsonb, null, null, c.request_id, c.trace_id,
-                    c.caller_addr, c.actor, 1, c.ord
-               from c join fin f on f.ord = c.ord join turns t on t.user_id = f.user_id
-           ),
-           au as (
-             select audit_append(array_agg(row(user_id, event_type, caller, outcome, change_id, step_no, target,
-                                               upstream_ref, fields, "values", hmac_key_id, error_code,
-                                               request_id, trace_id, caller_addr, actor)::audit_event_input_v2
-                                           order by user_id, phase, ord)) as n
-               from events
-           ),
-           notes as (
-             select pg_notify('profile_gateway_change_final', f.user_seq::text || ' ' || f.user_id) from fin f
-           ),
-           hooks as (
-             select * from unnest($28::bigint[], $29::uuid[], $30::text[], $31::text[], $32::text[])
-                 as t(parent, id, caller, event_type, body)
-           ),
-           outbox as (
-             insert into webhook_events (id, change_id, caller, event_type, body)
-             select w.id, c.id, w.caller, w.event_type, w.body
-               from hooks w join c on c.ord = w.parent join held h on h.ord = w.parent
-             returning 1
-           )
-           select c.id as "id!", (h.id is not null) as "settled!",
-                  (select n from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
-             from c left join held h on h.ord = c.ord
-            order by c.ord"#,
+    let rows = sqlx::query_file!(
+        "src/store/sql/settle_changes.sql",
         &ids,
         &fences,
         &users,
@@ -494,6 +308,7 @@ pub async fn settle_changes(
         &w_caller,
         &w_type,
         &w_body,
+        super::changes::FINAL_CHANNEL,
     )
     .fetch_all(pool)
     .await?;

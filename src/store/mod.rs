@@ -1,5 +1,6 @@
-//! SQL, one module per table group. Every statement is a checked `sqlx::query!` whose offline data
-//! lives in `.sqlx/` (regenerate with `scripts/sqlx-prepare`).
+//! SQL, one module per table group. Every statement is a checked `sqlx::query!` (a long one in
+//! `sql/`, through `query_file!`) whose offline data lives in `.sqlx/` (regenerate with
+//! `scripts/sqlx-prepare`).
 
 pub mod assertions;
 pub mod batch;

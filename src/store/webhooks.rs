@@ -42,40 +42,9 @@ pub async fn claim_due(
     // `picked` repeats the due and unclaimed conditions: when a row it locks was changed by a
     // claim that committed after this statement's snapshot, Postgres re-checks the new version
     // against `picked`'s own conditions only.
-    sqlx::query_as!(
+    sqlx::query_file_as!(
         Claimed,
-        r#"with open as (
-             select c.caller from unnest($5::text[]) as c (caller)
-              where not exists (select 1 from webhook_receivers r
-                                 where r.caller = c.caller
-                                   and (r.paused_until > now() or r.failures >= $4))
-           ),
-           due as (
-             select d.id, d.next_attempt_at from open o
-              cross join lateral (
-                select e.id, e.next_attempt_at from webhook_events e
-                 where e.caller = o.caller and e.status = 'pending' and e.next_attempt_at <= now()
-                   and (e.claimed_until is null or e.claimed_until < now())
-                 order by e.next_attempt_at
-                 limit greatest($6 - (select count(*) from webhook_events b
-                                       where b.caller = o.caller and b.claimed_until >= now()
-                                         and b.status = 'pending'), 0)) d
-           ),
-           picked as (
-             select e.id from webhook_events e join due on due.id = e.id
-              where e.status = 'pending' and e.next_attempt_at <= now()
-                and (e.claimed_until is null or e.claimed_until < now())
-              order by due.next_attempt_at
-              limit $2
-                for update of e skip locked
-           )
-           update webhook_events e
-              set attempts = e.attempts + 1, claimed_by = $1,
-                  claimed_until = now() + make_interval(secs => $3)
-             from picked
-            where e.id = picked.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts as attempt,
-                  e.attempts - e.retry_from as "retry!""#,
+        "src/store/sql/webhook_claim_due.sql",
         owner,
         limit,
         claim_for.as_secs_f64(),
@@ -98,44 +67,9 @@ pub async fn claim_probes(
     pause_after: i32,
     pause: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as!(
+    sqlx::query_file_as!(
         Claimed,
-        r#"with probing as (
-             update webhook_receivers r set paused_until = now() + make_interval(secs => $4),
-                    updated_at = now()
-              where r.failures >= $3 and (r.paused_until is null or r.paused_until <= now())
-                and r.caller = any($5)
-                and exists (select 1 from webhook_events e
-                             where e.caller = r.caller and e.status = 'pending'
-                               and e.next_attempt_at <= now()
-                               and (e.claimed_until is null or e.claimed_until < now()))
-          returning r.caller
-           ),
-           due as (
-             select d.id from probing p
-              cross join lateral (
-                select e.id from webhook_events e
-                 where e.caller = p.caller and e.status = 'pending' and e.next_attempt_at <= now()
-                   and (e.claimed_until is null or e.claimed_until < now())
-                 order by e.next_attempt_at
-                 limit 1) d
-           ),
-           -- The conditions again: a row claimed by a commit after this statement's snapshot
-           -- is re-checked against these only (see claim_due).
-           picked as (
-             select e.id from webhook_events e
-              where e.id in (select id from due)
-                and e.status = 'pending' and e.next_attempt_at <= now()
-                and (e.claimed_until is null or e.claimed_until < now())
-                for update of e skip locked
-           )
-           update webhook_events e
-              set attempts = e.attempts + 1, claimed_by = $1,
-                  claimed_until = now() + make_interval(secs => $2)
-             from picked
-            where e.id = picked.id
-        returning e.id, e.caller, e.event_type, e.body, e.attempts as attempt,
-                  e.attempts - e.retry_from as "retry!""#,
+        "src/store/sql/webhook_claim_probes.sql",
         owner,
         claim_for.as_secs_f64(),
         pause_after,
@@ -169,46 +103,8 @@ pub struct Attempt<'a> {
 /// `pending` or `failed`), or `None` when the claim had been taken over.
 pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<Option<String>, sqlx::Error> {
     let ok = a.error.is_none();
-    sqlx::query_scalar!(
-        r#"with ev as (
-             update webhook_events e
-                set status = case when $3 then 'delivered'
-                                  when now() >= e.window_start + make_interval(secs => $9) then 'failed'
-                                  else 'pending' end,
-                    delivered_at = case when $3 then now() end,
-                    next_attempt_at = case when $3 then e.next_attempt_at
-                                           else least(now() + make_interval(secs => $8),
-                                                      e.window_start + make_interval(secs => $9)) end,
-                    claimed_by = null, claimed_until = null
-              where e.id = $1 and e.attempts = $2 and e.claimed_by = $4 and e.status = 'pending'
-          returning e.id, e.status, e.next_attempt_at
-           ),
-           att as (
-             insert into webhook_attempts (event_id, attempt_no, started_at, duration_ms, status_code,
-                                           error, replica, next_attempt_at)
-             select $1, $2, $5, $6, $7, $10, $4,
-                    (select next_attempt_at from ev where status = 'pending')
-             returning 1
-           ),
-           -- A success at a healthy receiver changes nothing of it: no write, no row lock that
-           -- every attempt at that receiver would queue on.
-           healed as (
-             update webhook_receivers r set failures = 0, paused_until = null, updated_at = now()
-              where $3 and r.caller = $11 and (r.failures > 0 or r.paused_until is not null)
-             returning 1
-           ),
-           hurt as (
-             insert into webhook_receivers as r (caller, failures, paused_until)
-             select $11, 1, case when 1 >= $12 then now() + make_interval(secs => $13) end
-              where not $3
-             on conflict (caller) do update
-                set failures = r.failures + 1,
-                    paused_until = case when r.failures + 1 >= $12 then now() + make_interval(secs => $13)
-                                        else r.paused_until end,
-                    updated_at = now()
-             returning 1
-           )
-           select (select status from ev) as status"#,
+    sqlx::query_file_scalar!(
+        "src/store/sql/webhook_record_attempt.sql",
         a.event.id,
         a.event.attempt,
         ok,
@@ -266,22 +162,9 @@ pub struct Backlog {
 
 /// The outbox's backlog, for the metrics scrape.
 pub async fn backlog(pool: &PgPool) -> Result<Backlog, sqlx::Error> {
-    let r = sqlx::query!(
-        r#"select count(*) as "pending!",
-                  coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "oldest_age!",
-                  coalesce((select extract(epoch from now() - min(e.next_attempt_at))
-                              from webhook_events e
-                             where e.status = 'pending' and e.next_attempt_at <= now()
-                               and (e.claimed_until is null or e.claimed_until < now())
-                               and not exists (select 1 from webhook_receivers r
-                                                where r.caller = e.caller
-                                                  and r.paused_until > now())), 0)::float8
-                    as "oldest_overdue!",
-                  (select count(*) from webhook_receivers where paused_until > now()) as "paused!"
-             from webhook_events where status = 'pending'"#
-    )
-    .fetch_one(pool)
-    .await?;
+    let r = sqlx::query_file!("src/store/sql/webhook_backlog.sql")
+        .fetch_one(pool)
+        .await?;
     Ok(Backlog {
         pending: r.pending,
         oldest_age: r.oldest_age.max(0.0),

@@ -1,0 +1,1790 @@
+-- The current schema: pg_dump --schema-only of a database built from migrations/, written by
+-- scripts/sqlx-prepare and checked by scripts/check-schema. Do not edit; change a migration.
+-- Left out: the monthly partitions of audit_events (audit_events_YYYY_MM), made at migration time.
+
+--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: audit_archive; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA audit_archive;
+
+--
+-- Name: pgcrypto; Type: EXTENSION; Schema: -; Owner: -
+--
+
+CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA public;
+
+--
+-- Name: EXTENSION pgcrypto; Type: COMMENT; Schema: -; Owner: -
+--
+
+COMMENT ON EXTENSION pgcrypto IS 'cryptographic functions';
+
+--
+-- Name: audit_event_input; Type: TYPE; Schema: public; Owner: -
+--
+
+CREATE TYPE public.audit_event_input AS (
+	user_id text,
+	event_type text,
+	caller text,
+	outcome text,
+	change_id uuid,
+	step_no integer,
+	target text,
+	upstream_ref text,
+	fields text[],
+	"values" jsonb,
+	hmac_key_id text,
+	error_code text,
+	request_id text,
+	trace_id text,
+	caller_addr text
+);
+
+--
+-- Name: audit_event_input_v2; Type: TYPE; Schema: public; Owner: -
+--
+
+CREATE TYPE public.audit_event_input_v2 AS (
+	user_id text,
+	event_type text,
+	caller text,
+	outcome text,
+	change_id uuid,
+	step_no integer,
+	target text,
+	upstream_ref text,
+	fields text[],
+	"values" jsonb,
+	hmac_key_id text,
+	error_code text,
+	request_id text,
+	trace_id text,
+	caller_addr text,
+	actor jsonb
+);
+
+--
+-- Name: audit_append(public.audit_event_input[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_append(p_events public.audit_event_input[]) RETURNS bigint
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+select audit_append(array(
+    select row(e.user_id, e.event_type, e.caller, e.outcome, e.change_id, e.step_no, e.target,
+               e.upstream_ref, e.fields, e."values", e.hmac_key_id, e.error_code, e.request_id,
+               e.trace_id, e.caller_addr, null::jsonb)::audit_event_input_v2
+      from unnest(p_events) with ordinality as e(user_id, event_type, caller, outcome, change_id,
+           step_no, target, upstream_ref, fields, "values", hmac_key_id, error_code, request_id,
+           trace_id, caller_addr, o)
+     order by e.o))
+$$;
+
+--
+-- Name: audit_append(public.audit_event_input_v2[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_append(p_events public.audit_event_input_v2[]) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    AS $$
+declare
+    n bigint;
+begin
+    -- The triggers above trust this function's statement only when it runs as their owner.
+    if current_user <> 'profile_gateway_audit_writer' then
+        raise exception 'audit_append must be owned by %, the role the audit triggers trust (migration 0016)', 'profile_gateway_audit_writer';
+    end if;
+    if coalesce(cardinality(p_events), 0) = 0 then
+        return 0;
+    end if;
+
+    -- Lock every user's chain head, in user order like every lock on the heads, creating the ones
+    -- a first event needs in the same pass (migration 0016 says why this shape).
+    insert into audit_chain_heads (user_id, seq, hash)
+    select distinct e.user_id, 0::bigint, repeat('0', 64) from unnest(p_events) e order by 1
+    on conflict (user_id) do update set seq = audit_chain_heads.seq where false;
+
+    perform set_config('pgw.audit_append', 'on', true);
+    with recursive
+    ev as (
+        -- k: the event's place in its user's part of the batch, in the order given.
+        -- fields and values as the columns' defaults would make them.
+        select e.user_id, e.event_type, e.caller, e.outcome, e.change_id, e.step_no, e.target,
+               e.upstream_ref, coalesce(e.fields, '{}') as fields, coalesce(e."values", '{}') as "values",
+               e.hmac_key_id, e.error_code, e.request_id, e.trace_id, e.caller_addr, e.actor,
+               row_number() over (partition by e.user_id order by e.o) as k,
+               nextval('public.audit_events_id_seq'::regclass) as id
+          from unnest(p_events) with ordinality as e(user_id, event_type, caller, outcome, change_id,
+               step_no, target, upstream_ref, fields, "values", hmac_key_id, error_code, request_id,
+               trace_id, caller_addr, actor, o)
+    ),
+    -- Locked above; this statement's snapshot, taken after the locks, sees their latest versions.
+    heads as (
+        select h.user_id, h.seq, h.hash, h.last_values
+          from audit_chain_heads h
+         where h.user_id in (select user_id from ev)
+    ),
+    -- One row per user per step: after step k, the user's seq, hash and last applied values, and
+    -- event k as written.
+    chain as (
+        select h.user_id, 0::bigint as k, h.seq, h.hash, h.last_values,
+               null::bigint as id, null::jsonb as vals, null::text as prev_hash
+          from heads h
+        union all
+        select c.user_id, c.k + 1, c.seq + 1, x.hash,
+               case when m.applied is null then c.last_values
+                    else c.last_values || jsonb_build_object(
+                        '', coalesce(c.last_values -> '', '{}') || m.applied,
+                        s.scope, coalesce(c.last_values -> s.scope, '{}') || m.applied)
+               end,
+               e.id, m.vals, c.hash
+          from chain c
+          join ev e on e.user_id = c.user_id and e.k = c.k + 1
+          -- The scope of last values the event reads: '' (any target) for a request, its target
+          -- and upstream object for a step, none otherwise (then `->` yields null).
+          cross join lateral (
+              select case when e.event_type in ('change_requested', 'step_attempted')
+                               and jsonb_typeof(e."values") = 'object'
+                          then case when e.event_type = 'change_requested' then ''
+                                    else coalesce(e.target, '') || ':' || coalesce(e.upstream_ref, '') end
+                     end as scope
+          ) s
+          -- The old-value rules of audit_events_chain(), field by field.
+          cross join lateral (
+              select coalesce(jsonb_object_agg(f.key, f.nv), e."values") as vals,
+                     jsonb_object_agg(f.key, jsonb_build_object(
+                         'v', f.nv - 'old' - 'old_hmac' - 'old_hmac_key_id', 'k', e.hmac_key_id))
+                         filter (where f.masked and e.event_type = 'step_attempted' and e.outcome = 'applied')
+                         as applied
+                from (select j.key, j.masked,
+                             case when j.masked and p.prev_v is not null and p.prev_v ? 'new'
+                                       and not (j.value ? 'old')
+                                  then j.value || jsonb_build_object('old', p.prev_v -> 'new')
+                                       || case when p.prev_v ? 'new_hmac'
+                                               then jsonb_build_object('old_hmac', p.prev_v -> 'new_hmac')
+                                                    || case when p.prev ->> 'k' is distinct from e.hmac_key_id
+                                                            then jsonb_build_object('old_hmac_key_id', p.prev ->> 'k')
+                                                            else '{}' end
+                                               else '{}' end
+                                  else j.value
+                             end as nv
+                        from (select d.key, d.value,
+                                     jsonb_typeof(d.value) = 'object' and d.value ? 'new' as masked
+                                from jsonb_each(e."values") d) j
+                        cross join lateral (
+                            select (c.last_values -> s.scope) -> j.key as prev,
+                                   ((c.last_values -> s.scope) -> j.key) -> 'v' as prev_v
+                        ) p
+                       where s.scope is not null) f
+          ) m
+          -- The canonical encoding: v2 (inlined, no call per event) with an actor, v1 (migration
+          -- 0003, a call per event) for the events an older gateway hands over without one.
+          cross join lateral (
+              select case when e.actor is not null
+                          then audit_event_hash_v2(e.id, now(), e.user_id, c.seq + 1, c.hash, e.event_type,
+                                                   e.caller, e.outcome, e.change_id, e.step_no, e.target,
+                                                   e.upstream_ref, e.fields, m.vals, e.hmac_key_id,
+                                                   e.error_code, e.request_id, e.trace_id, e.caller_addr,
+                                                   e.actor)
+                          else audit_event_hash(e.id, now(), e.user_id, c.seq + 1, c.hash, e.event_type,
+                                                e.caller, e.outcome, e.change_id, e.step_no, e.target,
+                                                e.upstream_ref, e.fields, m.vals, e.hmac_key_id,
+                                                e.error_code, e.request_id, e.trace_id, e.caller_addr)
+                     end as hash
+          ) x
+    ),
+    ins as (
+        insert into audit_events (id, occurred_at, user_id, event_type, caller, outcome, change_id, step_no,
+                                  target, upstream_ref, fields, "values", hmac_key_id, error_code,
+                                  request_id, trace_id, caller_addr, actor, seq, prev_hash, hash)
+        overriding system value
+        select c.id, now(), e.user_id, e.event_type, e.caller, e.outcome, e.change_id, e.step_no,
+               e.target, e.upstream_ref, e.fields, c.vals, e.hmac_key_id, e.error_code,
+               e.request_id, e.trace_id, e.caller_addr, e.actor, c.seq, c.prev_hash, c.hash
+          from chain c join ev e on e.user_id = c.user_id and e.k = c.k
+         where c.k > 0
+         order by c.user_id, c.k
+        returning 1
+    ),
+    moved as (
+        update audit_chain_heads h
+           set seq = l.seq, hash = l.hash, last_values = l.last_values, updated_at = now()
+          from (select distinct on (user_id) user_id, seq, hash, last_values
+                  from chain where k > 0 order by user_id, k desc) l
+         where h.user_id = l.user_id
+        returning 1
+    )
+    select count(*) into n from ins;
+    perform set_config('pgw.audit_append', '', true);
+    return n;
+end
+$$;
+
+--
+-- Name: audit_create_partition(date); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_create_partition(month_start date) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    m date := date_trunc('month', month_start)::date;
+    name text := audit_partition_name(m);
+begin
+    if to_regclass(format('public.%I', name)) is not null then
+        return false;
+    end if;
+    execute format(
+        'create table %I partition of audit_events for values from (%L) to (%L)',
+        name,
+        (m::timestamp at time zone 'UTC'),
+        ((m + interval '1 month')::timestamp at time zone 'UTC'));
+    -- Row triggers are cloned from the parent; make sure the clones are ALWAYS too. TRUNCATE
+    -- triggers are not cloned: each partition gets its own.
+    execute format('alter table %I enable always trigger audit_events_chain', name);
+    execute format('alter table %I enable always trigger audit_events_no_update', name);
+    execute format(
+        'create trigger audit_events_no_truncate before truncate on %I
+           for each statement execute function audit_reject_change()', name);
+    execute format('alter table %I enable always trigger audit_events_no_truncate', name);
+    -- Access goes through the parent table only.
+    execute format('revoke all on table %I from public, profile_gateway_app, profile_gateway_auditor', name);
+    return true;
+end
+$$;
+
+--
+-- Name: audit_detach_expired(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_detach_expired(retention_months integer) RETURNS SETOF text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if retention_months is null or retention_months < 12 then
+        raise exception 'audit retention must be at least 12 months (PCI DSS 10.5.1), not %', retention_months
+            using errcode = 'insufficient_privilege';
+    end if;
+    return query select * from audit_detach_expired_unchecked(retention_months);
+end
+$$;
+
+--
+-- Name: audit_detach_expired_unchecked(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_detach_expired_unchecked(retention_months integer) RETURNS SETOF text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    p record;
+    cutoff timestamptz := now() - make_interval(months => retention_months);
+    m date;
+    range_start timestamptz;
+    range_end timestamptz;
+    n bigint;
+    anchors bigint;
+    anchors_sha256 text;
+begin
+    if retention_months is null or retention_months < 1 then
+        raise exception 'retention_months must be at least 1';
+    end if;
+    for p in
+        select c.relname
+          from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'audit_events'::regclass
+           and c.relname ~ '^audit_events_[0-9]{4}_[0-9]{2}$'
+         order by c.relname
+    loop
+        m := to_date(substr(p.relname, 14), 'YYYY_MM');
+        range_start := m::timestamp at time zone 'UTC';
+        range_end := (m + interval '1 month')::timestamp at time zone 'UTC';
+        continue when range_end > cutoff;
+        execute format('select count(*) from %I', p.relname) into n;
+        execute format(
+            'insert into audit_chain_anchors (user_id, seq, hash, partition_name, range_end)
+             select distinct on (user_id) user_id, seq, hash, %L, %L
+               from %I order by user_id, seq desc
+             on conflict (user_id, seq) do nothing',
+            p.relname, range_end, p.relname);
+        select count(*),
+               encode(sha256(convert_to(coalesce(string_agg(
+                   a.user_id || E'\t' || a.seq || E'\t' || a.hash || E'\n', ''
+                   order by a.user_id collate "C"), ''), 'UTF8')), 'hex')
+          into anchors, anchors_sha256
+          from audit_chain_anchors a where a.partition_name = p.relname;
+        execute format('alter table audit_events detach partition %I', p.relname);
+        execute format('alter table %I set schema audit_archive', p.relname);
+        -- Detaching drops the row triggers cloned from the parent: the archived table stays
+        -- append-only with its own.
+        execute format(
+            'create trigger audit_events_no_update before update or delete on audit_archive.%I
+               for each row execute function public.audit_reject_change()', p.relname);
+        execute format('alter table audit_archive.%I enable always trigger audit_events_no_update',
+                       p.relname);
+        execute format('revoke all on table audit_archive.%I from public, profile_gateway_app',
+                       p.relname);
+        execute format('grant select on audit_archive.%I to profile_gateway_auditor', p.relname);
+        insert into audit_events (user_id, event_type, caller, outcome, "values")
+        values ('_system', 'partition_detached', session_user, 'detached',
+                jsonb_build_object(
+                    'partition', 'audit_archive.' || p.relname,
+                    'range_start', to_char(range_start at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                    'range_end', to_char(range_end at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                    'rows', n, 'anchors', anchors, 'anchors_sha256', anchors_sha256,
+                    'retention_months', retention_months));
+        return next p.relname;
+    end loop;
+end
+$_$;
+
+--
+-- Name: audit_ensure_partitions(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_ensure_partitions(months_ahead integer DEFAULT 2) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    created int := 0;
+    this_month date := date_trunc('month', now() at time zone 'UTC')::date;
+begin
+    for i in 0 .. greatest(months_ahead, 0) loop
+        if audit_create_partition((this_month + make_interval(months => i))::date) then
+            created := created + 1;
+        end if;
+    end loop;
+    return created;
+end
+$$;
+
+--
+-- Name: audit_event_hash(bigint, timestamp with time zone, text, bigint, text, text, text, text, uuid, integer, text, text, text[], jsonb, text, text, text, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_event_hash(p_id bigint, p_occurred_at timestamp with time zone, p_user_id text, p_seq bigint, p_prev_hash text, p_event_type text, p_caller text, p_outcome text, p_change_id uuid, p_step_no integer, p_target text, p_upstream_ref text, p_fields text[], p_values jsonb, p_hmac_key_id text, p_error_code text, p_request_id text, p_trace_id text, p_caller_addr text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+select encode(sha256(convert_to(
+       'pgw-audit-v1'
+    || audit_f(p_id::text)
+    || audit_f(((extract(epoch from p_occurred_at) * 1000000)::bigint)::text)
+    || audit_f(p_user_id)
+    || audit_f(p_seq::text)
+    || audit_f(p_prev_hash)
+    || audit_f(p_event_type)
+    || audit_f(p_caller)
+    || audit_f(p_outcome)
+    || audit_f(p_change_id::text)
+    || audit_f(p_step_no::text)
+    || audit_f(p_target)
+    || audit_f(p_upstream_ref)
+    || case when p_fields is null then '~'
+            else audit_f(cardinality(p_fields)::text)
+                 || coalesce((select string_agg(audit_f(f), '' order by o)
+                                from unnest(p_fields) with ordinality as u(f, o)), '')
+       end
+    || audit_f(p_values::text)
+    || audit_f(p_hmac_key_id)
+    || audit_f(p_error_code)
+    || audit_f(p_request_id)
+    || audit_f(p_trace_id)
+    || audit_f(p_caller_addr),
+    'UTF8')), 'hex')
+$$;
+
+--
+-- Name: audit_event_hash_v2(bigint, timestamp with time zone, text, bigint, text, text, text, text, uuid, integer, text, text, text[], jsonb, text, text, text, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_event_hash_v2(p_id bigint, p_occurred_at timestamp with time zone, p_user_id text, p_seq bigint, p_prev_hash text, p_event_type text, p_caller text, p_outcome text, p_change_id uuid, p_step_no integer, p_target text, p_upstream_ref text, p_fields text[], p_values jsonb, p_hmac_key_id text, p_error_code text, p_request_id text, p_trace_id text, p_caller_addr text, p_actor jsonb) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+select encode(sha256(convert_to(
+       'pgw-audit-v2'
+    || audit_f(p_id::text)
+    || audit_f(((extract(epoch from p_occurred_at) * 1000000)::bigint)::text)
+    || audit_f(p_user_id)
+    || audit_f(p_seq::text)
+    || audit_f(p_prev_hash)
+    || audit_f(p_event_type)
+    || audit_f(p_caller)
+    || audit_f(p_outcome)
+    || audit_f(p_change_id::text)
+    || audit_f(p_step_no::text)
+    || audit_f(p_target)
+    || audit_f(p_upstream_ref)
+    || audit_f(to_jsonb(p_fields)::text)
+    || audit_f(p_values::text)
+    || audit_f(p_hmac_key_id)
+    || audit_f(p_error_code)
+    || audit_f(p_request_id)
+    || audit_f(p_trace_id)
+    || audit_f(p_caller_addr)
+    || audit_f(p_actor::text),
+    'UTF8')), 'hex')
+$$;
+
+SET default_tablespace = '';
+
+--
+-- Name: audit_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_events (
+    id bigint NOT NULL,
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    user_id text NOT NULL,
+    event_type text NOT NULL,
+    caller text NOT NULL,
+    outcome text NOT NULL,
+    change_id uuid,
+    step_no integer,
+    target text,
+    upstream_ref text,
+    fields text[] DEFAULT '{}'::text[] NOT NULL,
+    "values" jsonb DEFAULT '{}'::jsonb NOT NULL,
+    hmac_key_id text,
+    error_code text,
+    request_id text,
+    trace_id text,
+    caller_addr text,
+    seq bigint NOT NULL,
+    prev_hash text NOT NULL,
+    hash text NOT NULL,
+    actor jsonb
+)
+PARTITION BY RANGE (occurred_at);
+
+--
+-- Name: audit_event_row_hash(public.audit_events); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_event_row_hash(e public.audit_events) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+select case when e.actor is null
+            then audit_event_hash(e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.event_type,
+                                  e.caller, e.outcome, e.change_id, e.step_no, e.target,
+                                  e.upstream_ref, e.fields, e."values", e.hmac_key_id, e.error_code,
+                                  e.request_id, e.trace_id, e.caller_addr)
+            else audit_event_hash_v2(e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.event_type,
+                                     e.caller, e.outcome, e.change_id, e.step_no, e.target,
+                                     e.upstream_ref, e.fields, e."values", e.hmac_key_id,
+                                     e.error_code, e.request_id, e.trace_id, e.caller_addr, e.actor)
+       end
+$$;
+
+--
+-- Name: audit_events_chain(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_events_chain() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    head record;
+    k text;
+    v jsonb;
+    prev jsonb;
+    prev_v jsonb;
+    prev_key text;
+    v_scope text;
+    scoped jsonb;
+    vals jsonb;
+    changed boolean := false;
+    applied jsonb := '{}';
+    f text;
+    enc_fields text;
+begin
+    -- The database clock dates events. Only the table owner (migrations) and superusers may
+    -- insert an event with another time, e.g. when rows are copied into a new table.
+    if new.occurred_at is distinct from now()
+       and not exists (select 1 from pg_roles where rolname = session_user and rolsuper)
+       and not pg_has_role(session_user,
+                           (select relowner from pg_class where oid = 'audit_events'::regclass),
+                           'MEMBER') then
+        raise exception 'audit_events.occurred_at is set by the database'
+            using errcode = 'insufficient_privilege';
+    end if;
+
+    -- The scope whose last values this event reads: '' (any target) for a request, the target and
+    -- upstream object for a step; none for other events.
+    if new.event_type in ('change_requested', 'step_attempted')
+       and jsonb_typeof(new."values") = 'object' then
+        v_scope := case when new.event_type = 'change_requested' then ''
+                      else coalesce(new.target, '') || ':' || coalesce(new.upstream_ref, '') end;
+    end if;
+
+    -- Take the user's chain head lock (creating the head on the first event). This must stay the
+    -- last lock of the transaction: callers lock profile_links / changes / change_steps first.
+    -- Only the one scope is read out of last_values (nothing when v_scope is null: `->` is strict).
+    select h.seq, h.hash, h.last_values -> v_scope as scoped into head
+      from audit_chain_heads h where h.user_id = new.user_id for update;
+    if not found then
+        insert into audit_chain_heads (user_id, seq, hash)
+        values (new.user_id, 0, repeat('0', 64))
+        on conflict (user_id) do nothing;
+        select h.seq, h.hash, h.last_values -> v_scope as scoped into head
+          from audit_chain_heads h where h.user_id = new.user_id for update;
+    end if;
+
+    new.seq := head.seq + 1;
+
+    -- Old values: for each masked field without one, the last value the gateway applied for this
+    -- user (at the same target and upstream object for a step; at any target for a request).
+    if v_scope is not null then
+        scoped := head.scoped;
+        vals := new."values";
+        for k, v in select e.key, e.value from jsonb_each(vals) as e loop
+            continue when jsonb_typeof(v) <> 'object' or not (v ? 'new');
+            if scoped is not null and not (v ? 'old') then
+                prev := scoped -> k;
+                prev_v := prev -> 'v';
+                if prev_v is not null and prev_v ? 'new' then
+                    v := v || jsonb_build_object('old', prev_v -> 'new');
+                    if prev_v ? 'new_hmac' then
+                        v := v || jsonb_build_object('old_hmac', prev_v -> 'new_hmac');
+                        prev_key := prev ->> 'k';
+                        if prev_key is distinct from new.hmac_key_id then
+                            v := v || jsonb_build_object('old_hmac_key_id', prev_key);
+                        end if;
+                    end if;
+                    vals := vals || jsonb_build_object(k, v);
+                    changed := true;
+                end if;
+            end if;
+            -- An applied step makes this the value to show as "old" next time, at its own scope
+            -- and at any target.
+            if new.event_type = 'step_attempted' and new.outcome = 'applied' then
+                applied := applied || jsonb_build_object(k, jsonb_build_object(
+                    'v', v - 'old' - 'old_hmac' - 'old_hmac_key_id', 'k', new.hmac_key_id));
+            end if;
+        end loop;
+        if changed then
+            new."values" := vals;
+        end if;
+    end if;
+
+    new.prev_hash := head.hash;
+    if new.actor is not null then
+        new.hash := audit_event_hash_v2(
+            new.id, new.occurred_at, new.user_id, new.seq, new.prev_hash, new.event_type,
+            new.caller, new.outcome, new.change_id, new.step_no, new.target, new.upstream_ref,
+            new.fields, new."values", new.hmac_key_id, new.error_code, new.request_id,
+            new.trace_id, new.caller_addr, new.actor);
+    else
+        -- v1, the same canonical encoding as audit_event_hash() (migration 0003), evaluated
+        -- inline because that function is not inlined.
+        if new.fields is null then
+            enc_fields := '~';
+        else
+            enc_fields := audit_f(cardinality(new.fields)::text);
+            foreach f in array new.fields loop
+                enc_fields := enc_fields || audit_f(f);
+            end loop;
+        end if;
+        new.hash := encode(sha256(convert_to(
+               'pgw-audit-v1'
+            || audit_f(new.id::text)
+            || audit_f(((extract(epoch from new.occurred_at) * 1000000)::bigint)::text)
+            || audit_f(new.user_id)
+            || audit_f(new.seq::text)
+            || audit_f(new.prev_hash)
+            || audit_f(new.event_type)
+            || audit_f(new.caller)
+            || audit_f(new.outcome)
+            || audit_f(new.change_id::text)
+            || audit_f(new.step_no::text)
+            || audit_f(new.target)
+            || audit_f(new.upstream_ref)
+            || enc_fields
+            || audit_f(new."values"::text)
+            || audit_f(new.hmac_key_id)
+            || audit_f(new.error_code)
+            || audit_f(new.request_id)
+            || audit_f(new.trace_id)
+            || audit_f(new.caller_addr),
+            'UTF8')), 'hex');
+    end if;
+    -- Only an applied step changes last_values, computed from the row itself: the trigger never
+    -- holds the user's whole last values, only the scope it reads.
+    if applied <> '{}' then
+        update audit_chain_heads h
+           set seq = new.seq, hash = new.hash, updated_at = now(),
+               last_values = h.last_values || jsonb_build_object(
+                   '', coalesce(h.last_values -> '', '{}') || applied,
+                   v_scope, coalesce(h.last_values -> v_scope, '{}') || applied)
+         where h.user_id = new.user_id;
+    else
+        update audit_chain_heads set seq = new.seq, hash = new.hash, updated_at = now()
+         where user_id = new.user_id;
+    end if;
+    return new;
+end
+$$;
+
+--
+-- Name: audit_f(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_f(v text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ select case when v is null then '~' else octet_length(v)::text || ':' || v end $$;
+
+--
+-- Name: audit_heads_guard(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_heads_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if tg_op = 'UPDATE' and pg_trigger_depth() > 1 then
+        return new;
+    end if;
+    raise exception 'audit_chain_heads moves only with audit_events: % rejected', tg_op
+        using errcode = 'insufficient_privilege';
+end
+$$;
+
+--
+-- Name: audit_partition_name(date); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_partition_name(month_start date) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ select 'audit_events_' || to_char(month_start, 'YYYY_MM') $$;
+
+--
+-- Name: audit_pii_hmac(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_pii_hmac(value text, key_base64 text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    SET search_path TO 'public', 'pg_temp'
+    AS $$ select encode(hmac(convert_to(value, 'UTF8'), decode(key_base64, 'base64'), 'sha256'), 'hex') $$;
+
+--
+-- Name: audit_pii_normalize(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_pii_normalize(field text, value text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $_$
+select case
+    when field = 'email_address' and position('@' in value) > 0 then
+        regexp_replace(value, '@([^@]*)$', '') || '@' || lower(regexp_replace(value, '^.*@', ''))
+    when field = 'vpa' then lower(value)
+    else value
+end
+$_$;
+
+--
+-- Name: audit_record_maintenance(integer, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_record_maintenance(created integer, detached text[]) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    insert into audit_events (user_id, event_type, caller, outcome, "values")
+    values ('_system', 'maintenance_ran', session_user, 'ok',
+            jsonb_build_object('partitions_created', created, 'detached', to_jsonb(coalesce(detached, '{}'))))
+$$;
+
+--
+-- Name: audit_record_read(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_record_read(command text, subject_user text) RETURNS void
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    insert into audit_events (user_id, event_type, caller, outcome, "values")
+    values ('_system', 'audit_read', session_user, 'read',
+            jsonb_strip_nulls(jsonb_build_object('command', command, 'user', subject_user)))
+$$;
+
+--
+-- Name: audit_reject_change(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_reject_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    raise exception 'audit table %.% is append-only: % rejected', tg_table_schema, tg_table_name, tg_op
+        using errcode = 'insufficient_privilege';
+end
+$$;
+
+--
+-- Name: profile_link_wallets_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.profile_link_wallets_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if tg_op = 'UPDATE' and new.juspay_wallet_ids is not distinct from old.juspay_wallet_ids then
+        return null;
+    end if;
+    delete from profile_link_wallets w
+     where w.user_id = new.user_id and not (w.wallet_id = any (new.juspay_wallet_ids));
+    insert into profile_link_wallets (wallet_id, user_id)
+    select x.wallet_id, new.user_id from unnest(new.juspay_wallet_ids) as x(wallet_id)
+    on conflict (wallet_id) do nothing;
+    -- A wallet that another user holds was skipped above; refuse the row instead.
+    if exists (select 1 from unnest(new.juspay_wallet_ids) as x(wallet_id)
+                 join profile_link_wallets w using (wallet_id)
+                where w.user_id <> new.user_id) then
+        raise exception 'a juspay wallet is linked to another user'
+            using errcode = 'unique_violation', constraint = 'profile_link_wallets_pkey';
+    end if;
+    return null;
+end
+$$;
+
+SET default_table_access_method = heap;
+
+--
+-- Name: audit_chain_anchors; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_chain_anchors (
+    user_id text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    partition_name text NOT NULL,
+    range_end timestamp with time zone NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: audit_chain_heads; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_chain_heads (
+    user_id text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_values jsonb DEFAULT '{}'::jsonb NOT NULL
+)
+WITH (fillfactor='50');
+
+--
+-- Name: audit_checkpoint_witnessed; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_checkpoint_witnessed (
+    seq bigint NOT NULL,
+    witnessed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: audit_checkpoints; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_checkpoints (
+    seq bigint NOT NULL,
+    slot bigint,
+    taken_at timestamp with time zone NOT NULL,
+    note text NOT NULL,
+    leaves text NOT NULL,
+    taken_by text DEFAULT SESSION_USER NOT NULL
+);
+
+--
+-- Name: audit_events_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.audit_events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: audit_field_changes; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.audit_field_changes AS
+ SELECT e.id AS event_id,
+    e.occurred_at,
+    e.user_id,
+    e.event_type,
+    e.outcome,
+    e.caller,
+    e.caller_addr,
+    e.request_id,
+    e.change_id,
+    e.step_no,
+    e.target,
+    e.upstream_ref,
+    f.key AS field,
+    (f.value ->> 'old'::text) AS old_value_masked,
+    (f.value ->> 'new'::text) AS new_value_masked,
+    (f.value ->> 'old_hmac'::text) AS old_hmac,
+    (f.value ->> 'new_hmac'::text) AS new_hmac,
+    e.hmac_key_id
+   FROM (public.audit_events e
+     CROSS JOIN LATERAL jsonb_each(e."values") f(key, value))
+  WHERE ((e.event_type = ANY (ARRAY['change_requested'::text, 'step_attempted'::text])) AND (jsonb_typeof(f.value) = 'object'::text))
+UNION ALL
+ SELECT e.id AS event_id,
+    e.occurred_at,
+    e.user_id,
+    e.event_type,
+    e.outcome,
+    e.caller,
+    e.caller_addr,
+    e.request_id,
+    e.change_id,
+    e.step_no,
+    e.target,
+    e.upstream_ref,
+    f.field,
+        CASE
+            WHEN ((((e."values" -> 'old'::text) -> f.field) IS NULL) OR (((e."values" -> 'old'::text) -> f.field) = 'null'::jsonb)) THEN NULL::text
+            ELSE ((e."values" -> 'old'::text) ->> f.field)
+        END AS old_value_masked,
+        CASE
+            WHEN (((e."values" -> 'new'::text) -> f.field) = 'null'::jsonb) THEN NULL::text
+            ELSE ((e."values" -> 'new'::text) ->> f.field)
+        END AS new_value_masked,
+    NULL::text AS old_hmac,
+    NULL::text AS new_hmac,
+    e.hmac_key_id
+   FROM (public.audit_events e
+     CROSS JOIN LATERAL unnest(e.fields) f(field))
+  WHERE (e.event_type = 'links_updated'::text);
+
+--
+-- Name: change_steps; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.change_steps (
+    change_id uuid NOT NULL,
+    step_no integer NOT NULL,
+    target text NOT NULL,
+    upstream_ref text NOT NULL,
+    fields text[] NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    error_code text,
+    error_retryable boolean,
+    upstream_status integer,
+    upstream_code text,
+    error_message text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    confirmed_by_read_back boolean DEFAULT false NOT NULL,
+    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text]))),
+    CONSTRAINT change_steps_target_check CHECK ((target = ANY (ARRAY['juspay_customer'::text, 'juspay_wallet'::text, 'razorpay_upi'::text])))
+)
+WITH (fillfactor='80');
+
+--
+-- Name: changes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.changes (
+    id uuid NOT NULL,
+    user_id text NOT NULL,
+    user_seq bigint NOT NULL,
+    caller text NOT NULL,
+    request_id text NOT NULL,
+    trace_id text,
+    caller_addr text,
+    fields text[] NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    payload_key_id text,
+    payload_enc bytea,
+    lease_owner text,
+    lease_expires_at timestamp with time zone,
+    fence bigint DEFAULT 1 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    payload_expires_at timestamp with time zone,
+    actor jsonb,
+    CONSTRAINT changes_check CHECK (((status = 'pending'::text) = (finished_at IS NULL))),
+    CONSTRAINT changes_payload_only_while_needed CHECK (((payload_enc IS NULL) OR (status <> 'applied'::text))),
+    CONSTRAINT changes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'partially_applied'::text, 'failed'::text])))
+);
+
+--
+-- Name: audit_log; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.audit_log AS
+ SELECT e.id AS event_id,
+    e.occurred_at,
+    e.user_id,
+    e.seq AS user_event_seq,
+    e.event_type,
+    e.outcome,
+    e.caller,
+    e.caller_addr,
+    e.request_id,
+    e.trace_id,
+    e.change_id,
+    c.user_seq AS change_seq,
+        CASE
+            WHEN (e.change_id IS NULL) THEN NULL::text
+            ELSE COALESCE(fin.outcome, 'pending'::text)
+        END AS change_status,
+    req.occurred_at AS change_created_at,
+    fin.occurred_at AS change_finished_at,
+    e.step_no,
+    COALESCE(e.target, st.target) AS target,
+    COALESCE(e.upstream_ref, st.upstream_ref) AS upstream_ref,
+    e.fields,
+    e.error_code,
+    st.outcome AS step_status,
+        CASE
+            WHEN (e.step_no IS NOT NULL) THEN (st.attempts)::integer
+            ELSE NULL::integer
+        END AS step_attempts,
+        CASE
+            WHEN d.diag THEN s.error_retryable
+            ELSE NULL::boolean
+        END AS step_error_retryable,
+        CASE
+            WHEN d.diag THEN s.upstream_status
+            ELSE NULL::integer
+        END AS step_upstream_status,
+        CASE
+            WHEN d.diag THEN s.upstream_code
+            ELSE NULL::text
+        END AS step_upstream_code,
+        CASE
+            WHEN d.diag THEN s.error_message
+            ELSE NULL::text
+        END AS step_error_message,
+    e."values" AS masked_values,
+    e.hmac_key_id,
+    e.prev_hash,
+    e.hash,
+    (who.actor ->> 'auth'::text) AS auth_method,
+    (who.actor ->> 'subject'::text) AS caller_subject,
+    (who.actor ->> 'assertion_subject'::text) AS end_user_subject,
+    (who.actor ->> 'assertion_jti'::text) AS end_user_assertion_jti,
+    (who.actor ->> 'gateway_request_id'::text) AS gateway_request_id,
+    who.source AS actor_source
+   FROM (((((((public.audit_events e
+     LEFT JOIN public.changes c ON ((c.id = e.change_id)))
+     LEFT JOIN LATERAL ( SELECT r.occurred_at
+           FROM public.audit_events r
+          WHERE ((e.change_id IS NOT NULL) AND (r.change_id = e.change_id) AND (r.user_id = e.user_id) AND (r.event_type = 'change_requested'::text))
+          ORDER BY r.seq
+         LIMIT 1) req ON (true))
+     LEFT JOIN LATERAL ( SELECT f.outcome,
+            f.occurred_at
+           FROM public.audit_events f
+          WHERE ((e.change_id IS NOT NULL) AND (f.change_id = e.change_id) AND (f.user_id = e.user_id) AND (f.event_type = 'change_completed'::text))
+          ORDER BY f.seq DESC
+         LIMIT 1) fin ON (true))
+     LEFT JOIN LATERAL ( SELECT (array_agg(a.outcome ORDER BY a.seq DESC))[1] AS outcome,
+            (array_agg(a.target ORDER BY a.seq DESC))[1] AS target,
+            (array_agg(a.upstream_ref ORDER BY a.seq DESC))[1] AS upstream_ref,
+            count(*) AS attempts
+           FROM public.audit_events a
+          WHERE ((e.step_no IS NOT NULL) AND (a.change_id = e.change_id) AND (a.user_id = e.user_id) AND (a.step_no = e.step_no) AND (a.event_type = 'step_attempted'::text))) st ON (true))
+     LEFT JOIN public.change_steps s ON (((s.change_id = e.change_id) AND (s.step_no = e.step_no))))
+     CROSS JOIN LATERAL ( SELECT ((e.event_type = 'step_attempted'::text) AND (e.outcome = ANY (ARRAY['failed'::text, 'unknown'::text]))) AS diag) d)
+     CROSS JOIN LATERAL ( SELECT
+                CASE
+                    WHEN (e.actor IS NOT NULL) THEN e.actor
+                    WHEN (e."values" ? 'actor'::text) THEN (e."values" -> 'actor'::text)
+                    ELSE c.actor
+                END AS actor,
+                CASE
+                    WHEN (e.actor IS NOT NULL) THEN 'event'::text
+                    WHEN (e."values" ? 'actor'::text) THEN 'event_values'::text
+                    WHEN (c.actor IS NOT NULL) THEN 'change_record'::text
+                    ELSE NULL::text
+                END AS source) who);
+
+--
+-- Name: gateway_metadata; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.gateway_metadata (
+    key text NOT NULL,
+    value text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.idempotency_keys (
+    caller text NOT NULL,
+    user_id text NOT NULL,
+    idem_key text NOT NULL,
+    fingerprint bytea NOT NULL,
+    change_id uuid NOT NULL,
+    in_flight_until timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+)
+WITH (fillfactor='90');
+
+--
+-- Name: profile_link_wallets; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.profile_link_wallets (
+    wallet_id text NOT NULL,
+    user_id text NOT NULL
+);
+
+--
+-- Name: profile_links; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.profile_links (
+    user_id text NOT NULL,
+    juspay_customer_id text,
+    juspay_wallet_ids text[] DEFAULT '{}'::text[] NOT NULL,
+    razorpay_customer_reference text,
+    last_change_seq bigint DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_seq bigint DEFAULT 0 NOT NULL
+)
+WITH (fillfactor='70');
+
+--
+-- Name: user_assertion_jtis; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.user_assertion_jtis (
+    issuer text NOT NULL,
+    jti text NOT NULL,
+    caller text NOT NULL,
+    user_id text NOT NULL,
+    idem_key text,
+    expires_at timestamp with time zone NOT NULL,
+    first_used_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: webhook_attempts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_attempts (
+    id bigint NOT NULL,
+    event_id uuid NOT NULL,
+    attempt_no integer NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    duration_ms integer NOT NULL,
+    status_code integer,
+    error text,
+    replica text NOT NULL,
+    next_attempt_at timestamp with time zone,
+    CONSTRAINT webhook_attempts_error_check CHECK ((error = ANY (ARRAY['timeout'::text, 'connect'::text, 'broken'::text, 'redirect'::text, 'status'::text])))
+);
+
+--
+-- Name: webhook_attempts_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhook_attempts_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: webhook_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_events (
+    id uuid NOT NULL,
+    change_id uuid NOT NULL,
+    caller text NOT NULL,
+    event_type text NOT NULL,
+    body text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    retry_from integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    claimed_by text,
+    claimed_until timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    window_start timestamp with time zone DEFAULT now() NOT NULL,
+    delivered_at timestamp with time zone,
+    CONSTRAINT webhook_events_check CHECK (((status = 'delivered'::text) = (delivered_at IS NOT NULL))),
+    CONSTRAINT webhook_events_event_type_check CHECK ((event_type = ANY (ARRAY['change.applied'::text, 'change.partially_applied'::text, 'change.failed'::text, 'change.step_unknown'::text]))),
+    CONSTRAINT webhook_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))
+);
+
+--
+-- Name: webhook_receivers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_receivers (
+    caller text NOT NULL,
+    failures integer DEFAULT 0 NOT NULL,
+    paused_until timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: audit_chain_anchors audit_chain_anchors_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_chain_anchors
+    ADD CONSTRAINT audit_chain_anchors_pkey PRIMARY KEY (user_id, seq);
+
+--
+-- Name: audit_chain_heads audit_chain_heads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_chain_heads
+    ADD CONSTRAINT audit_chain_heads_pkey PRIMARY KEY (user_id);
+
+--
+-- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_checkpoint_witnessed
+    ADD CONSTRAINT audit_checkpoint_witnessed_pkey PRIMARY KEY (seq);
+
+--
+-- Name: audit_checkpoints audit_checkpoints_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_checkpoints
+    ADD CONSTRAINT audit_checkpoints_pkey PRIMARY KEY (seq);
+
+--
+-- Name: audit_checkpoints audit_checkpoints_slot_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_checkpoints
+    ADD CONSTRAINT audit_checkpoints_slot_key UNIQUE (slot);
+
+--
+-- Name: audit_events audit_events_fields_flat; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_events
+    ADD CONSTRAINT audit_events_fields_flat CHECK (
+CASE
+    WHEN (array_ndims(fields) > 1) THEN false
+    ELSE (array_position(fields, NULL::text) IS NULL)
+END) NOT VALID;
+
+--
+-- Name: audit_events audit_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_events
+    ADD CONSTRAINT audit_events_pkey PRIMARY KEY (id, occurred_at);
+
+--
+-- Name: change_steps change_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.change_steps
+    ADD CONSTRAINT change_steps_pkey PRIMARY KEY (change_id, step_no);
+
+--
+-- Name: changes changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.changes
+    ADD CONSTRAINT changes_pkey PRIMARY KEY (id);
+
+--
+-- Name: changes changes_user_id_user_seq_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.changes
+    ADD CONSTRAINT changes_user_id_user_seq_key UNIQUE (user_id, user_seq);
+
+--
+-- Name: gateway_metadata gateway_metadata_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.gateway_metadata
+    ADD CONSTRAINT gateway_metadata_pkey PRIMARY KEY (key);
+
+--
+-- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, user_id, idem_key);
+
+--
+-- Name: profile_link_wallets profile_link_wallets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.profile_link_wallets
+    ADD CONSTRAINT profile_link_wallets_pkey PRIMARY KEY (wallet_id);
+
+--
+-- Name: profile_links profile_links_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.profile_links
+    ADD CONSTRAINT profile_links_pkey PRIMARY KEY (user_id);
+
+--
+-- Name: user_assertion_jtis user_assertion_jtis_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_assertion_jtis
+    ADD CONSTRAINT user_assertion_jtis_pkey PRIMARY KEY (issuer, jti);
+
+--
+-- Name: webhook_attempts webhook_attempts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_attempts
+    ADD CONSTRAINT webhook_attempts_pkey PRIMARY KEY (id);
+
+--
+-- Name: webhook_events webhook_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events
+    ADD CONSTRAINT webhook_events_pkey PRIMARY KEY (id);
+
+--
+-- Name: webhook_receivers webhook_receivers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_receivers
+    ADD CONSTRAINT webhook_receivers_pkey PRIMARY KEY (caller);
+
+--
+-- Name: audit_events_by_change; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_by_change ON ONLY public.audit_events USING btree (change_id);
+
+--
+-- Name: audit_events_by_time; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_by_time ON ONLY public.audit_events USING btree (occurred_at);
+
+--
+-- Name: audit_events_by_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_by_user ON ONLY public.audit_events USING btree (user_id, seq);
+
+--
+-- Name: changes_pending_by_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX changes_pending_by_user ON public.changes USING btree (user_id, user_seq) WHERE (status = 'pending'::text);
+
+--
+-- Name: changes_unfinished; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX changes_unfinished ON public.changes USING btree (lease_expires_at) WHERE (status = 'pending'::text);
+
+--
+-- Name: idempotency_keys_by_change; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idempotency_keys_by_change ON public.idempotency_keys USING btree (change_id);
+
+--
+-- Name: idempotency_keys_expiry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX idempotency_keys_expiry ON public.idempotency_keys USING btree (expires_at);
+
+--
+-- Name: profile_link_wallets_by_user; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX profile_link_wallets_by_user ON public.profile_link_wallets USING btree (user_id);
+
+--
+-- Name: profile_links_juspay_customer_once; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX profile_links_juspay_customer_once ON public.profile_links USING btree (juspay_customer_id) WHERE (juspay_customer_id IS NOT NULL);
+
+--
+-- Name: profile_links_razorpay_reference_once; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX profile_links_razorpay_reference_once ON public.profile_links USING btree (razorpay_customer_reference) WHERE (razorpay_customer_reference IS NOT NULL);
+
+--
+-- Name: user_assertion_jtis_expiry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX user_assertion_jtis_expiry ON public.user_assertion_jtis USING btree (expires_at);
+
+--
+-- Name: webhook_attempts_by_event; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_attempts_by_event ON public.webhook_attempts USING btree (event_id, id);
+
+--
+-- Name: webhook_events_by_change; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_by_change ON public.webhook_events USING btree (change_id);
+
+--
+-- Name: webhook_events_claimed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_claimed ON public.webhook_events USING btree (caller) WHERE (claimed_until IS NOT NULL);
+
+--
+-- Name: webhook_events_due; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_events_due ON public.webhook_events USING btree (caller, next_attempt_at) WHERE (status = 'pending'::text);
+
+--
+-- Name: audit_chain_anchors audit_chain_anchors_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_chain_anchors_no_truncate BEFORE TRUNCATE ON public.audit_chain_anchors FOR EACH STATEMENT EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_chain_anchors ENABLE ALWAYS TRIGGER audit_chain_anchors_no_truncate;
+
+--
+-- Name: audit_chain_anchors audit_chain_anchors_no_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_chain_anchors_no_update BEFORE DELETE OR UPDATE ON public.audit_chain_anchors FOR EACH ROW EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_chain_anchors ENABLE ALWAYS TRIGGER audit_chain_anchors_no_update;
+
+--
+-- Name: audit_chain_heads audit_chain_heads_guard; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_chain_heads_guard BEFORE UPDATE ON public.audit_chain_heads FOR EACH ROW WHEN (((pg_trigger_depth() = 0) AND ((current_setting('pgw.audit_append'::text, true) IS DISTINCT FROM 'on'::text) OR (CURRENT_USER <> 'profile_gateway_audit_writer'::name)))) EXECUTE FUNCTION public.audit_heads_guard();
+
+ALTER TABLE public.audit_chain_heads ENABLE ALWAYS TRIGGER audit_chain_heads_guard;
+
+--
+-- Name: audit_chain_heads audit_chain_heads_no_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_chain_heads_no_delete BEFORE DELETE ON public.audit_chain_heads FOR EACH ROW EXECUTE FUNCTION public.audit_heads_guard();
+
+ALTER TABLE public.audit_chain_heads ENABLE ALWAYS TRIGGER audit_chain_heads_no_delete;
+
+--
+-- Name: audit_chain_heads audit_chain_heads_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_chain_heads_no_truncate BEFORE TRUNCATE ON public.audit_chain_heads FOR EACH STATEMENT EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_chain_heads ENABLE ALWAYS TRIGGER audit_chain_heads_no_truncate;
+
+--
+-- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_checkpoint_witnessed_no_truncate BEFORE TRUNCATE ON public.audit_checkpoint_witnessed FOR EACH STATEMENT EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_checkpoint_witnessed ENABLE ALWAYS TRIGGER audit_checkpoint_witnessed_no_truncate;
+
+--
+-- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_no_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_checkpoint_witnessed_no_update BEFORE DELETE OR UPDATE ON public.audit_checkpoint_witnessed FOR EACH ROW EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_checkpoint_witnessed ENABLE ALWAYS TRIGGER audit_checkpoint_witnessed_no_update;
+
+--
+-- Name: audit_checkpoints audit_checkpoints_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON public.audit_checkpoints FOR EACH STATEMENT EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_checkpoints ENABLE ALWAYS TRIGGER audit_checkpoints_no_truncate;
+
+--
+-- Name: audit_checkpoints audit_checkpoints_no_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_checkpoints_no_update BEFORE DELETE OR UPDATE ON public.audit_checkpoints FOR EACH ROW EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_checkpoints ENABLE ALWAYS TRIGGER audit_checkpoints_no_update;
+
+--
+-- Name: audit_events audit_events_chain; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events FOR EACH ROW WHEN (((current_setting('pgw.audit_append'::text, true) IS DISTINCT FROM 'on'::text) OR (CURRENT_USER <> 'profile_gateway_audit_writer'::name))) EXECUTE FUNCTION public.audit_events_chain();
+
+ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_chain;
+
+--
+-- Name: audit_events audit_events_no_truncate; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON public.audit_events FOR EACH STATEMENT EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_no_truncate;
+
+--
+-- Name: audit_events audit_events_no_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER audit_events_no_update BEFORE DELETE OR UPDATE ON public.audit_events FOR EACH ROW EXECUTE FUNCTION public.audit_reject_change();
+
+ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_no_update;
+
+--
+-- Name: profile_links profile_link_wallets_sync; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER profile_link_wallets_sync AFTER INSERT OR UPDATE OF juspay_wallet_ids ON public.profile_links FOR EACH ROW EXECUTE FUNCTION public.profile_link_wallets_sync();
+
+--
+-- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_seq_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_checkpoint_witnessed
+    ADD CONSTRAINT audit_checkpoint_witnessed_seq_fkey FOREIGN KEY (seq) REFERENCES public.audit_checkpoints(seq);
+
+--
+-- Name: change_steps change_steps_change_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.change_steps
+    ADD CONSTRAINT change_steps_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id);
+
+--
+-- Name: changes changes_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.changes
+    ADD CONSTRAINT changes_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.profile_links(user_id);
+
+--
+-- Name: idempotency_keys idempotency_keys_change_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.idempotency_keys
+    ADD CONSTRAINT idempotency_keys_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id) DEFERRABLE INITIALLY DEFERRED;
+
+--
+-- Name: profile_link_wallets profile_link_wallets_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.profile_link_wallets
+    ADD CONSTRAINT profile_link_wallets_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.profile_links(user_id) ON DELETE CASCADE;
+
+--
+-- Name: webhook_attempts webhook_attempts_event_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_attempts
+    ADD CONSTRAINT webhook_attempts_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.webhook_events(id);
+
+--
+-- Name: webhook_events webhook_events_change_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_events
+    ADD CONSTRAINT webhook_events_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id);
+
+--
+-- Name: SCHEMA audit_archive; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA audit_archive TO profile_gateway_auditor;
+
+--
+-- Name: SCHEMA public; Type: ACL; Schema: -; Owner: -
+--
+
+GRANT USAGE ON SCHEMA public TO profile_gateway_app;
+GRANT USAGE ON SCHEMA public TO profile_gateway_auditor;
+GRANT USAGE ON SCHEMA public TO profile_gateway_maintenance;
+
+--
+-- Name: TYPE audit_event_input; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT ALL ON TYPE public.audit_event_input TO profile_gateway_app;
+
+--
+-- Name: TYPE audit_event_input_v2; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT ALL ON TYPE public.audit_event_input_v2 TO profile_gateway_app;
+
+--
+-- Name: FUNCTION audit_append(p_events public.audit_event_input[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_append(p_events public.audit_event_input[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_append(p_events public.audit_event_input[]) TO profile_gateway_app;
+
+--
+-- Name: FUNCTION audit_append(p_events public.audit_event_input_v2[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_append(p_events public.audit_event_input_v2[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_append(p_events public.audit_event_input_v2[]) TO profile_gateway_app;
+
+--
+-- Name: FUNCTION audit_create_partition(month_start date); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_create_partition(month_start date) FROM PUBLIC;
+
+--
+-- Name: FUNCTION audit_detach_expired(retention_months integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_detach_expired(retention_months integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_detach_expired(retention_months integer) TO profile_gateway_maintenance;
+
+--
+-- Name: FUNCTION audit_detach_expired_unchecked(retention_months integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_detach_expired_unchecked(retention_months integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION audit_ensure_partitions(months_ahead integer); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_ensure_partitions(months_ahead integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_ensure_partitions(months_ahead integer) TO profile_gateway_maintenance;
+
+--
+-- Name: TABLE audit_events; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE public.audit_events TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_events TO profile_gateway_auditor;
+GRANT SELECT,INSERT ON TABLE public.audit_events TO profile_gateway_audit_writer;
+
+--
+-- Name: FUNCTION audit_events_chain(); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_events_chain() FROM PUBLIC;
+
+--
+-- Name: FUNCTION audit_pii_hmac(value text, key_base64 text); Type: ACL; Schema: public; Owner: -
+--
+
+GRANT ALL ON FUNCTION public.audit_pii_hmac(value text, key_base64 text) TO profile_gateway_auditor;
+GRANT ALL ON FUNCTION public.audit_pii_hmac(value text, key_base64 text) TO profile_gateway_app;
+
+--
+-- Name: FUNCTION audit_pii_normalize(field text, value text); Type: ACL; Schema: public; Owner: -
+--
+
+GRANT ALL ON FUNCTION public.audit_pii_normalize(field text, value text) TO profile_gateway_auditor;
+GRANT ALL ON FUNCTION public.audit_pii_normalize(field text, value text) TO profile_gateway_app;
+
+--
+-- Name: FUNCTION audit_record_maintenance(created integer, detached text[]); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_record_maintenance(created integer, detached text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_record_maintenance(created integer, detached text[]) TO profile_gateway_maintenance;
+
+--
+-- Name: FUNCTION audit_record_read(command text, subject_user text); Type: ACL; Schema: public; Owner: -
+--
+
+REVOKE ALL ON FUNCTION public.audit_record_read(command text, subject_user text) FROM PUBLIC;
+GRANT ALL ON FUNCTION public.audit_record_read(command text, subject_user text) TO profile_gateway_auditor;
+GRANT ALL ON FUNCTION public.audit_record_read(command text, subject_user text) TO profile_gateway_app;
+GRANT ALL ON FUNCTION public.audit_record_read(command text, subject_user text) TO profile_gateway_maintenance;
+
+--
+-- Name: TABLE audit_chain_anchors; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.audit_chain_anchors TO profile_gateway_auditor;
+GRANT SELECT ON TABLE public.audit_chain_anchors TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_chain_anchors TO profile_gateway_maintenance;
+
+--
+-- Name: TABLE audit_chain_heads; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.audit_chain_heads TO profile_gateway_auditor;
+GRANT SELECT,INSERT,UPDATE ON TABLE public.audit_chain_heads TO profile_gateway_audit_writer;
+GRANT SELECT ON TABLE public.audit_chain_heads TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_chain_heads TO profile_gateway_maintenance;
+
+--
+-- Name: TABLE audit_checkpoint_witnessed; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE public.audit_checkpoint_witnessed TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_checkpoint_witnessed TO profile_gateway_auditor;
+
+--
+-- Name: TABLE audit_checkpoints; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE public.audit_checkpoints TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_checkpoints TO profile_gateway_auditor;
+GRANT SELECT ON TABLE public.audit_checkpoints TO profile_gateway_maintenance;
+
+--
+-- Name: SEQUENCE audit_events_id_seq; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT USAGE ON SEQUENCE public.audit_events_id_seq TO profile_gateway_audit_writer;
+
+--
+-- Name: TABLE audit_field_changes; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.audit_field_changes TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_field_changes TO profile_gateway_auditor;
+
+--
+-- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.change_steps TO profile_gateway_app;
+
+--
+-- Name: TABLE changes; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.changes TO profile_gateway_app;
+
+--
+-- Name: TABLE audit_log; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.audit_log TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_log TO profile_gateway_auditor;
+
+--
+-- Name: TABLE gateway_metadata; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.gateway_metadata TO profile_gateway_app;
+
+--
+-- Name: TABLE idempotency_keys; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO profile_gateway_app;
+
+--
+-- Name: TABLE profile_link_wallets; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_link_wallets TO profile_gateway_app;
+
+--
+-- Name: TABLE profile_links; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_links TO profile_gateway_app;
+
+--
+-- Name: TABLE user_assertion_jtis; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_assertion_jtis TO profile_gateway_app;
+
+--
+-- Name: TABLE webhook_attempts; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT ON TABLE public.webhook_attempts TO profile_gateway_app;
+GRANT SELECT ON TABLE public.webhook_attempts TO profile_gateway_auditor;
+
+--
+-- Name: SEQUENCE webhook_attempts_id_seq; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,USAGE ON SEQUENCE public.webhook_attempts_id_seq TO profile_gateway_app;
+
+--
+-- Name: TABLE webhook_events; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_events TO profile_gateway_app;
+GRANT SELECT ON TABLE public.webhook_events TO profile_gateway_auditor;
+
+--
+-- Name: TABLE webhook_receivers; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_receivers TO profile_gateway_app;
+
+--
+-- Name: DEFAULT PRIVILEGES FOR TABLES; Type: DEFAULT ACL; Schema: audit_archive; Owner: -
+--
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA audit_archive GRANT SELECT ON TABLES  TO profile_gateway_auditor;
+
+--
+-- Name: DEFAULT PRIVILEGES FOR SEQUENCES; Type: DEFAULT ACL; Schema: public; Owner: -
+--
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT,USAGE ON SEQUENCES  TO profile_gateway_app;
+
+--
+-- Name: DEFAULT PRIVILEGES FOR TABLES; Type: DEFAULT ACL; Schema: public; Owner: -
+--
+
+ALTER DEFAULT PRIVILEGES FOR ROLE postgres IN SCHEMA public GRANT SELECT,INSERT,DELETE,UPDATE ON TABLES  TO profile_gateway_app;
+
+--
+-- PostgreSQL database dump complete
+--
+
