@@ -77,14 +77,6 @@ impl StepStatus {
             _ => Self::Pending,
         }
     }
-
-    pub fn of(result: &Result<(), StepError>) -> Self {
-        match result {
-            Ok(()) => Self::Applied,
-            Err(e) if e.outcome_unknown => Self::Unknown,
-            Err(_) => Self::Failed,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
