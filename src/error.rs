@@ -2,6 +2,7 @@
 //! stable `code`, title and detail are decided in one match (`parts`). Rendering it as problem+json
 //! is the HTTP edge's job (`routes::problem`).
 
+use crate::changes::policy::Failure;
 use crate::domain::ChangeView;
 use crate::domain::FieldError;
 use axum::http::StatusCode;
@@ -56,7 +57,7 @@ pub enum ApiError {
     #[error("the delivery's caller has no webhook")]
     DeliveryNoWebhook,
     #[error("the change did not fully apply")]
-    ChangeFailed(Box<ChangeView>),
+    ChangeFailed(Box<ChangeView>, Failure),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("overloaded: in-flight bound reached")]
@@ -100,15 +101,12 @@ impl From<crate::changes::SubmitError> for ApiError {
     }
 }
 
-/// How a failed change answers: the worst step decides. Input the caller must fix (422) beats
-/// upstream trouble (502), and a change whose only failures are timeouts is a 504.
-fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static str, String) {
-    use crate::providers::StepErrorCode as C;
-    let errors: Vec<C> = change
-        .steps
-        .iter()
-        .filter_map(|s| s.error.as_ref().map(|e| e.code))
-        .collect();
+/// The problem of a failed change, whose status and code
+/// [`crate::changes::policy::patch_answer`] chose.
+fn change_failure(
+    change: &ChangeView,
+    failure: Failure,
+) -> (StatusCode, &'static str, &'static str, String) {
     let applied = change
         .steps
         .iter()
@@ -118,41 +116,13 @@ fn change_failure(change: &ChangeView) -> (StatusCode, &'static str, &'static st
         "{applied} of {} steps applied; see steps[] for each provider's outcome",
         change.steps.len()
     );
-    if let Some(code) = [C::UpstreamRejected, C::UpstreamNotFound]
-        .into_iter()
-        .find(|c| errors.contains(c))
-    {
-        let code = if code == C::UpstreamRejected {
-            "upstream_rejected"
-        } else {
-            "upstream_not_found"
-        };
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code,
-            "An upstream refused the change",
-            summary,
-        );
-    }
-    if !errors.is_empty() && errors.iter().all(|c| *c == C::UpstreamTimeout) {
-        return (
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
-            "An upstream timed out",
-            summary,
-        );
-    }
-    // The failure that most changes what the caller or an operator does comes first.
-    let code = if errors.contains(&C::UpstreamAuthFailed) {
-        "upstream_auth_failed"
-    } else if errors.contains(&C::UpstreamBadResponse) {
-        "upstream_bad_response"
-    } else if !errors.is_empty() && errors.iter().all(|c| *c == C::UpstreamRateLimited) {
-        "upstream_rate_limited"
-    } else {
-        "upstream_unavailable"
+    let title = match failure {
+        Failure::Refused(_) => "An upstream refused the change",
+        Failure::TimedOut => "An upstream timed out",
+        Failure::Upstream(_) => "An upstream failed",
     };
-    (StatusCode::BAD_GATEWAY, code, "An upstream failed", summary)
+    let status = StatusCode::from_u16(failure.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, failure.code(), title, summary)
 }
 
 impl ApiError {
@@ -299,7 +269,7 @@ impl ApiError {
                 "Caller has no webhook",
                 "the caller this delivery goes to has no webhook_url configured now; nothing would be sent".into(),
             ),
-            ChangeFailed(change) => change_failure(change),
+            ChangeFailed(change, failure) => change_failure(change, *failure),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -382,7 +352,7 @@ impl ApiError {
             ApiError::Overloaded => Some(Duration::from_secs(1)),
             ApiError::RateLimited(d) => Some(*d),
             ApiError::TooManyPendingChanges => Some(Duration::from_secs(2)),
-            ApiError::ChangeFailed(c) => c
+            ApiError::ChangeFailed(c, _) => c
                 .steps
                 .iter()
                 .filter_map(|s| s.error.as_ref())

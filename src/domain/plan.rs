@@ -1,4 +1,5 @@
-//! Which provider gets which fields (design.md, routing table).
+//! Which provider gets which fields: each field goes to the providers that hold it, one step per
+//! linked object.
 
 use super::contact::{CountryCode, Email, MobileNumber, PersonName};
 use super::links::ProfileLinks;

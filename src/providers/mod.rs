@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The public step error codes (design.md section 2). Stable: callers branch on them.
+/// The public step error codes (openapi.yaml lists them). Stable: callers branch on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepErrorCode {

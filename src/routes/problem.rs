@@ -73,7 +73,7 @@ impl IntoResponse for ApiError {
             ApiError::Validation(e) | ApiError::MissingLink(e) | ApiError::LinkConflict(e) => {
                 (e, None)
             }
-            ApiError::ChangeFailed(c) => (Vec::new(), Some(c)),
+            ApiError::ChangeFailed(c, _) => (Vec::new(), Some(c)),
             _ => (Vec::new(), None),
         };
         let problem = Problem {

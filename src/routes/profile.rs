@@ -7,7 +7,7 @@ use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite, SCOPE
 use crate::changes::Submitted;
 use crate::changes::dry_run::Read;
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
-use crate::changes::model::ChangeStatus;
+use crate::changes::policy::{self, PatchAnswer};
 use crate::domain::{ProfileLinks, ProfilePatch, UserId};
 use crate::error::ApiError;
 use axum::extract::{Extension, State};
@@ -148,16 +148,17 @@ async fn apply(
     Ok(change_response(submitted))
 }
 
-/// 200 when applied, 202 while in progress, a problem listing every step otherwise. A replay
-/// answers the same way from the change's current record, marked `Idempotent-Replayed`.
+/// The answer [`policy::patch_answer`] gives for the change: 200 with the change, 202 with its
+/// `Location`, or a problem listing every step. A replay answers the same way from the change's
+/// current record, marked `Idempotent-Replayed`.
 pub(crate) fn change_response(submitted: Submitted) -> Response {
     let (change, replayed) = match submitted {
         Submitted::Final(c) | Submitted::InProgress(c) => (c, false),
         Submitted::Replay(c) => (c, true),
     };
-    let mut response = match change.status {
-        ChangeStatus::Applied => Json(change).into_response(),
-        ChangeStatus::Pending => {
+    let mut response = match policy::patch_answer(change.status, &change.steps) {
+        PatchAnswer::Applied => Json(change).into_response(),
+        PatchAnswer::InProgress => {
             let location = change.location();
             (
                 StatusCode::ACCEPTED,
@@ -166,8 +167,8 @@ pub(crate) fn change_response(submitted: Submitted) -> Response {
             )
                 .into_response()
         }
-        ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {
-            ApiError::ChangeFailed(Box::new(change)).into_response()
+        PatchAnswer::Failed(failure) => {
+            ApiError::ChangeFailed(Box::new(change), failure).into_response()
         }
     };
     if replayed {

@@ -10,6 +10,7 @@ mod helpers;
 mod api_errors;
 mod audit;
 mod audit_roles;
+mod change_answers;
 mod checkpoints;
 mod core_flow;
 mod db_tls;

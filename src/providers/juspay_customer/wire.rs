@@ -1,4 +1,5 @@
-//! Juspay "Update Customer" wire types (juspay-customer-update.txt).
+//! Juspay "Update Customer" wire types: the request and answer bodies of Juspay's customer
+//! update, as its API documents them.
 
 use serde::{Deserialize, Serialize};
 

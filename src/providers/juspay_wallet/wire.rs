@@ -1,4 +1,5 @@
-//! Juspay "Update Mobile Number" wire types (juspay-wallet-update-mobile-number.txt).
+//! Juspay "Update Mobile Number" wire types: the request and answer bodies of Juspay's wallet
+//! mobile-number update, as its API documents them.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,5 @@
-//! Razorpay TPAP "Update UPI Number" wire types (razorpay-upi-number-update.txt).
+//! Razorpay TPAP "Update UPI Number" wire types: the request and answer bodies of Razorpay's UPI
+//! number update, as its API documents them.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,158 @@
+//! Picking a recorded change up again: a completer's claim of a change whose lease ran out, and an
+//! operator's retry of a change that failed finally. Both rebuild the change from its record.
+
+use super::model::ChangeStatus;
+use super::policy;
+use super::running::{Running, StepState, static_fields};
+use super::{ChangeService, RetryOutcome, Submitted};
+use crate::audit::{self, AuditContext, AuditEvent};
+use crate::domain::{PlannedStep, ProfilePatch, UserId};
+use crate::store;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+impl ChangeService {
+    /// Re-drives a change that failed finally (operator action), as the latest change of its user.
+    pub async fn retry(
+        self: &Arc<Self>,
+        change_id: Uuid,
+        ctx: AuditContext,
+    ) -> Result<RetryOutcome, sqlx::Error> {
+        let user = match store::changes::load(&self.pool, change_id).await? {
+            Some(v) => v.user,
+            None => return Ok(RetryOutcome::NotFound),
+        };
+        let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
+        event.change_id = Some(change_id);
+        // Its actor is the operator who retried, not the caller who first asked (whose actor the
+        // change's earlier events keep); so are the actors of the attempts the retry drives.
+        let can_open = |key_id: &str, sealed: &[u8]| {
+            self.cipher
+                .open(key_id, sealed, change_id.as_bytes())
+                .is_ok()
+        };
+        let reopened = store::changes::reopen(
+            &self.pool,
+            change_id,
+            &self.instance_id,
+            self.limits.lease,
+            &event,
+            can_open,
+        )
+        .await?;
+        let claimed = match reopened {
+            store::changes::Reopen::Reopened(c) => *c,
+            store::changes::Reopen::NotLatest => return Ok(RetryOutcome::NotLatest),
+            store::changes::Reopen::NotRetryable => return Ok(RetryOutcome::NotRetryable),
+            store::changes::Reopen::CannotOpen => return Ok(RetryOutcome::CannotOpen),
+        };
+        match self.resume(claimed, Some(ctx)).await? {
+            Some(running) => Ok(RetryOutcome::Driven(self.drive_resumed(running).await)),
+            // Opened a moment ago under the same keys: only a corrupt record gets here. The change
+            // stays pending and the completer reports it.
+            None => Ok(RetryOutcome::CannotOpen),
+        }
+    }
+
+    /// Drives a resumed change in a task of its own and waits for its answer by the deadline.
+    async fn drive_resumed(self: &Arc<Self>, running: Running) -> Submitted {
+        let id = running.id;
+        let fallback = running.view(ChangeStatus::Pending, None);
+        let (reply, answer) = oneshot::channel();
+        let service = Arc::clone(self);
+        self.tracker
+            .spawn(tracing::Instrument::in_current_span(async move {
+                service
+                    .drive_answering(running, false, |answer| {
+                        let _ = reply.send(answer);
+                    })
+                    .await
+            }));
+        match answer.await {
+            Ok(answer) => answer,
+            // The task ended without answering (it panicked): the change as recorded.
+            Err(_) => match store::changes::load(&self.pool, id).await {
+                Ok(Some(view)) => Submitted::InProgress(view),
+                Ok(None) | Err(_) => Submitted::InProgress(fallback),
+            },
+        }
+    }
+
+    /// Rebuilds a claimed change from its record: opens the sealed payload and loads the steps.
+    /// Steps that a previous owner may have sent without recording are read back first.
+    pub(super) async fn resume(
+        &self,
+        c: store::changes::Claimed,
+        ctx: Option<AuditContext>,
+    ) -> Result<Option<Running>, sqlx::Error> {
+        let (Some(key_id), Some(sealed)) = (&c.payload_key_id, &c.payload_enc) else {
+            tracing::error!(change_id = %c.id, "unfinished change has no payload; it cannot be resumed");
+            return Ok(None);
+        };
+        let patch = match self
+            .cipher
+            .open(key_id, sealed, c.id.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|p| serde_json::from_slice::<ProfilePatch>(&p).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(change_id = %c.id, error = %e, "cannot open the change payload; configure changes.previous_encryption_keys");
+                return Ok(None);
+            }
+        };
+        let taken_over = c.previous_owner.is_some();
+        let mut steps_by_change = store::changes::load_steps(&self.pool, &[c.id]).await?;
+        let steps = steps_by_change
+            .remove(&c.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| StepState {
+                read_back_first: policy::read_back_first(v.status, taken_over),
+                planned: PlannedStep {
+                    step_no: v.step_no,
+                    target: v.target,
+                    upstream_ref: v.upstream_ref.clone(),
+                    fields: static_fields(&v.fields),
+                },
+                status: v.status,
+                attempts: v.attempts.max(0) as u32,
+                error: v.error,
+                retry_after: None,
+            })
+            .collect();
+        // A resumed change's events carry who acted in the request or retry whose drive it
+        // resumes (store::changes::Claimed): caller, request ids, address and actor alike.
+        let ctx = ctx.unwrap_or_else(|| AuditContext {
+            caller: c.caller.clone(),
+            request_id: c.request_id.clone(),
+            trace_id: c.trace_id.clone(),
+            caller_addr: c.caller_addr.clone(),
+            actor: c.actor.as_ref().and_then(|v| {
+                audit::Actor::from_json(v)
+                    .map_err(|e| {
+                        tracing::warn!(change_id = %c.id, error = %e,
+                            "the actor recorded for this change is unreadable; the events of its resumption carry none");
+                    })
+                    .ok()
+            }),
+        });
+        let Some(user) = UserId::parse(&c.user_id) else {
+            return Ok(None);
+        };
+        Ok(Some(Running {
+            id: c.id,
+            user,
+            caller: c.caller.clone(),
+            seq: c.user_seq,
+            fence: c.fence,
+            turn_known: false,
+            fields: c.fields,
+            created_at: c.created_at,
+            patch,
+            steps,
+            ctx,
+        }))
+    }
+}
