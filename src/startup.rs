@@ -6,7 +6,7 @@ use crate::changes::turns::Turns;
 use crate::changes::{ChangeService, Limits, Writes, completer};
 use crate::crypto::{PayloadCipher, PiiHasher, decode_key};
 use crate::lifecycle::Lifecycle;
-use crate::providers::{self, JuspayConfig, RazorpayConfig};
+use crate::providers::{self, Registry};
 use crate::routes::{self, AppState};
 use crate::settings::Settings;
 use sqlx::PgPool;
@@ -135,6 +135,15 @@ impl Application {
     /// Everything but serving: pool (lazy, so a database outage at boot still serves probes),
     /// migrations when asked, the shared HTTP client, the adapters and the router.
     pub async fn build(settings: &Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        Self::build_with(settings, listener, Registry::standard()).await
+    }
+
+    /// As [`Application::build`], with the providers of `registry` instead of the standard ones.
+    pub async fn build_with(
+        settings: &Settings,
+        listener: TcpListener,
+        registry: Registry,
+    ) -> Result<Self, StartupError> {
         let pool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
@@ -168,46 +177,11 @@ impl Application {
             settings.upstream.proxy.as_deref(),
         )
         .map_err(|e| StartupError::Config(format!("upstream.proxy: {e}")))?;
-        let missing = |k: &str| StartupError::Config(format!("{k} is required"));
-        let juspay = JuspayConfig {
-            base_url: settings
-                .juspay
-                .base_url
-                .clone()
-                .ok_or_else(|| missing("juspay.base_url"))?,
-            api_key: settings
-                .juspay
-                .api_key
-                .clone()
-                .ok_or_else(|| missing("juspay.api_key"))?,
-            merchant_id: settings.juspay.merchant_id.clone(),
-            version: settings.juspay.version.clone(),
-            read: providers::http::ReadLimits {
-                timeout: Duration::from_millis(settings.juspay.timeout_ms),
-                max_bytes: settings.upstream.max_response_bytes,
-            },
-        };
-        let razorpay = RazorpayConfig {
-            base_url: settings
-                .razorpay
-                .base_url
-                .clone()
-                .ok_or_else(|| missing("razorpay.base_url"))?,
-            key_id: settings
-                .razorpay
-                .key_id
-                .clone()
-                .ok_or_else(|| missing("razorpay.key_id"))?,
-            key_secret: settings
-                .razorpay
-                .key_secret
-                .clone()
-                .ok_or_else(|| missing("razorpay.key_secret"))?,
-            read: providers::http::ReadLimits {
-                timeout: Duration::from_millis(settings.razorpay.timeout_ms),
-                max_bytes: settings.upstream.max_response_bytes,
-            },
-        };
+        // Each provider's own section (`[providers.<name>]` account settings) is not read yet:
+        // the built-in providers take theirs from `[juspay]` and `[razorpay]`.
+        let providers = registry
+            .build(&client, settings, |_| None)
+            .map_err(StartupError::Config)?;
         let previous = match &settings.changes.previous_encryption_keys {
             Some(keys) => crate::crypto::parse_key_list(keys).map_err(|_| {
                 StartupError::Config("changes.previous_encryption_keys: malformed".into())
@@ -240,6 +214,7 @@ impl Application {
             turn_poll: ms(c.turn_poll_ms),
         };
         let metrics = crate::telemetry::metrics::Metrics::new(settings.database.max_connections);
+        metrics.providers_registered(providers.targets());
         let metrics_listener = match &settings.telemetry.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 StartupError::Config(format!("telemetry.metrics_listen {addr}: {e}"))
@@ -277,10 +252,11 @@ impl Application {
             settings.database.max_batch,
             Duration::from_millis(settings.database.batch_linger_ms),
             &metrics,
+            providers.link_members(),
         );
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
-            providers: providers::build(client, juspay, razorpay),
+            providers,
             cipher,
             hasher,
             fingerprints,

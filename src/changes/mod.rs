@@ -79,20 +79,22 @@ impl Writes {
         max_batch: usize,
         linger: Duration,
         metrics: &Arc<crate::telemetry::metrics::Metrics>,
+        members: &[crate::domain::LinkMember],
     ) -> Self {
         let observe = |statement| batcher::Observe {
             statement,
             metrics: Some(Arc::clone(metrics)),
         };
         let p = pool.clone();
+        let members: Arc<[crate::domain::LinkMember]> = members.into();
         let links = batcher::Batcher::spawn_observed(
             observe("links"),
             max_batch,
             linger,
             move |users: Arc<[String]>| {
-                let p = p.clone();
+                let (p, members) = (p.clone(), Arc::clone(&members));
                 async move {
-                    let found = batch::read_links(&p, &users).await?;
+                    let found = batch::read_links(&p, &users, &members).await?;
                     Ok(users.iter().map(|u| found.get(u).cloned()).collect())
                 }
             },
@@ -311,7 +313,7 @@ impl ChangeService {
                 Some(links) => (links, true),
                 None => (self.read_links(&user).await?, false),
             };
-            let steps = match plan(&patch, &links.links) {
+            let steps = match plan(&patch, &links.links, self.providers.specs()) {
                 Ok(steps) => steps,
                 // A link added through another replica since this one cached them. A guess from
                 // the cache does not count as one of the tries.
@@ -543,24 +545,30 @@ impl ChangeService {
         };
         let taken_over = c.previous_owner.is_some();
         let mut steps_by_change = store::changes::load_steps(&self.pool, &[c.id]).await?;
-        let steps = steps_by_change
-            .remove(&c.id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| StepState {
+        let mut steps = Vec::new();
+        for v in steps_by_change.remove(&c.id).unwrap_or_default() {
+            let fields = match crate::domain::Field::parse_all(&v.fields) {
+                Ok(fields) => fields,
+                Err(unknown) => {
+                    tracing::error!(change_id = %c.id, field = %unknown,
+                        "a step of this change sets a field this build does not know; it is not resumed");
+                    return Ok(None);
+                }
+            };
+            steps.push(StepState {
                 read_back_first: v.status == StepStatus::Unknown
                     || (taken_over && v.status == StepStatus::Pending),
                 planned: PlannedStep {
                     step_no: v.step_no,
                     target: v.target,
                     upstream_ref: v.upstream_ref.clone(),
-                    fields: static_fields(&v.fields),
+                    fields,
                 },
                 status: v.status,
                 attempts: v.attempts.max(0) as u32,
                 error: v.error,
-            })
-            .collect();
+            });
+        }
         // A resumed change's events carry who acted in the request or retry whose drive it
         // resumes (store::changes::Claimed): caller, request ids, address and actor alike.
         let ctx = ctx.unwrap_or_else(|| AuditContext {
@@ -870,7 +878,7 @@ impl ChangeService {
             error: result.as_ref().err().map(StepErrorView::from),
             read_back_first: status == StepStatus::Unknown,
         };
-        let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
+        let step_fields = crate::domain::field::names(&step.planned.fields);
         let outcome = batch::StepOutcome {
             step_no: step.planned.step_no,
             status,
@@ -878,7 +886,7 @@ impl ChangeService {
             confirmed_by_read_back: confirmed,
             target: target.as_str().to_string(),
             upstream_ref: step.planned.upstream_ref.clone(),
-            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields)),
+            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step.planned.fields)),
             fields: step_fields,
             hmac_key_id: self.hasher.key_id().to_string(),
         };
@@ -888,20 +896,20 @@ impl ChangeService {
     /// The adapter of a step's target and the request it sends (or reads back), built from the
     /// patch. Neither is missing for a planned step; if one were, that is a step failure, not a
     /// panic inside a fan-out task.
-    fn request_for(
+    fn request_for<'a>(
         &self,
-        step: &PlannedStep,
-        patch: &ProfilePatch,
+        step: &'a PlannedStep,
+        patch: &'a ProfilePatch,
     ) -> Result<
         (
             &Arc<dyn crate::providers::ProviderAdapter>,
-            crate::domain::StepRequest,
+            crate::domain::StepRequest<'a>,
         ),
         StepError,
     > {
-        match (self.providers.get(step.target), step.request(patch)) {
-            (Some(adapter), Some(request)) => Ok((adapter, request)),
-            _ => Err(crate::providers::misrouted(step.target)),
+        match self.providers.get(step.target) {
+            Some(adapter) => Ok((adapter, crate::domain::StepRequest { step, patch })),
+            None => Err(crate::providers::cannot_build(step.target)),
         }
     }
 
@@ -911,7 +919,7 @@ impl ChangeService {
     async fn call(
         &self,
         adapter: &dyn crate::providers::ProviderAdapter,
-        request: &crate::domain::StepRequest,
+        request: &crate::domain::StepRequest<'_>,
         step: &StepState,
         confirmed: &mut bool,
     ) -> Result<(), StepError> {
@@ -967,7 +975,7 @@ impl ChangeService {
     async fn send(
         &self,
         adapter: &dyn crate::providers::ProviderAdapter,
-        request: &crate::domain::StepRequest,
+        request: &crate::domain::StepRequest<'_>,
         step: &StepState,
         confirmed: &mut bool,
     ) -> Result<(), StepError> {
@@ -1045,29 +1053,11 @@ fn view(
                 step_no: s.planned.step_no,
                 target: s.planned.target,
                 upstream_ref: s.planned.upstream_ref.clone(),
-                fields: s.planned.fields.iter().map(|f| f.to_string()).collect(),
+                fields: crate::domain::field::names(&s.planned.fields),
                 status: s.status,
                 attempts: s.attempts as i32,
                 error: s.error.clone(),
             })
             .collect(),
     }
-}
-
-/// Step field names come back from the database as strings; the plan uses the static names.
-fn static_fields(fields: &[String]) -> Vec<&'static str> {
-    const KNOWN: [&str; 8] = [
-        "mobile_number",
-        "mobile_country_code",
-        "email_address",
-        "first_name",
-        "last_name",
-        "upi_number",
-        "vpa",
-        "action",
-    ];
-    fields
-        .iter()
-        .filter_map(|f| KNOWN.iter().find(|k| **k == f.as_str()).copied())
-        .collect()
 }

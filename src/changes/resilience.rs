@@ -248,7 +248,7 @@ mod tests {
     }
 
     fn unavailable() -> Result<(), StepError> {
-        Err(breaker_open(Target::JuspayWallet))
+        Err(breaker_open(Target::JUSPAY_WALLET))
     }
 
     #[test]
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn breaker_opens_fails_fast_then_probes_once() {
         let r = Resilience::new(config());
-        let t = Target::JuspayWallet;
+        let t = Target::JUSPAY_WALLET;
         for _ in 0..3 {
             assert_eq!(r.admit(t), Admission::Send);
             r.record(t, &unavailable());
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn a_peek_sends_only_while_closed_and_never_takes_the_probe() {
         let r = Resilience::new(config());
-        let t = Target::JuspayCustomer;
+        let t = Target::JUSPAY_CUSTOMER;
         assert_eq!(r.peek(t), Admission::Send);
         for _ in 0..3 {
             r.record(t, &unavailable());
@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn retry_budget_is_a_fraction_of_first_attempts() {
         let r = Resilience::new(config());
-        let t = Target::RazorpayUpi;
+        let t = Target::RAZORPAY_UPI;
         let mut allowed = 0;
         for _ in 0..100 {
             r.first_attempt(t);
