@@ -98,7 +98,7 @@ impl Reading {
 
 /// Sends a request and returns the answer when it is a 2xx; every other outcome becomes the step
 /// error `classify` says, with `facts` reading the provider's error envelope.
-pub(crate) async fn exchange(
+pub async fn exchange(
     target: Target,
     request: reqwest::RequestBuilder,
     read: &http::ReadLimits,
@@ -134,7 +134,7 @@ pub(crate) async fn exchange(
 /// add, remove or climb a path level. Empty and dot-only segments (which URL resolution would
 /// drop or turn into "the parent") are refused: links stored before ids were checked at the API
 /// may hold them.
-pub(crate) fn endpoint(
+pub fn endpoint(
     target: Target,
     base_url: &str,
     segments: &[&str],
@@ -181,7 +181,7 @@ pub fn cannot_build(target: Target) -> StepError {
 }
 
 /// A credential header, marked so that hyper and reqwest never print it.
-pub(crate) fn sensitive(value: &str) -> reqwest::header::HeaderValue {
+pub fn sensitive(value: &str) -> reqwest::header::HeaderValue {
     let mut v = reqwest::header::HeaderValue::from_str(value)
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
     v.set_sensitive(true);

@@ -12,6 +12,7 @@ mod db_tls;
 mod dry_run;
 mod durability;
 mod failures;
+mod fourth_provider;
 mod lifecycle;
 mod limits;
 mod pgaudit;

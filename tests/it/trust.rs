@@ -212,10 +212,13 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
 
     // A dot-only id stored before ids were checked never becomes a path: the step fails, nothing
     // is sent with the merchant's credentials.
-    sqlx::query("insert into profile_links (user_id, juspay_customer_id, juspay_wallet_ids) values ('legacy', '.', '{..}')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    for stored in [
+        "insert into profile_links (user_id) values ('legacy')",
+        "insert into user_links (user_id, provider, object_id, ordinal)
+         values ('legacy', 'juspay_customer', '.', 0), ('legacy', 'juspay_wallet', '..', 0)",
+    ] {
+        sqlx::query(stored).execute(&app.pool).await.unwrap();
+    }
     let resp = app
         .patch(
             "legacy",

@@ -1,4 +1,4 @@
-//! Juspay "Update Customer" wire types (juspay-customer-update.txt).
+//! Juspay "Update Customer" wire types: the update form and the customer object.
 
 use serde::{Deserialize, Serialize};
 

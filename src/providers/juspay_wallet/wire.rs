@@ -1,4 +1,4 @@
-//! Juspay "Update Mobile Number" wire types (juspay-wallet-update-mobile-number.txt).
+//! Juspay "Update Mobile Number" wire types: the wallet update form and the wallet account answer.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,4 +1,4 @@
-//! Razorpay TPAP "Update UPI Number" wire types (razorpay-upi-number-update.txt).
+//! Razorpay TPAP "Update UPI Number" wire types: the update body, the number entity and lists.
 
 use serde::{Deserialize, Serialize};
 
