@@ -64,11 +64,11 @@ impl AcmeWallet {
             timeout: Duration::from_secs(2),
             max_bytes: 65_536,
         };
-        let response = providers::exchange(ACME, request, &read, |_| {
-            classify::ErrorFacts::default()
-        })
-        .await?;
-        let echoed = response.json().and_then(|v| v["phone"].as_str().map(String::from));
+        let response =
+            providers::exchange(ACME, request, &read, |_| classify::ErrorFacts::default()).await?;
+        let echoed = response
+            .json()
+            .and_then(|v| v["phone"].as_str().map(String::from));
         if echoed.as_deref() != Some(mobile_number) {
             return Err(classify::bad_success(
                 ACME,
@@ -279,7 +279,11 @@ async fn a_provider_registered_by_the_embedder_gets_its_step_rows_and_audit_even
     let (event_type, outcome, fields, values) = &events[0];
     assert_eq!(
         (event_type.as_str(), outcome.as_str(), fields.as_slice()),
-        ("step_attempted", "applied", ["mobile_number".to_string()].as_slice())
+        (
+            "step_attempted",
+            "applied",
+            ["mobile_number".to_string()].as_slice()
+        )
     );
     assert_eq!(values["mobile_number"]["new"], "******5678");
 
