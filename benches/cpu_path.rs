@@ -9,10 +9,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;
 use profile_gateway::changes::model::{ChangeStatus, StepStatus};
 use profile_gateway::crypto::PiiHasher;
-use profile_gateway::domain::Target;
 use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
+use profile_gateway::domain::{Field, Target};
 use profile_gateway::providers::http::TransportError;
-use profile_gateway::providers::{juspay_customer, juspay_wallet, razorpay_upi};
+use profile_gateway::providers::{Registry, juspay_customer, juspay_wallet, razorpay_upi};
 use profile_gateway::telemetry::metrics::Metrics;
 use profile_gateway::telemetry::otel;
 use serde_json::{Value, json};
@@ -42,11 +42,10 @@ fn full_body_bytes() -> Vec<u8> {
 }
 
 fn links() -> ProfileLinks {
-    ProfileLinks {
-        juspay_customer_id: Some("cst_bench".into()),
-        juspay_wallet_ids: vec!["wlt_bench".into()],
-        razorpay_customer_reference: Some("cref_bench".into()),
-    }
+    ProfileLinks::empty(&Registry::standard().link_members())
+        .with(Target::JUSPAY_CUSTOMER, &["cst_bench"])
+        .with(Target::JUSPAY_WALLET, &["wlt_bench"])
+        .with(Target::RAZORPAY_UPI, &["cref_bench"])
 }
 
 const CUSTOMER_BODY: &[u8] = br#"{"id":"cst_bench","object":"customer","object_reference_id":"bench","mobile_number":"9812345678","mobile_country_code":"91","email_address":"bench@example.com","first_name":"Bench","last_name":"Mark","date_created":"2024-01-15T10:00:00+0000","last_updated":"2024-01-15T10:00:00+0000"}"#;
@@ -54,33 +53,30 @@ const WALLET_BODY: &[u8] = br#"{"id":"wlt_bench","object":"wallet_account","wall
 const UPI_BODY: &[u8] = br#"{"entity":"upi_number","upi_number":"9876543210","type":"mobile","status":"active","vpa":"bench@okaxis"}"#;
 
 /// Encodes the upstream request body of one step, as the adapters do.
-fn encode(request: &StepRequest) -> Vec<u8> {
-    match request {
-        StepRequest::JuspayCustomer {
-            mobile_number,
-            mobile_country_code,
-            email_address,
-            first_name,
-            last_name,
-            ..
-        } => serde_urlencoded::to_string(juspay_customer::wire::UpdateCustomerForm {
-            mobile_number: mobile_number.as_ref().map(|v| v.as_str()),
-            mobile_country_code: mobile_country_code.as_ref().map(|v| v.as_str()),
-            email_address: email_address.as_ref().map(|v| v.as_str()),
-            first_name: first_name.as_ref().map(|v| v.as_str()),
-            last_name: last_name.as_ref().map(|v| v.as_str()),
-        })
-        .unwrap()
-        .into_bytes(),
-        StepRequest::JuspayWallet { mobile_number, .. } => {
-            serde_urlencoded::to_string(juspay_wallet::wire::UpdateMobileForm {
-                command: "update",
-                mobile_number: mobile_number.as_str(),
+fn encode(request: &StepRequest<'_>) -> Vec<u8> {
+    let v = |f| request.value(f);
+    match request.step.target {
+        Target::JUSPAY_CUSTOMER => {
+            serde_urlencoded::to_string(juspay_customer::wire::UpdateCustomerForm {
+                mobile_number: v(Field::MobileNumber),
+                mobile_country_code: v(Field::MobileCountryCode),
+                email_address: v(Field::EmailAddress),
+                first_name: v(Field::FirstName),
+                last_name: v(Field::LastName),
             })
             .unwrap()
             .into_bytes()
         }
-        StepRequest::RazorpayUpi { upi, .. } => {
+        Target::JUSPAY_WALLET => {
+            serde_urlencoded::to_string(juspay_wallet::wire::UpdateMobileForm {
+                command: "update",
+                mobile_number: v(Field::MobileNumber).unwrap(),
+            })
+            .unwrap()
+            .into_bytes()
+        }
+        _ => {
+            let upi = request.patch.upi.as_ref().unwrap();
             serde_json::to_vec(&razorpay_upi::wire::UpdateUpiNumber {
                 upi_number: upi.upi_number.as_str(),
                 vpa: upi.vpa.as_str(),
@@ -113,9 +109,16 @@ fn cpu_path(c: &mut Criterion) {
     let hasher = PiiHasher::new("k1", [7u8; 32]);
     let patch =
         ProfilePatch::parse(&body, &TimestampWindow::unbounded()).expect("the bench body is valid");
-    let steps = domain::plan(&patch, &links).expect("the bench user has every link");
+    let specs = Registry::standard().specs();
+    let steps = domain::plan(&patch, &links, &specs).expect("the bench user has every link");
     assert_eq!(steps.len(), 3, "customer, one wallet, razorpay");
-    let requests: Vec<StepRequest> = steps.iter().map(|s| s.request(&patch).unwrap()).collect();
+    let requests: Vec<StepRequest> = steps
+        .iter()
+        .map(|step| StepRequest {
+            step,
+            patch: &patch,
+        })
+        .collect();
 
     let mut g = c.benchmark_group("cpu_path");
     g.warm_up_time(Duration::from_millis(500))
@@ -130,11 +133,16 @@ fn cpu_path(c: &mut Criterion) {
     });
     g.bench_function("plan_and_requests", |b| {
         b.iter(|| {
-            let steps = domain::plan(black_box(&patch), black_box(&links)).unwrap();
+            let steps = domain::plan(black_box(&patch), black_box(&links), &specs).unwrap();
             steps
                 .iter()
-                .map(|s| s.request(&patch).unwrap())
-                .collect::<Vec<_>>()
+                .map(|step| {
+                    black_box(StepRequest {
+                        step,
+                        patch: &patch,
+                    });
+                })
+                .count()
         })
     });
     g.bench_function("encode_3_upstream_bodies", |b| {
@@ -153,10 +161,14 @@ fn cpu_path(c: &mut Criterion) {
         b.iter(|| {
             let v: Value = serde_json::from_slice(black_box(&bytes)).unwrap();
             let patch = ProfilePatch::parse(&v, &TimestampWindow::unbounded()).unwrap();
-            let steps = domain::plan(&patch, &links).unwrap();
+            let steps = domain::plan(&patch, &links, &specs).unwrap();
             let mut n = 0;
-            for s in &steps {
-                n += encode(&s.request(&patch).unwrap()).len();
+            for step in &steps {
+                n += encode(&StepRequest {
+                    step,
+                    patch: &patch,
+                })
+                .len();
             }
             n += decode_all();
             let values = audit::masked_values(&patch, &hasher, None);
@@ -311,9 +323,9 @@ fn request_telemetry(metrics: &Metrics, incoming: &axum::http::HeaderMap) -> usi
             metrics.db_write(statement, 1, Duration::from_micros(800));
         }
         for target in [
-            Target::JuspayCustomer,
-            Target::JuspayWallet,
-            Target::RazorpayUpi,
+            Target::JUSPAY_CUSTOMER,
+            Target::JUSPAY_WALLET,
+            Target::RAZORPAY_UPI,
         ] {
             let mut request = reqwest::Request::new(
                 reqwest::Method::POST,
@@ -329,9 +341,9 @@ fn request_telemetry(metrics: &Metrics, incoming: &axum::http::HeaderMap) -> usi
     metrics.change_finished(
         ChangeStatus::Applied,
         &[
-            (Target::JuspayCustomer, StepStatus::Applied),
-            (Target::JuspayWallet, StepStatus::Applied),
-            (Target::RazorpayUpi, StepStatus::Applied),
+            (Target::JUSPAY_CUSTOMER, StepStatus::Applied),
+            (Target::JUSPAY_WALLET, StepStatus::Applied),
+            (Target::RAZORPAY_UPI, StepStatus::Applied),
         ],
     );
     span.record("http.response.status_code", 200i64);

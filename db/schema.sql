@@ -744,33 +744,6 @@ begin
 end
 $$;
 
---
--- Name: profile_link_wallets_sync(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.profile_link_wallets_sync() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-begin
-    if tg_op = 'UPDATE' and new.juspay_wallet_ids is not distinct from old.juspay_wallet_ids then
-        return null;
-    end if;
-    delete from profile_link_wallets w
-     where w.user_id = new.user_id and not (w.wallet_id = any (new.juspay_wallet_ids));
-    insert into profile_link_wallets (wallet_id, user_id)
-    select x.wallet_id, new.user_id from unnest(new.juspay_wallet_ids) as x(wallet_id)
-    on conflict (wallet_id) do nothing;
-    -- A wallet that another user holds was skipped above; refuse the row instead.
-    if exists (select 1 from unnest(new.juspay_wallet_ids) as x(wallet_id)
-                 join profile_link_wallets w using (wallet_id)
-                where w.user_id <> new.user_id) then
-        raise exception 'a juspay wallet is linked to another user'
-            using errcode = 'unique_violation', constraint = 'profile_link_wallets_pkey';
-    end if;
-    return null;
-end
-$$;
-
 SET default_table_access_method = heap;
 
 --
@@ -908,8 +881,7 @@ CREATE TABLE public.change_steps (
     error_message text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     confirmed_by_read_back boolean DEFAULT false NOT NULL,
-    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text]))),
-    CONSTRAINT change_steps_target_check CHECK ((target = ANY (ARRAY['juspay_customer'::text, 'juspay_wallet'::text, 'razorpay_upi'::text])))
+    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text])))
 )
 WITH (fillfactor='80');
 
@@ -1062,23 +1034,11 @@ CREATE TABLE public.idempotency_keys (
 WITH (fillfactor='90');
 
 --
--- Name: profile_link_wallets; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.profile_link_wallets (
-    wallet_id text NOT NULL,
-    user_id text NOT NULL
-);
-
---
 -- Name: profile_links; Type: TABLE; Schema: public; Owner: -
 --
 
 CREATE TABLE public.profile_links (
     user_id text NOT NULL,
-    juspay_customer_id text,
-    juspay_wallet_ids text[] DEFAULT '{}'::text[] NOT NULL,
-    razorpay_customer_reference text,
     last_change_seq bigint DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -1098,6 +1058,18 @@ CREATE TABLE public.user_assertion_jtis (
     idem_key text,
     expires_at timestamp with time zone NOT NULL,
     first_used_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: user_links; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.user_links (
+    user_id text NOT NULL,
+    provider text NOT NULL,
+    object_id text NOT NULL,
+    ordinal integer NOT NULL,
+    CONSTRAINT user_links_ordinal_check CHECK ((ordinal >= 0))
 );
 
 --
@@ -1254,13 +1226,6 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, user_id, idem_key);
 
 --
--- Name: profile_link_wallets profile_link_wallets_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.profile_link_wallets
-    ADD CONSTRAINT profile_link_wallets_pkey PRIMARY KEY (wallet_id);
-
---
 -- Name: profile_links profile_links_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1273,6 +1238,20 @@ ALTER TABLE ONLY public.profile_links
 
 ALTER TABLE ONLY public.user_assertion_jtis
     ADD CONSTRAINT user_assertion_jtis_pkey PRIMARY KEY (issuer, jti);
+
+--
+-- Name: user_links user_links_object_once; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_links
+    ADD CONSTRAINT user_links_object_once UNIQUE (provider, object_id);
+
+--
+-- Name: user_links user_links_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_links
+    ADD CONSTRAINT user_links_pkey PRIMARY KEY (user_id, provider, ordinal);
 
 --
 -- Name: webhook_attempts webhook_attempts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1336,24 +1315,6 @@ CREATE INDEX idempotency_keys_by_change ON public.idempotency_keys USING btree (
 --
 
 CREATE INDEX idempotency_keys_expiry ON public.idempotency_keys USING btree (expires_at);
-
---
--- Name: profile_link_wallets_by_user; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX profile_link_wallets_by_user ON public.profile_link_wallets USING btree (user_id);
-
---
--- Name: profile_links_juspay_customer_once; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE UNIQUE INDEX profile_links_juspay_customer_once ON public.profile_links USING btree (juspay_customer_id) WHERE (juspay_customer_id IS NOT NULL);
-
---
--- Name: profile_links_razorpay_reference_once; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE UNIQUE INDEX profile_links_razorpay_reference_once ON public.profile_links USING btree (razorpay_customer_reference) WHERE (razorpay_customer_reference IS NOT NULL);
 
 --
 -- Name: user_assertion_jtis_expiry; Type: INDEX; Schema: public; Owner: -
@@ -1482,12 +1443,6 @@ CREATE TRIGGER audit_events_no_update BEFORE DELETE OR UPDATE ON public.audit_ev
 ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_no_update;
 
 --
--- Name: profile_links profile_link_wallets_sync; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE TRIGGER profile_link_wallets_sync AFTER INSERT OR UPDATE OF juspay_wallet_ids ON public.profile_links FOR EACH ROW EXECUTE FUNCTION public.profile_link_wallets_sync();
-
---
 -- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_seq_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1516,11 +1471,11 @@ ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id) DEFERRABLE INITIALLY DEFERRED;
 
 --
--- Name: profile_link_wallets profile_link_wallets_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: user_links user_links_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.profile_link_wallets
-    ADD CONSTRAINT profile_link_wallets_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.profile_links(user_id) ON DELETE CASCADE;
+ALTER TABLE ONLY public.user_links
+    ADD CONSTRAINT user_links_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.profile_links(user_id) ON DELETE CASCADE;
 
 --
 -- Name: webhook_attempts webhook_attempts_event_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -1723,12 +1678,6 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.gateway_metadata TO profile_ga
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO profile_gateway_app;
 
 --
--- Name: TABLE profile_link_wallets; Type: ACL; Schema: public; Owner: -
---
-
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_link_wallets TO profile_gateway_app;
-
---
 -- Name: TABLE profile_links; Type: ACL; Schema: public; Owner: -
 --
 
@@ -1739,6 +1688,12 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_links TO profile_gatew
 --
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_assertion_jtis TO profile_gateway_app;
+
+--
+-- Name: TABLE user_links; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_links TO profile_gateway_app;
 
 --
 -- Name: TABLE webhook_attempts; Type: ACL; Schema: public; Owner: -

@@ -2,7 +2,7 @@
 //! demo caller, so a team can try the API with two commands and no credentials.
 
 use crate::audit::AuditContext;
-use crate::domain::{ProfileLinks, UserId};
+use crate::domain::{LinkMember, ProfileLinks, Target, UserId};
 use crate::secret::Secret;
 use crate::settings::{CallerSettings, Settings};
 use upstream_sandbox::{self as sandbox, DEMO_WEBHOOK_SECRET, SandboxConfig, SandboxHandle};
@@ -47,32 +47,43 @@ pub async fn start_sandbox(settings: &mut Settings) -> std::io::Result<SandboxHa
     Ok(handle)
 }
 
-/// The demo users and their links to the simulator's demo data.
-pub fn demo_links() -> Vec<(&'static str, ProfileLinks)> {
-    vec![
-        (
-            "alice",
-            ProfileLinks {
-                juspay_customer_id: Some("cst_demo_alice".into()),
-                juspay_wallet_ids: vec![
-                    "wlt_demo_alice_paytm".into(),
-                    "wlt_demo_alice_mobikwik".into(),
-                ],
-                razorpay_customer_reference: Some("cref_demo_alice".into()),
-            },
-        ),
-        (
-            "bob",
-            ProfileLinks {
-                juspay_customer_id: Some("cst_demo_bob".into()),
-                juspay_wallet_ids: vec!["wlt_demo_bob_paytm".into()],
-                razorpay_customer_reference: Some("cref_demo_bob".into()),
-            },
-        ),
-    ]
+/// The simulator's demo objects of each demo user, by provider.
+const DEMO_OBJECTS: [(&str, Target, &[&str]); 6] = [
+    ("alice", Target::JUSPAY_CUSTOMER, &["cst_demo_alice"]),
+    (
+        "alice",
+        Target::JUSPAY_WALLET,
+        &["wlt_demo_alice_paytm", "wlt_demo_alice_mobikwik"],
+    ),
+    ("alice", Target::RAZORPAY_UPI, &["cref_demo_alice"]),
+    ("bob", Target::JUSPAY_CUSTOMER, &["cst_demo_bob"]),
+    ("bob", Target::JUSPAY_WALLET, &["wlt_demo_bob_paytm"]),
+    ("bob", Target::RAZORPAY_UPI, &["cref_demo_bob"]),
+];
+
+/// The demo users and their links at `members` (a provider without demo objects gets none).
+pub fn demo_links(members: &[LinkMember]) -> Vec<(&'static str, ProfileLinks)> {
+    ["alice", "bob"]
+        .into_iter()
+        .map(|user| {
+            let links = DEMO_OBJECTS
+                .iter()
+                .filter(|(u, _, _)| *u == user)
+                .fold(ProfileLinks::empty(members), |l, (_, target, ids)| {
+                    l.with(*target, ids)
+                });
+            (user, links)
+        })
+        .collect()
 }
 
+/// Links the demo users to the simulator's demo objects at the standard providers.
 pub async fn seed_links(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    seed_links_at(pool, &crate::providers::Registry::standard().link_members()).await
+}
+
+/// As [`seed_links`], for the providers whose members are `members`.
+pub async fn seed_links_at(pool: &sqlx::PgPool, members: &[LinkMember]) -> Result<(), sqlx::Error> {
     let ctx = AuditContext {
         caller: "sandbox-seed".into(),
         request_id: "sandbox-seed".into(),
@@ -80,9 +91,12 @@ pub async fn seed_links(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
         caller_addr: None,
         actor: Some(crate::audit::Actor::system()),
     };
-    for (user, links) in demo_links() {
+    for (user, links) in demo_links(members) {
         let user = UserId::parse(user).expect("demo user ids are valid");
-        if crate::store::links::get(pool, &user).await?.as_ref() != Some(&links)
+        if crate::store::links::get(pool, &user, members)
+            .await?
+            .as_ref()
+            != Some(&links)
             && let crate::store::links::PutOutcome::Conflict(_) =
                 crate::store::links::put(pool, &user, &links, &ctx).await?
         {

@@ -5,9 +5,8 @@ use crate::changes::resilience::Resilience;
 use crate::changes::turns::Turns;
 use crate::changes::{ChangeService, Limits, Writes, completer};
 use crate::crypto::{PayloadCipher, PiiHasher};
-use crate::domain::Target;
 use crate::lifecycle::Lifecycle;
-use crate::providers::{self, JuspayConfig, RazorpayConfig};
+use crate::providers::{self, Registry};
 use crate::routes::{self, AppState};
 use crate::settings::{Mode, Runtime, Settings};
 use sqlx::PgPool;
@@ -119,21 +118,36 @@ pub async fn migrate_once(settings: &Settings) -> Result<i64, String> {
     Ok(newest)
 }
 
-/// The names of the providers the gateway registers, for [`Settings::resolve`].
+/// The names of the standard providers, for [`Settings::resolve`] where no other registry is in
+/// play (`check-config`, the audit commands).
 pub fn provider_names() -> Vec<&'static str> {
-    crate::domain::Target::ALL
-        .map(crate::domain::Target::as_str)
-        .to_vec()
+    Registry::standard()
+        .specs()
+        .iter()
+        .map(|s| s.target.as_str())
+        .collect()
 }
 
 impl Application {
     /// Resolves `settings` (as `serve` does: every check, in sandbox mode when
-    /// `settings.sandbox`), then [`Application::from_runtime`].
+    /// `settings.sandbox`), then builds with the standard providers.
     pub async fn build(settings: &Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        Self::build_with(settings, listener, Registry::standard()).await
+    }
+
+    /// As [`Application::build`], with the providers of `registry` instead of the standard ones:
+    /// their names are the `[providers.<name>]` sections the settings may hold.
+    pub async fn build_with(
+        settings: &Settings,
+        listener: TcpListener,
+        registry: Registry,
+    ) -> Result<Self, StartupError> {
+        let specs = registry.specs();
+        let names: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
         let runtime = settings
-            .resolve(Mode::sandbox(settings.sandbox), &provider_names())
+            .resolve(Mode::sandbox(settings.sandbox), &names)
             .map_err(|e| StartupError::Config(e.to_string()))?;
-        Self::from_runtime(&runtime, listener).await
+        Self::from_runtime(&runtime, listener, registry).await
     }
 
     /// Everything but serving: pool (lazy, so a database outage at boot still serves probes),
@@ -141,6 +155,7 @@ impl Application {
     pub async fn from_runtime(
         runtime: &Runtime,
         listener: TcpListener,
+        registry: Registry,
     ) -> Result<Self, StartupError> {
         let settings = &runtime.settings;
         let pool = PgPoolOptions::new()
@@ -176,26 +191,9 @@ impl Application {
             settings.upstream.proxy.as_deref(),
         )
         .map_err(|e| StartupError::Config(format!("upstream.proxy: {e}")))?;
-        let read = |provider: Target| {
-            let t = runtime.traffic(provider.as_str());
-            providers::http::ReadLimits {
-                timeout: t.timeout,
-                max_bytes: t.max_response_bytes,
-            }
-        };
-        let juspay = |provider: Target| JuspayConfig {
-            base_url: runtime.juspay.base_url.clone(),
-            api_key: runtime.juspay.api_key.clone(),
-            merchant_id: runtime.juspay.merchant_id.clone(),
-            version: runtime.juspay.version.clone(),
-            read: read(provider),
-        };
-        let razorpay = RazorpayConfig {
-            base_url: runtime.razorpay.base_url.clone(),
-            key_id: runtime.razorpay.key_id.clone(),
-            key_secret: runtime.razorpay.key_secret.clone(),
-            read: read(Target::RazorpayUpi),
-        };
+        let providers = registry
+            .build(&client, runtime)
+            .map_err(StartupError::Config)?;
         let keys = &runtime.keys;
         let cipher = PayloadCipher::new(keys.encryption_key_id.clone(), keys.encryption_key.0)
             .with_previous(
@@ -217,6 +215,7 @@ impl Application {
             turn_poll: ms(c.turn_poll_ms),
         };
         let metrics = crate::telemetry::metrics::Metrics::new(settings.database.max_connections);
+        metrics.providers_registered(providers.targets());
         let metrics_listener = match &settings.telemetry.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 StartupError::Config(format!("telemetry.metrics_listen {addr}: {e}"))
@@ -254,23 +253,19 @@ impl Application {
             settings.database.max_batch,
             Duration::from_millis(settings.database.batch_linger_ms),
             &metrics,
+            providers.link_members(),
         );
         let changes = Arc::new(ChangeService {
             pool: pool.clone(),
-            providers: providers::build(
-                client,
-                juspay(Target::JuspayCustomer),
-                juspay(Target::JuspayWallet),
-                razorpay,
-            ),
+            providers: providers.clone(),
             cipher,
             hasher,
             fingerprints,
             instance_id,
             limits,
             writes,
-            resilience: Target::ALL
-                .into_iter()
+            resilience: providers
+                .targets()
                 .fold(
                     Resilience::new(settings.traffic(crate::settings::ALL_PROVIDERS)),
                     |r, t| r.with_policy(t, runtime.traffic(t.as_str())),

@@ -2,7 +2,7 @@
 //! inserted; values appear masked beside a keyed hash, never in plain text.
 
 use crate::crypto::PiiHasher;
-use crate::domain::ProfilePatch;
+use crate::domain::{Field, ProfilePatch};
 pub mod checkpoint;
 pub mod cli;
 pub mod merkle;
@@ -131,41 +131,24 @@ pub async fn insert<'c>(
 }
 
 /// `{"mobile_number": {"new": "******7766", "new_hmac": "..."}, ...}` for the fields a patch sets,
-/// restricted to `only` when given (a step's own fields). Masked by `mask::field`, as a dry run's
+/// restricted to `only` when given (a step's own fields). Masked by [`Field::mask`], as a dry run's
 /// current values are.
-pub fn masked_values(patch: &ProfilePatch, hasher: &PiiHasher, only: Option<&[String]>) -> Value {
+pub fn masked_values(patch: &ProfilePatch, hasher: &PiiHasher, only: Option<&[Field]>) -> Value {
     let mut out = Map::new();
-    let wanted = |f: &str| only.is_none_or(|o| o.iter().any(|x| x == f));
-    let mut put = |name: &str, raw: &str, pii: bool| {
-        if wanted(name) {
-            let masked = crate::domain::mask::field(name, raw);
-            let v = if pii {
-                json!({"new": masked, "new_hmac": hasher.hash(raw)})
-            } else {
-                json!({"new": masked})
-            };
-            out.insert(name.to_string(), v);
+    for field in patch.fields() {
+        if only.is_some_and(|o| !o.contains(&field)) {
+            continue;
         }
-    };
-    if let Some(v) = &patch.mobile_number {
-        put("mobile_number", v.as_str(), true);
-    }
-    if let Some(v) = &patch.mobile_country_code {
-        put("mobile_country_code", v.as_str(), false);
-    }
-    if let Some(v) = &patch.email_address {
-        put("email_address", v.as_str(), true);
-    }
-    if let Some(v) = &patch.first_name {
-        put("first_name", v.as_str(), true);
-    }
-    if let Some(v) = &patch.last_name {
-        put("last_name", v.as_str(), true);
-    }
-    if let Some(u) = &patch.upi {
-        put("upi_number", u.upi_number.as_str(), true);
-        put("vpa", u.vpa.as_str(), true);
-        put("action", u.action.as_str(), false);
+        let Some(raw) = field.value(patch) else {
+            continue;
+        };
+        let masked = field.mask(raw);
+        let v = if field.is_pii() {
+            json!({"new": masked, "new_hmac": hasher.hash(raw)})
+        } else {
+            json!({"new": masked})
+        };
+        out.insert(field.name().to_string(), v);
     }
     Value::Object(out)
 }

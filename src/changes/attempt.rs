@@ -41,7 +41,7 @@ impl ChangeService {
             retry_after: result.as_ref().err().and_then(|e| e.retry_after),
             read_back_first: policy::read_back_first(status, false),
         };
-        let step_fields: Vec<String> = step.planned.fields.iter().map(|f| f.to_string()).collect();
+        let step_fields = crate::domain::field::names(&step.planned.fields);
         let outcome = batch::StepOutcome {
             step_no: step.planned.step_no,
             status,
@@ -49,7 +49,7 @@ impl ChangeService {
             confirmed_by_read_back: confirmed,
             target: target.as_str().to_string(),
             upstream_ref: step.planned.upstream_ref.clone(),
-            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step_fields)),
+            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step.planned.fields)),
             fields: step_fields,
             hmac_key_id: self.hasher.key_id().to_string(),
         };
@@ -59,20 +59,20 @@ impl ChangeService {
     /// The adapter of a step's target and the request it sends (or reads back), built from the
     /// patch. Neither is missing for a planned step; if one were, that is a step failure, not a
     /// panic inside a fan-out task.
-    pub(super) fn request_for(
+    pub(super) fn request_for<'a>(
         &self,
-        step: &PlannedStep,
-        patch: &ProfilePatch,
+        step: &'a PlannedStep,
+        patch: &'a ProfilePatch,
     ) -> Result<
         (
             &Arc<dyn crate::providers::ProviderAdapter>,
-            crate::domain::StepRequest,
+            crate::domain::StepRequest<'a>,
         ),
         StepError,
     > {
-        match (self.providers.get(step.target), step.request(patch)) {
-            (Some(adapter), Some(request)) => Ok((adapter, request)),
-            _ => Err(crate::providers::misrouted(step.target)),
+        match self.providers.get(step.target) {
+            Some(adapter) => Ok((adapter, crate::domain::StepRequest { step, patch })),
+            None => Err(crate::providers::cannot_build(step.target)),
         }
     }
 
@@ -82,7 +82,7 @@ impl ChangeService {
     async fn call(
         &self,
         adapter: &dyn crate::providers::ProviderAdapter,
-        request: &crate::domain::StepRequest,
+        request: &crate::domain::StepRequest<'_>,
         step: &StepState,
         confirmed: &mut bool,
     ) -> Result<(), StepError> {
@@ -138,7 +138,7 @@ impl ChangeService {
     async fn send(
         &self,
         adapter: &dyn crate::providers::ProviderAdapter,
-        request: &crate::domain::StepRequest,
+        request: &crate::domain::StepRequest<'_>,
         step: &StepState,
         confirmed: &mut bool,
     ) -> Result<(), StepError> {

@@ -160,7 +160,8 @@ impl ChangeService {
             .fresh_links(user)
             .await?
             .ok_or(SubmitError::UserNotFound)?;
-        let planned = plan(patch, &links.links).map_err(SubmitError::MissingLink)?;
+        let planned =
+            plan(patch, &links.links, self.providers.specs()).map_err(SubmitError::MissingLink)?;
         let replays = self.would_record(user, caller, key).await?;
         let steps: Vec<DryRunStep> = match read {
             Read::None => planned.iter().map(DryRunStep::planned).collect(),
@@ -215,7 +216,7 @@ impl ChangeService {
     async fn read_target(
         &self,
         adapter: &dyn ProviderAdapter,
-        request: &crate::domain::StepRequest,
+        request: &crate::domain::StepRequest<'_>,
     ) -> Result<Reading, StepError> {
         let target = adapter.target();
         if self.resilience.peek(target) == Admission::FailFast {
@@ -228,14 +229,15 @@ impl ChangeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Field;
     use crate::providers::FieldReading;
 
     fn step() -> PlannedStep {
         PlannedStep {
             step_no: 0,
-            target: Target::JuspayCustomer,
+            target: Target::JUSPAY_CUSTOMER,
             upstream_ref: "cst_1".into(),
-            fields: vec!["mobile_number", "email_address"],
+            fields: vec![Field::MobileNumber, Field::EmailAddress],
         }
     }
 
@@ -253,8 +255,8 @@ mod tests {
         let mut reading = Reading {
             identified: true,
             fields: vec![
-                FieldReading::new("mobile_number", Some("9876543210"), true),
-                FieldReading::new("email_address", Some("old@example.com"), false),
+                FieldReading::new(Field::MobileNumber, Some("9876543210"), true),
+                FieldReading::new(Field::EmailAddress, Some("old@example.com"), false),
             ],
         };
         let s = DryRunStep::compared(&step(), Ok(reading.clone()));
@@ -287,7 +289,7 @@ mod tests {
     fn a_failed_read_makes_every_field_unknown_and_says_why() {
         let s = DryRunStep::compared(
             &step(),
-            Err(resilience::breaker_open(Target::JuspayCustomer)),
+            Err(resilience::breaker_open(Target::JUSPAY_CUSTOMER)),
         );
         assert!(
             comparisons(&s)

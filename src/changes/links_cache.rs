@@ -48,11 +48,8 @@ mod tests {
 
     fn row(customer: &str) -> LinksRow {
         LinksRow {
-            links: ProfileLinks {
-                juspay_customer_id: Some(customer.to_string()),
-                juspay_wallet_ids: vec![],
-                razorpay_customer_reference: None,
-            },
+            links: ProfileLinks::empty(&crate::providers::Registry::standard().link_members())
+                .with(crate::domain::Target::JUSPAY_CUSTOMER, &[customer]),
             version: chrono::Utc::now(),
         }
     }
@@ -64,7 +61,10 @@ mod tests {
         cache.put("alice", row("cst_1"));
         cache.put("alice", row("cst_2"));
         let got = cache.get("alice").unwrap();
-        assert_eq!(got.links.juspay_customer_id.as_deref(), Some("cst_2"));
+        assert_eq!(
+            got.links.objects(crate::domain::Target::JUSPAY_CUSTOMER),
+            ["cst_2"]
+        );
         cache.forget("alice");
         assert!(cache.get("alice").is_none());
     }

@@ -354,7 +354,7 @@ mod tests {
     fn step(status: StepStatus, code: Option<C>) -> StepView {
         StepView {
             step_no: 1,
-            target: Target::JuspayCustomer,
+            target: Target::JUSPAY_CUSTOMER,
             upstream_ref: "r".into(),
             fields: vec![],
             status,

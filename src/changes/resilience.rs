@@ -254,7 +254,7 @@ mod tests {
     }
 
     fn unavailable() -> Result<(), StepError> {
-        Err(breaker_open(Target::JuspayWallet))
+        Err(breaker_open(Target::JUSPAY_WALLET))
     }
 
     #[test]
@@ -270,7 +270,7 @@ mod tests {
     #[test]
     fn breaker_opens_fails_fast_then_probes_once() {
         let r = Resilience::new(config());
-        let t = Target::JuspayWallet;
+        let t = Target::JUSPAY_WALLET;
         for _ in 0..3 {
             assert_eq!(r.admit(t), Admission::Send);
             r.record(t, &unavailable());
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn a_peek_sends_only_while_closed_and_never_takes_the_probe() {
         let r = Resilience::new(config());
-        let t = Target::JuspayCustomer;
+        let t = Target::JUSPAY_CUSTOMER;
         assert_eq!(r.peek(t), Admission::Send);
         for _ in 0..3 {
             r.record(t, &unavailable());
@@ -326,19 +326,19 @@ mod tests {
         let mut own = config();
         own.breaker_failure_threshold = 1;
         own.max_attempts = 1;
-        let r = Resilience::new(config()).with_policy(Target::RazorpayUpi, own);
-        assert_eq!(r.policy(Target::RazorpayUpi).max_attempts, 1);
-        assert_eq!(r.policy(Target::JuspayWallet).max_attempts, 5);
-        r.record(Target::RazorpayUpi, &unavailable());
-        r.record(Target::JuspayWallet, &unavailable());
-        assert_eq!(r.admit(Target::RazorpayUpi), Admission::FailFast);
-        assert_eq!(r.admit(Target::JuspayWallet), Admission::Send);
+        let r = Resilience::new(config()).with_policy(Target::RAZORPAY_UPI, own);
+        assert_eq!(r.policy(Target::RAZORPAY_UPI).max_attempts, 1);
+        assert_eq!(r.policy(Target::JUSPAY_WALLET).max_attempts, 5);
+        r.record(Target::RAZORPAY_UPI, &unavailable());
+        r.record(Target::JUSPAY_WALLET, &unavailable());
+        assert_eq!(r.admit(Target::RAZORPAY_UPI), Admission::FailFast);
+        assert_eq!(r.admit(Target::JUSPAY_WALLET), Admission::Send);
     }
 
     #[test]
     fn retry_budget_is_a_fraction_of_first_attempts() {
         let r = Resilience::new(config());
-        let t = Target::RazorpayUpi;
+        let t = Target::RAZORPAY_UPI;
         let mut allowed = 0;
         for _ in 0..100 {
             r.first_attempt(t);

@@ -3,7 +3,7 @@
 
 use super::model::ChangeStatus;
 use super::policy;
-use super::running::{Running, StepState, static_fields};
+use super::running::{Running, StepState};
 use super::{ChangeService, RetryOutcome, Submitted};
 use crate::audit::{self, AuditContext, AuditEvent};
 use crate::domain::{PlannedStep, ProfilePatch, UserId};
@@ -104,24 +104,30 @@ impl ChangeService {
         };
         let taken_over = c.previous_owner.is_some();
         let mut steps_by_change = store::changes::load_steps(&self.pool, &[c.id]).await?;
-        let steps = steps_by_change
-            .remove(&c.id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| StepState {
+        let mut steps = Vec::new();
+        for v in steps_by_change.remove(&c.id).unwrap_or_default() {
+            let fields = match crate::domain::Field::parse_all(&v.fields) {
+                Ok(fields) => fields,
+                Err(unknown) => {
+                    tracing::error!(change_id = %c.id, field = %unknown,
+                        "a step of this change sets a field this build does not know; it is not resumed");
+                    return Ok(None);
+                }
+            };
+            steps.push(StepState {
                 read_back_first: policy::read_back_first(v.status, taken_over),
                 planned: PlannedStep {
                     step_no: v.step_no,
                     target: v.target,
                     upstream_ref: v.upstream_ref.clone(),
-                    fields: static_fields(&v.fields),
+                    fields,
                 },
                 status: v.status,
                 attempts: v.attempts.max(0) as u32,
                 error: v.error,
                 retry_after: None,
-            })
-            .collect();
+            });
+        }
         // A resumed change's events carry who acted in the request or retry whose drive it
         // resumes (store::changes::Claimed): caller, request ids, address and actor alike.
         let ctx = ctx.unwrap_or_else(|| AuditContext {

@@ -83,7 +83,7 @@ impl Running {
                     step_no: s.planned.step_no,
                     target: s.planned.target,
                     upstream_ref: s.planned.upstream_ref.clone(),
-                    fields: s.planned.fields.iter().map(|f| f.to_string()).collect(),
+                    fields: crate::domain::field::names(&s.planned.fields),
                     status: s.status,
                     attempts: s.attempts as i32,
                     error: s.error.clone(),
@@ -91,22 +91,4 @@ impl Running {
                 .collect(),
         }
     }
-}
-
-/// Step field names come back from the database as strings; the plan uses the static names.
-pub(super) fn static_fields(fields: &[String]) -> Vec<&'static str> {
-    const KNOWN: [&str; 8] = [
-        "mobile_number",
-        "mobile_country_code",
-        "email_address",
-        "first_name",
-        "last_name",
-        "upi_number",
-        "vpa",
-        "action",
-    ];
-    fields
-        .iter()
-        .filter_map(|f| KNOWN.iter().find(|k| **k == f.as_str()).copied())
-        .collect()
 }

@@ -90,7 +90,7 @@ impl ChangeService {
                 Some(links) => (links, true),
                 None => (self.read_links(&user).await?, false),
             };
-            let steps = match plan(&patch, &links.links) {
+            let steps = match plan(&patch, &links.links, self.providers.specs()) {
                 Ok(steps) => steps,
                 // A link added through another replica since this one cached them. A guess from
                 // the cache does not count as one of the tries.

@@ -22,20 +22,22 @@ impl Writes {
         max_batch: usize,
         linger: Duration,
         metrics: &Arc<crate::telemetry::metrics::Metrics>,
+        members: &[crate::domain::LinkMember],
     ) -> Self {
         let observe = |statement| batcher::Observe {
             statement,
             metrics: Some(Arc::clone(metrics)),
         };
         let p = pool.clone();
+        let members: Arc<[crate::domain::LinkMember]> = members.into();
         let links = batcher::Batcher::spawn_observed(
             observe("links"),
             max_batch,
             linger,
             move |users: Arc<[String]>| {
-                let p = p.clone();
+                let (p, members) = (p.clone(), Arc::clone(&members));
                 async move {
-                    let found = batch::read_links(&p, &users).await?;
+                    let found = batch::read_links(&p, &users, &members).await?;
                     Ok(users.iter().map(|u| found.get(u).cloned()).collect())
                 }
             },

@@ -1,6 +1,7 @@
 //! Who a user is at each provider: the gateway's own mapping, set by `PUT /profile/{user}/links`.
 
 use super::patch::FieldError;
+use super::target::Target;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -42,17 +43,102 @@ fn upstream_id(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileLinks {
-    pub juspay_customer_id: Option<String>,
-    pub juspay_wallet_ids: Vec<String>,
-    pub razorpay_customer_reference: Option<String>,
+/// One provider's member of the links body, as the provider declares it: its name on the wire and
+/// whether it holds one object id (a string, or `null`) or several (an array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkMember {
+    pub provider: Target,
+    pub name: &'static str,
+    pub many: bool,
 }
 
-const MAX_WALLETS: usize = 16;
+impl LinkMember {
+    pub const fn one(provider: Target, name: &'static str) -> Self {
+        Self {
+            provider,
+            name,
+            many: false,
+        }
+    }
+
+    pub const fn many(provider: Target, name: &'static str) -> Self {
+        Self {
+            provider,
+            name,
+            many: true,
+        }
+    }
+}
+
+/// A user's object ids at each registered provider, in registry order; every member is present,
+/// empty when the user has no object there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileLinks {
+    entries: Vec<(LinkMember, Vec<String>)>,
+}
+
+/// Bound on the ids of a member that holds several.
+const MAX_OBJECTS: usize = 16;
 
 impl ProfileLinks {
-    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+    /// Links from stored `(provider, object id)` pairs in ordinal order. A provider no member
+    /// names is an error: its objects would otherwise vanish from the links silently.
+    pub fn from_rows<'a>(
+        members: &[LinkMember],
+        rows: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<Self, String> {
+        let mut links = Self::empty(members);
+        for (provider, id) in rows {
+            let Some((_, ids)) = links
+                .entries
+                .iter_mut()
+                .find(|(m, _)| m.provider.as_str() == provider)
+            else {
+                return Err(format!(
+                    "a link names provider {provider:?}, which is not registered"
+                ));
+            };
+            ids.push(id);
+        }
+        Ok(links)
+    }
+
+    /// No objects at any of `members`.
+    pub fn empty(members: &[LinkMember]) -> Self {
+        Self {
+            entries: members.iter().map(|m| (*m, Vec::new())).collect(),
+        }
+    }
+
+    /// Sets the objects of `provider`'s member (tests, demo data); ignored for a provider that is
+    /// not among the members.
+    pub fn with(mut self, provider: Target, ids: &[&str]) -> Self {
+        if let Some((_, v)) = self
+            .entries
+            .iter_mut()
+            .find(|(m, _)| m.provider == provider)
+        {
+            *v = ids.iter().map(|s| s.to_string()).collect();
+        }
+        self
+    }
+
+    /// The user's objects at `provider`, in the order they were linked.
+    pub fn objects(&self, provider: Target) -> &[String] {
+        self.entries
+            .iter()
+            .find(|(m, _)| m.provider == provider)
+            .map(|(_, ids)| ids.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Each member with its objects, in registry order.
+    pub fn entries(&self) -> impl Iterator<Item = (&LinkMember, &[String])> {
+        self.entries.iter().map(|(m, ids)| (m, ids.as_slice()))
+    }
+
+    /// The body of `PUT /profile/{user}/links`; members not sent are left without objects.
+    pub fn parse(body: &Value, members: &[LinkMember]) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
         let Value::Object(obj) = body else {
             return Err(vec![FieldError::new(
@@ -62,13 +148,7 @@ impl ProfileLinks {
             )]);
         };
         for key in obj.keys() {
-            if ![
-                "juspay_customer_id",
-                "juspay_wallet_ids",
-                "razorpay_customer_reference",
-            ]
-            .contains(&key.as_str())
-            {
+            if !members.iter().any(|m| m.name == key) {
                 errors.push(FieldError::new(
                     format!("/{}", crate::strict_json::escape_pointer(key)),
                     "unknown_field",
@@ -76,69 +156,75 @@ impl ProfileLinks {
                 ));
             }
         }
-        let mut single = |key: &str| -> Option<String> {
-            match obj.get(key) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if upstream_id(s) => Some(s.clone()),
-                Some(_) => {
-                    errors.push(FieldError::new(
-                        format!("/{key}"),
-                        "invalid_id",
-                        format!("{key} must be 1 to 128 letters, digits, `.`, `_` or `-`"),
-                    ));
-                    None
-                }
-            }
-        };
-        let juspay_customer_id = single("juspay_customer_id");
-        let razorpay_customer_reference = single("razorpay_customer_reference");
-        let mut juspay_wallet_ids = Vec::new();
-        match obj.get("juspay_wallet_ids") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                if items.len() > MAX_WALLETS {
-                    errors.push(FieldError::new(
-                        "/juspay_wallet_ids",
-                        "too_many",
-                        format!("at most {MAX_WALLETS} wallets can be linked"),
-                    ));
-                }
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) if upstream_id(s) => {
-                            if juspay_wallet_ids.contains(s) {
-                                errors.push(FieldError::new(
-                                    format!("/juspay_wallet_ids/{i}"),
-                                    "duplicate",
-                                    "each wallet can be linked once",
-                                ));
-                            } else {
-                                juspay_wallet_ids.push(s.clone());
+        let mut links = Self::empty(members);
+        for (member, ids) in &mut links.entries {
+            let key = member.name;
+            match (obj.get(key), member.many) {
+                (None | Some(Value::Null), _) => {}
+                (Some(Value::String(s)), false) if upstream_id(s) => ids.push(s.clone()),
+                (Some(_), false) => errors.push(FieldError::new(
+                    format!("/{key}"),
+                    "invalid_id",
+                    format!("{key} must be 1 to 128 letters, digits, `.`, `_` or `-`"),
+                )),
+                (Some(Value::Array(items)), true) => {
+                    if items.len() > MAX_OBJECTS {
+                        errors.push(FieldError::new(
+                            format!("/{key}"),
+                            "too_many",
+                            format!("at most {MAX_OBJECTS} objects can be linked in {key}"),
+                        ));
+                    }
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Value::String(s) if upstream_id(s) => {
+                                if ids.contains(s) {
+                                    errors.push(FieldError::new(
+                                        format!("/{key}/{i}"),
+                                        "duplicate",
+                                        "each object can be linked once",
+                                    ));
+                                } else {
+                                    ids.push(s.clone());
+                                }
                             }
+                            _ => errors.push(FieldError::new(
+                                format!("/{key}/{i}"),
+                                "invalid_id",
+                                "an object id must be 1 to 128 letters, digits, `.`, `_` or `-`",
+                            )),
                         }
-                        _ => errors.push(FieldError::new(
-                            format!("/juspay_wallet_ids/{i}"),
-                            "invalid_id",
-                            "a wallet id must be 1 to 128 letters, digits, `.`, `_` or `-`",
-                        )),
                     }
                 }
+                (Some(_), true) => errors.push(FieldError::new(
+                    format!("/{key}"),
+                    "invalid_type",
+                    format!("{key} must be an array of strings"),
+                )),
             }
-            Some(_) => errors.push(FieldError::new(
-                "/juspay_wallet_ids",
-                "invalid_type",
-                "juspay_wallet_ids must be an array of strings",
-            )),
         }
         if errors.is_empty() {
-            Ok(Self {
-                juspay_customer_id,
-                juspay_wallet_ids,
-                razorpay_customer_reference,
-            })
+            Ok(links)
         } else {
             Err(errors)
         }
+    }
+}
+
+/// On the wire each member keeps its shape: a string or `null` for one object, an array for
+/// several.
+impl Serialize for ProfileLinks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.entries.len()))?;
+        for (member, ids) in &self.entries {
+            if member.many {
+                map.serialize_entry(member.name, ids)?;
+            } else {
+                map.serialize_entry(member.name, &ids.first())?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -147,16 +233,38 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const MEMBERS: [LinkMember; 3] = [
+        LinkMember::one(Target::JUSPAY_CUSTOMER, "juspay_customer_id"),
+        LinkMember::many(Target::JUSPAY_WALLET, "juspay_wallet_ids"),
+        LinkMember::one(Target::RAZORPAY_UPI, "razorpay_customer_reference"),
+    ];
+
+    #[test]
+    fn a_row_of_an_unregistered_provider_is_an_error() {
+        let rows = [
+            ("juspay_wallet", "w1".to_string()),
+            ("gone", "x".to_string()),
+        ];
+        assert!(ProfileLinks::from_rows(&MEMBERS, rows).is_err());
+    }
+
     #[test]
     fn links_parse_and_reject_unsafe_ids() {
         let l = ProfileLinks::parse(
             &json!({"juspay_customer_id": "cst_1", "juspay_wallet_ids": ["wlt_1", "wlt_2"]}),
+            &MEMBERS,
         )
         .unwrap();
-        assert_eq!(l.juspay_wallet_ids, ["wlt_1", "wlt_2"]);
-        assert_eq!(l.razorpay_customer_reference, None);
+        assert_eq!(l.objects(Target::JUSPAY_WALLET), ["wlt_1", "wlt_2"]);
+        assert!(l.objects(Target::RAZORPAY_UPI).is_empty());
+        assert_eq!(
+            serde_json::to_value(&l).unwrap(),
+            json!({"juspay_customer_id": "cst_1", "juspay_wallet_ids": ["wlt_1", "wlt_2"],
+                   "razorpay_customer_reference": null})
+        );
         let errs = ProfileLinks::parse(
             &json!({"juspay_customer_id": "../admin", "juspay_wallet_ids": ["a", "a"], "x": 1}),
+            &MEMBERS,
         )
         .unwrap_err();
         let ptrs: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();

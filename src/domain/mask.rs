@@ -62,18 +62,12 @@ pub fn upi_state(s: &str) -> String {
     }
 }
 
-/// The mask of a profile field by its name: the one table the audit trail's values and a dry
-/// run's current values are both masked by. A name not listed here shows nothing of its value.
+/// The mask of a profile field by its name ([`super::Field::mask`]); a name that is no field shows
+/// nothing of its value.
 pub fn field(field_name: &str, raw: &str) -> String {
-    match field_name {
-        "mobile_number" | "upi_number" => digits(raw),
-        "email_address" => email(raw),
-        "first_name" | "last_name" => name(raw),
-        "vpa" => vpa(raw),
-        // A country code, an action or a UPI number's status identify nobody, in their shapes.
-        "mobile_country_code" => country_code(raw),
-        "action" => upi_state(raw),
-        _ => "****".to_string(),
+    match super::Field::parse(field_name) {
+        Some(f) => f.mask(raw),
+        None => "****".to_string(),
     }
 }
 

@@ -2,15 +2,22 @@
 
 pub mod change;
 pub mod contact;
+pub mod field;
 pub mod links;
 pub mod mask;
 pub mod patch;
 pub mod plan;
+mod sql_text;
+pub mod step_error;
+pub mod target;
 pub mod upi;
 
 pub use change::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
 pub use contact::{CountryCode, Email, MobileNumber, PersonName};
-pub use links::{ProfileLinks, UserId};
+pub use field::Field;
+pub use links::{LinkMember, ProfileLinks, UserId};
 pub use patch::{FieldError, ProfilePatch};
-pub use plan::{PlannedStep, StepRequest, Target, plan};
+pub use plan::{PlannedStep, ProviderSpec, StepRequest, plan};
+pub use step_error::StepErrorCode;
+pub use target::Target;
 pub use upi::{DeviceFingerprint, TimestampWindow, UpiAction, UpiChange, UpiNumber, Vpa};

@@ -2,6 +2,7 @@
 //! caller fixes everything after one round trip.
 
 use super::contact::{CountryCode, Email, Invalid, MobileNumber, PersonName};
+use super::field::Field;
 use super::upi::{DeviceFingerprint, TimestampWindow, UpiAction, UpiChange, UpiNumber, Vpa};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -176,21 +177,18 @@ impl ProfilePatch {
     }
 
     /// Names of the fields this change sets, in a stable order.
+    /// The fields the patch sets, in [`Field::ALL`] order.
+    pub fn fields(&self) -> Vec<Field> {
+        Field::ALL
+            .into_iter()
+            .filter(|f| f.value(self).is_some())
+            .collect()
+    }
+
+    /// The top-level members the patch sets (`upi` for the UPI fields), as a change lists them.
     pub fn field_names(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let present = [
-            ("mobile_number", self.mobile_number.is_some()),
-            ("mobile_country_code", self.mobile_country_code.is_some()),
-            ("email_address", self.email_address.is_some()),
-            ("first_name", self.first_name.is_some()),
-            ("last_name", self.last_name.is_some()),
-            ("upi", self.upi.is_some()),
-        ];
-        for (name, set) in present {
-            if set {
-                out.push(name);
-            }
-        }
+        let mut out: Vec<&'static str> = self.fields().iter().map(|f| f.member()).collect();
+        out.dedup();
         out
     }
 }

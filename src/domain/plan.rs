@@ -1,34 +1,20 @@
-//! Which provider gets which fields: each field goes to the providers that hold it, one step per
-//! linked object.
+//! Which provider gets which fields: each registered provider declares the fields it takes and
+//! its member of the links; planning asks every one of them, in registry order.
 
-use super::contact::{CountryCode, Email, MobileNumber, PersonName};
-use super::links::ProfileLinks;
+use super::field::Field;
+use super::links::{LinkMember, ProfileLinks};
 use super::patch::{FieldError, ProfilePatch};
-use super::upi::UpiChange;
-use serde::{Deserialize, Serialize};
+use super::target::Target;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    JuspayCustomer,
-    JuspayWallet,
-    RazorpayUpi,
-}
-
-impl Target {
-    pub const ALL: [Target; 3] = [Self::JuspayCustomer, Self::JuspayWallet, Self::RazorpayUpi];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::JuspayCustomer => "juspay_customer",
-            Self::JuspayWallet => "juspay_wallet",
-            Self::RazorpayUpi => "razorpay_upi",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
+/// What planning needs to know of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSpec {
+    pub target: Target,
+    /// Its member of the links body. A provider with one object per user needs it linked before
+    /// a change that sets its fields; one with several sends a step to each (none for none).
+    pub link: LinkMember,
+    /// The fields it takes, in [`Field::ALL`] order.
+    pub fields: &'static [Field],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,124 +23,74 @@ pub struct PlannedStep {
     pub target: Target,
     /// The upstream object the step changes.
     pub upstream_ref: String,
-    pub fields: Vec<&'static str>,
+    pub fields: Vec<Field>,
 }
 
-/// What one step sends, built from the patch at the moment of sending (the patch itself is what is
-/// sealed at rest).
-#[derive(Debug, Clone)]
-pub enum StepRequest {
-    JuspayCustomer {
-        customer_id: String,
-        mobile_number: Option<MobileNumber>,
-        mobile_country_code: Option<CountryCode>,
-        email_address: Option<Email>,
-        first_name: Option<PersonName>,
-        last_name: Option<PersonName>,
-    },
-    JuspayWallet {
-        wallet_id: String,
-        mobile_number: MobileNumber,
-    },
-    RazorpayUpi {
-        customer_reference: String,
-        upi: UpiChange,
-    },
+/// What one step sends: the planned step and the patch, from which the step's provider builds its
+/// own upstream request at the moment of sending (the patch itself is what is sealed at rest).
+#[derive(Debug, Clone, Copy)]
+pub struct StepRequest<'a> {
+    pub step: &'a PlannedStep,
+    pub patch: &'a ProfilePatch,
 }
 
-const CUSTOMER_FIELDS: [&str; 5] = [
-    "mobile_number",
-    "mobile_country_code",
-    "email_address",
-    "first_name",
-    "last_name",
-];
+impl<'a> StepRequest<'a> {
+    /// The patch's value of `field`, when the step sets it.
+    pub fn value(&self, field: Field) -> Option<&'a str> {
+        if self.step.fields.contains(&field) {
+            field.value(self.patch)
+        } else {
+            None
+        }
+    }
+}
 
 pub fn plan(
     patch: &ProfilePatch,
     links: &ProfileLinks,
+    providers: &[ProviderSpec],
 ) -> Result<Vec<PlannedStep>, Vec<FieldError>> {
-    let fields = patch.field_names();
+    let set = patch.fields();
     let mut steps = Vec::new();
     let mut errors = Vec::new();
-    let customer_fields: Vec<&'static str> = fields
-        .iter()
-        .copied()
-        .filter(|f| CUSTOMER_FIELDS.contains(f))
-        .collect();
-    if !customer_fields.is_empty() {
-        match &links.juspay_customer_id {
-            Some(id) => steps.push(PlannedStep {
-                step_no: 0,
-                target: Target::JuspayCustomer,
-                upstream_ref: id.clone(),
-                fields: customer_fields.clone(),
-            }),
-            None => {
-                for f in &customer_fields {
-                    errors.push(FieldError::new(
-                        format!("/{f}"),
-                        "missing_link",
-                        "the user has no juspay_customer_id link; set it with PUT /profile/{user}/links",
-                    ));
-                }
-            }
+    for p in providers {
+        let fields: Vec<Field> = set
+            .iter()
+            .copied()
+            .filter(|f| p.fields.contains(f))
+            .collect();
+        if fields.is_empty() {
+            continue;
         }
-    }
-    if patch.mobile_number.is_some() {
-        for wallet in &links.juspay_wallet_ids {
+        let objects = links.objects(p.target);
+        if objects.is_empty() && !p.link.many {
+            let mut members: Vec<&str> = fields.iter().map(|f| f.member()).collect();
+            members.dedup();
+            for m in members {
+                errors.push(FieldError::new(
+                    format!("/{m}"),
+                    "missing_link",
+                    format!(
+                        "the user has no {} link; set it with PUT /profile/{{user}}/links",
+                        p.link.name
+                    ),
+                ));
+            }
+            continue;
+        }
+        for object in objects {
             steps.push(PlannedStep {
-                step_no: 0,
-                target: Target::JuspayWallet,
-                upstream_ref: wallet.clone(),
-                fields: vec!["mobile_number"],
+                step_no: steps.len() as i32,
+                target: p.target,
+                upstream_ref: object.clone(),
+                fields: fields.clone(),
             });
         }
     }
-    if patch.upi.is_some() {
-        match &links.razorpay_customer_reference {
-            Some(r) => steps.push(PlannedStep {
-                step_no: 0,
-                target: Target::RazorpayUpi,
-                upstream_ref: r.clone(),
-                fields: vec!["upi_number", "vpa", "action"],
-            }),
-            None => errors.push(FieldError::new(
-                "/upi",
-                "missing_link",
-                "the user has no razorpay_customer_reference link; set it with PUT /profile/{user}/links",
-            )),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    for (i, s) in steps.iter_mut().enumerate() {
-        s.step_no = i as i32;
-    }
-    Ok(steps)
-}
-
-impl PlannedStep {
-    pub fn request(&self, patch: &ProfilePatch) -> Option<StepRequest> {
-        Some(match self.target {
-            Target::JuspayCustomer => StepRequest::JuspayCustomer {
-                customer_id: self.upstream_ref.clone(),
-                mobile_number: patch.mobile_number.clone(),
-                mobile_country_code: patch.mobile_country_code.clone(),
-                email_address: patch.email_address.clone(),
-                first_name: patch.first_name.clone(),
-                last_name: patch.last_name.clone(),
-            },
-            Target::JuspayWallet => StepRequest::JuspayWallet {
-                wallet_id: self.upstream_ref.clone(),
-                mobile_number: patch.mobile_number.clone()?,
-            },
-            Target::RazorpayUpi => StepRequest::RazorpayUpi {
-                customer_reference: self.upstream_ref.clone(),
-                upi: patch.upi.clone()?,
-            },
-        })
+    if errors.is_empty() {
+        Ok(steps)
+    } else {
+        Err(errors)
     }
 }
 
@@ -164,12 +100,43 @@ mod tests {
     use crate::domain::TimestampWindow;
     use serde_json::json;
 
+    const PROVIDERS: [ProviderSpec; 3] = [
+        ProviderSpec {
+            target: Target::JUSPAY_CUSTOMER,
+            link: LinkMember::one(Target::JUSPAY_CUSTOMER, "juspay_customer_id"),
+            fields: &[
+                Field::MobileNumber,
+                Field::MobileCountryCode,
+                Field::EmailAddress,
+                Field::FirstName,
+                Field::LastName,
+            ],
+        },
+        ProviderSpec {
+            target: Target::JUSPAY_WALLET,
+            link: LinkMember::many(Target::JUSPAY_WALLET, "juspay_wallet_ids"),
+            fields: &[Field::MobileNumber],
+        },
+        ProviderSpec {
+            target: Target::RAZORPAY_UPI,
+            link: LinkMember::one(Target::RAZORPAY_UPI, "razorpay_customer_reference"),
+            fields: &[Field::UpiNumber, Field::Vpa, Field::UpiAction],
+        },
+    ];
+
+    fn members() -> Vec<LinkMember> {
+        PROVIDERS.iter().map(|p| p.link).collect()
+    }
+
     fn links() -> ProfileLinks {
-        ProfileLinks {
-            juspay_customer_id: Some("cst_1".into()),
-            juspay_wallet_ids: vec!["wlt_a".into(), "wlt_b".into()],
-            razorpay_customer_reference: Some("cref".into()),
-        }
+        ProfileLinks::empty(&members())
+            .with(Target::JUSPAY_CUSTOMER, &["cst_1"])
+            .with(Target::JUSPAY_WALLET, &["wlt_a", "wlt_b"])
+            .with(Target::RAZORPAY_UPI, &["cref"])
+    }
+
+    fn plan(p: &ProfilePatch, l: &ProfileLinks) -> Result<Vec<PlannedStep>, Vec<FieldError>> {
+        super::plan(p, l, &PROVIDERS)
     }
 
     fn targets(steps: &[PlannedStep]) -> Vec<(i32, &str, &str, Vec<&str>)> {
@@ -180,7 +147,7 @@ mod tests {
                     s.step_no,
                     s.target.as_str(),
                     s.upstream_ref.as_str(),
-                    s.fields.clone(),
+                    s.fields.iter().map(|f| f.name()).collect(),
                 )
             })
             .collect()
@@ -234,7 +201,7 @@ mod tests {
         let p = ProfilePatch::parse(&json!({"first_name": "Ann", "upi": {"upi_number": "12345678", "vpa": "ab@ok",
             "action": "activate", "consent": true, "device": {"fingerprint": "f", "fingerprint_timestamp": 1}}}), &TimestampWindow::unbounded())
         .unwrap();
-        let errs = plan(&p, &ProfileLinks::default()).unwrap_err();
+        let errs = plan(&p, &ProfileLinks::empty(&members())).unwrap_err();
         let ptrs: Vec<_> = errs.iter().map(|e| (e.pointer.as_str(), e.code)).collect();
         assert_eq!(
             ptrs,

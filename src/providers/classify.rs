@@ -209,7 +209,7 @@ mod tests {
     use super::*;
 
     fn code(status: u16, facts: ErrorFacts) -> (StepErrorCode, bool) {
-        let e = http_failure(Target::RazorpayUpi, status, None, facts);
+        let e = http_failure(Target::RAZORPAY_UPI, status, None, facts);
         (e.code, e.retryable)
     }
 

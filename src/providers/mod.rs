@@ -3,58 +3,17 @@
 
 pub mod classify;
 pub mod http;
+pub mod juspay;
 pub mod juspay_customer;
-pub mod juspay_error;
 pub mod juspay_wallet;
 pub mod razorpay_upi;
+mod registry;
 
-use crate::domain::{StepRequest, Target};
+pub use crate::domain::StepErrorCode;
+use crate::domain::{Field, StepRequest, Target};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
-use std::collections::HashMap;
-use std::sync::Arc;
+pub use registry::{BuildContext, Providers, Registry};
 use std::time::Duration;
-
-/// The public step error codes (openapi.yaml lists them). Stable: callers branch on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepErrorCode {
-    UpstreamRejected,
-    UpstreamNotFound,
-    UpstreamAuthFailed,
-    UpstreamRateLimited,
-    UpstreamUnavailable,
-    UpstreamTimeout,
-    UpstreamBadResponse,
-}
-
-impl StepErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UpstreamRejected => "upstream_rejected",
-            Self::UpstreamNotFound => "upstream_not_found",
-            Self::UpstreamAuthFailed => "upstream_auth_failed",
-            Self::UpstreamRateLimited => "upstream_rate_limited",
-            Self::UpstreamUnavailable => "upstream_unavailable",
-            Self::UpstreamTimeout => "upstream_timeout",
-            Self::UpstreamBadResponse => "upstream_bad_response",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::UpstreamRejected,
-            Self::UpstreamNotFound,
-            Self::UpstreamAuthFailed,
-            Self::UpstreamRateLimited,
-            Self::UpstreamUnavailable,
-            Self::UpstreamTimeout,
-            Self::UpstreamBadResponse,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
-    }
-}
 
 /// A failed step attempt, already normalized. `message` is written by us, never copied from the
 /// upstream (its text can carry PII).
@@ -78,11 +37,15 @@ pub type StepResult = Result<(), StepError>;
 pub trait ProviderAdapter: Send + Sync {
     fn target(&self) -> Target;
 
-    /// Sends the step's request once and judges the answer.
-    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult>;
+    /// Builds the step's upstream request from the step and the patch, sends it once and judges
+    /// the answer.
+    fn apply<'a>(&'a self, request: &'a StepRequest<'a>) -> BoxFuture<'a, StepResult>;
 
     /// Reads the upstream's current state of every field the step sets (one read, no write).
-    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>>;
+    fn read<'a>(
+        &'a self,
+        request: &'a StepRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reading, StepError>>;
 }
 
 /// Does the upstream already hold what the step sets? Used before resending a write whose outcome
@@ -91,7 +54,7 @@ pub trait ProviderAdapter: Send + Sync {
 /// the same reading by the same rule ([`Reading::holds_all`]).
 pub async fn read_back(
     adapter: &dyn ProviderAdapter,
-    request: &StepRequest,
+    request: &StepRequest<'_>,
 ) -> Result<bool, StepError> {
     adapter.read(request).await.map(|r| r.holds_all())
 }
@@ -108,8 +71,8 @@ pub struct Reading {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldReading {
-    pub field: &'static str,
-    /// The upstream's value, masked as the audit trail masks it (`domain::mask::field`); `None`
+    pub field: Field,
+    /// The upstream's value, masked as the audit trail masks it ([`Field::mask`]); `None`
     /// when the upstream showed none.
     pub current: Option<String>,
     /// The upstream already holds what the step sets for this field.
@@ -118,10 +81,10 @@ pub struct FieldReading {
 
 impl FieldReading {
     /// `raw` is masked here, at the one place a read's value is kept.
-    pub fn new(field: &'static str, raw: Option<&str>, holds: bool) -> Self {
+    pub fn new(field: Field, raw: Option<&str>, holds: bool) -> Self {
         Self {
             field,
-            current: raw.map(|v| crate::domain::mask::field(field, v)),
+            current: raw.map(|v| field.mask(v)),
             holds,
         }
     }
@@ -133,62 +96,9 @@ impl Reading {
     }
 }
 
-#[derive(Clone, Default)]
-pub struct Providers {
-    adapters: HashMap<Target, Arc<dyn ProviderAdapter>>,
-}
-
-impl Providers {
-    pub fn with(mut self, adapter: Arc<dyn ProviderAdapter>) -> Self {
-        self.adapters.insert(adapter.target(), adapter);
-        self
-    }
-
-    pub fn get(&self, target: Target) -> Option<&Arc<dyn ProviderAdapter>> {
-        self.adapters.get(&target)
-    }
-}
-
-/// The settings of one upstream as the adapters need them.
-#[derive(Debug, Clone)]
-pub struct JuspayConfig {
-    pub base_url: String,
-    pub api_key: crate::secret::Secret,
-    pub merchant_id: Option<String>,
-    pub version: String,
-    pub read: http::ReadLimits,
-}
-
-#[derive(Debug, Clone)]
-pub struct RazorpayConfig {
-    pub base_url: String,
-    pub key_id: String,
-    pub key_secret: crate::secret::Secret,
-    pub read: http::ReadLimits,
-}
-
-/// The two Juspay adapters share an account but each reads with its own provider's limits.
-pub fn build(
-    client: reqwest::Client,
-    juspay_customer: JuspayConfig,
-    juspay_wallet: JuspayConfig,
-    razorpay: RazorpayConfig,
-) -> Providers {
-    Providers::default()
-        .with(Arc::new(juspay_customer::JuspayCustomer::new(
-            client.clone(),
-            juspay_customer,
-        )))
-        .with(Arc::new(juspay_wallet::JuspayWallet::new(
-            client.clone(),
-            juspay_wallet,
-        )))
-        .with(Arc::new(razorpay_upi::RazorpayUpi::new(client, razorpay)))
-}
-
 /// Sends a request and returns the answer when it is a 2xx; every other outcome becomes the step
 /// error `classify` says, with `facts` reading the provider's error envelope.
-pub(crate) async fn exchange(
+pub async fn exchange(
     target: Target,
     request: reqwest::RequestBuilder,
     read: &http::ReadLimits,
@@ -224,7 +134,7 @@ pub(crate) async fn exchange(
 /// add, remove or climb a path level. Empty and dot-only segments (which URL resolution would
 /// drop or turn into "the parent") are refused: links stored before ids were checked at the API
 /// may hold them.
-pub(crate) fn endpoint(
+pub fn endpoint(
     target: Target,
     base_url: &str,
     segments: &[&str],
@@ -247,17 +157,18 @@ pub(crate) fn endpoint(
     {
         return Err(refused());
     }
-    let mut url = reqwest::Url::parse(base_url).map_err(|_| misrouted(target))?;
+    let mut url = reqwest::Url::parse(base_url).map_err(|_| cannot_build(target))?;
     url.path_segments_mut()
-        .map_err(|_| misrouted(target))?
+        .map_err(|_| cannot_build(target))?
         .pop_if_empty()
         .extend(segments);
     Ok(url)
 }
 
-/// A request handed to the wrong adapter: a bug in the registry, reported as a step failure rather
-/// than a panic inside a fan-out task.
-pub(crate) fn misrouted(target: Target) -> StepError {
+/// A step its provider cannot build a request for (no provider of that name is registered, or the
+/// patch lacks a field the step sets): a bug, reported as a step failure rather than a panic
+/// inside a fan-out task.
+pub fn cannot_build(target: Target) -> StepError {
     StepError {
         code: StepErrorCode::UpstreamBadResponse,
         retryable: false,
@@ -270,7 +181,7 @@ pub(crate) fn misrouted(target: Target) -> StepError {
 }
 
 /// A credential header, marked so that hyper and reqwest never print it.
-pub(crate) fn sensitive(value: &str) -> reqwest::header::HeaderValue {
+pub fn sensitive(value: &str) -> reqwest::header::HeaderValue {
     let mut v = reqwest::header::HeaderValue::from_str(value)
         .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
     v.set_sensitive(true);

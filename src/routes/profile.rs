@@ -195,7 +195,7 @@ async fn get_links(
         Use::Read,
     )
     .await?;
-    crate::store::links::get(&state.pool, &user)
+    crate::store::links::get(&state.pool, &user, state.changes.providers.link_members())
         .await?
         .map(Json)
         .ok_or(ApiError::UserNotFound)
@@ -209,7 +209,8 @@ async fn put_links(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let user = user_param(&raw)?;
-    let links = ProfileLinks::parse(&body).map_err(ApiError::Validation)?;
+    let links = ProfileLinks::parse(&body, state.changes.providers.link_members())
+        .map_err(ApiError::Validation)?;
     use crate::store::links::PutOutcome;
     let outcome = crate::store::links::put(
         &state.pool,

@@ -8,7 +8,7 @@
 //! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
 //! acted is part of the hashed event, not only of the updatable `changes` row.
 
-use crate::domain::ProfileLinks;
+use crate::domain::{LinkMember, ProfileLinks};
 use crate::providers::StepError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -29,30 +29,33 @@ pub struct LinksRow {
 pub async fn read_links(
     pool: &PgPool,
     users: &[String],
+    members: &[LinkMember],
 ) -> Result<HashMap<String, LinksRow>, sqlx::Error> {
     let rows = sqlx::query!(
-        "select user_id, juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference, updated_at
-           from profile_links where user_id = any($1)",
+        r#"select p.user_id, p.updated_at,
+                  coalesce(array_agg(l.provider order by l.provider, l.ordinal)
+                             filter (where l.provider is not null), '{}') as "providers!",
+                  coalesce(array_agg(l.object_id order by l.provider, l.ordinal)
+                             filter (where l.provider is not null), '{}') as "objects!"
+             from profile_links p left join user_links l on l.user_id = p.user_id
+            where p.user_id = any($1)
+            group by p.user_id"#,
         users
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|r| {
-            (
+            let links = super::links::links_of(members, &r.providers, r.objects)?;
+            Ok((
                 r.user_id,
                 LinksRow {
-                    links: ProfileLinks {
-                        juspay_customer_id: r.juspay_customer_id,
-                        juspay_wallet_ids: r.juspay_wallet_ids,
-                        razorpay_customer_reference: r.razorpay_customer_reference,
-                    },
+                    links,
                     version: r.updated_at,
                 },
-            )
+            ))
         })
-        .collect())
+        .collect()
 }
 
 /// What became of one new change in a batch.
@@ -115,7 +118,7 @@ pub async fn record_changes(
             step_target.push(s.target.as_str().to_string());
             step_ref.push(s.upstream_ref.clone());
             // Joined because Postgres cannot unnest a ragged two-dimensional array.
-            step_fields.push(s.fields.join(","));
+            step_fields.push(crate::domain::field::names(&s.fields).join(","));
         }
     }
     let rows = sqlx::query_file!(

@@ -312,29 +312,26 @@ pub async fn load_steps(
     change_ids: &[Uuid],
 ) -> Result<std::collections::HashMap<Uuid, Vec<StepView>>, sqlx::Error> {
     let rows = sqlx::query!(
-        "select change_id, step_no, target, upstream_ref, fields, status, attempts, error_code,
-                error_retryable, upstream_status, upstream_code, error_message
-           from change_steps where change_id = any($1) order by change_id, step_no",
+        r#"select change_id, step_no, target as "target: Target", upstream_ref, fields, status,
+                  attempts, error_code as "error_code: StepErrorCode", error_retryable,
+                  upstream_status, upstream_code, error_message
+             from change_steps where change_id = any($1) order by change_id, step_no"#,
         change_ids
     )
     .fetch_all(pool)
     .await?;
     let mut out: std::collections::HashMap<Uuid, Vec<StepView>> = Default::default();
     for r in rows {
-        let error = r
-            .error_code
-            .as_deref()
-            .and_then(StepErrorCode::parse)
-            .map(|code| StepErrorView {
-                code,
-                retryable: r.error_retryable.unwrap_or(false),
-                upstream_status: r.upstream_status.and_then(|s| u16::try_from(s).ok()),
-                upstream_code: r.upstream_code.clone(),
-                message: r.error_message.clone().unwrap_or_default(),
-            });
+        let error = r.error_code.map(|code| StepErrorView {
+            code,
+            retryable: r.error_retryable.unwrap_or(false),
+            upstream_status: r.upstream_status.and_then(|s| u16::try_from(s).ok()),
+            upstream_code: r.upstream_code.clone(),
+            message: r.error_message.clone().unwrap_or_default(),
+        });
         out.entry(r.change_id).or_default().push(StepView {
             step_no: r.step_no,
-            target: Target::parse(&r.target).unwrap_or(Target::JuspayCustomer),
+            target: r.target,
             upstream_ref: r.upstream_ref,
             fields: r.fields,
             status: status(&r.status)?,

@@ -1,23 +1,54 @@
-//! `profile_links`: who a user is at each provider.
+//! `user_links`: who a user is at each provider, one row per linked object; `profile_links` holds
+//! the user's row (and `updated_at`, the links version changes are recorded against).
 
 use crate::audit::{self, AuditContext, AuditEvent};
-use crate::domain::{FieldError, ProfileLinks, UserId};
+use crate::domain::{FieldError, LinkMember, ProfileLinks, UserId};
 use serde_json::json;
 use sqlx::PgPool;
 
-pub async fn get(pool: &PgPool, user: &UserId) -> Result<Option<ProfileLinks>, sqlx::Error> {
+/// The user's links at `members`, or `None` for a user the gateway does not know.
+pub async fn get(
+    pool: &PgPool,
+    user: &UserId,
+    members: &[LinkMember],
+) -> Result<Option<ProfileLinks>, sqlx::Error> {
     let row = sqlx::query!(
-        "select juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference
-           from profile_links where user_id = $1",
+        r#"select coalesce(array_agg(l.provider order by l.provider, l.ordinal)
+                             filter (where l.provider is not null), '{}') as "providers!",
+                  coalesce(array_agg(l.object_id order by l.provider, l.ordinal)
+                             filter (where l.provider is not null), '{}') as "objects!"
+             from profile_links p left join user_links l on l.user_id = p.user_id
+            where p.user_id = $1
+            group by p.user_id"#,
         user.as_str()
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| ProfileLinks {
-        juspay_customer_id: r.juspay_customer_id,
-        juspay_wallet_ids: r.juspay_wallet_ids,
-        razorpay_customer_reference: r.razorpay_customer_reference,
-    }))
+    row.map(|r| links_of(members, &r.providers, r.objects))
+        .transpose()
+}
+
+/// Links from the parallel arrays of one user's rows.
+pub(crate) fn links_of(
+    members: &[LinkMember],
+    providers: &[String],
+    objects: Vec<String>,
+) -> Result<ProfileLinks, sqlx::Error> {
+    let rows = providers.iter().map(String::as_str).zip(objects);
+    ProfileLinks::from_rows(members, rows).map_err(|e| sqlx::Error::Decode(e.into()))
+}
+
+/// The `(provider, object id, ordinal)` rows of `links`.
+fn rows(links: &ProfileLinks) -> (Vec<String>, Vec<String>, Vec<i32>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for (member, ids) in links.entries() {
+        for (i, id) in ids.iter().enumerate() {
+            out.0.push(member.provider.as_str().to_string());
+            out.1.push(id.clone());
+            out.2.push(i as i32);
+        }
+    }
+    out
 }
 
 /// What `put` did.
@@ -31,8 +62,8 @@ pub enum PutOutcome {
 }
 
 /// Replaces a user's links and records the change (old and new ids; ids are not PII) in one
-/// transaction. An object another user holds is refused: the unique indexes of migration
-/// 20261201000100 are the rule, the query before the write only finds which members broke it.
+/// transaction. An object another user holds is refused: the unique constraint of migration
+/// 20261202000100 is the rule, the query before the write only finds which members broke it.
 pub async fn put(
     pool: &PgPool,
     user: &UserId,
@@ -63,21 +94,20 @@ async fn conflicts(
     user: &UserId,
     links: &ProfileLinks,
 ) -> Result<Vec<FieldError>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"select exists (select 1 from profile_links
-                           where juspay_customer_id = $2 and user_id <> $1) as "customer!",
-                  exists (select 1 from profile_links
-                           where razorpay_customer_reference = $3 and user_id <> $1) as "reference!",
-                  array(select wallet_id from profile_link_wallets
-                         where wallet_id = any($4) and user_id <> $1) as "wallets!""#,
+    let (providers, objects, _) = rows(links);
+    let held = sqlx::query_scalar!(
+        r#"select l.provider || ' ' || l.object_id as "held!"
+             from user_links l
+             join unnest($2::text[], $3::text[]) as x(provider, object_id)
+               on x.provider = l.provider and x.object_id = l.object_id
+            where l.user_id <> $1"#,
         user.as_str(),
-        links.juspay_customer_id,
-        links.razorpay_customer_reference,
-        &links.juspay_wallet_ids,
+        &providers,
+        &objects,
     )
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await?;
-    let held = |pointer: String| {
+    let refused = |pointer: String| {
         FieldError::new(
             pointer,
             "linked_to_another_user",
@@ -85,16 +115,16 @@ async fn conflicts(
         )
     };
     let mut out = Vec::new();
-    if row.customer {
-        out.push(held("/juspay_customer_id".into()));
-    }
-    for (i, w) in links.juspay_wallet_ids.iter().enumerate() {
-        if row.wallets.contains(w) {
-            out.push(held(format!("/juspay_wallet_ids/{i}")));
+    for (member, ids) in links.entries() {
+        for (i, id) in ids.iter().enumerate() {
+            if held.contains(&format!("{} {id}", member.provider)) {
+                out.push(refused(if member.many {
+                    format!("/{}/{i}", member.name)
+                } else {
+                    format!("/{}", member.name)
+                }));
+            }
         }
-    }
-    if row.reference {
-        out.push(held("/razorpay_customer_reference".into()));
     }
     Ok(out)
 }
@@ -119,45 +149,47 @@ async fn write(
     links: &ProfileLinks,
     ctx: &AuditContext,
 ) -> Result<PutOutcome, sqlx::Error> {
+    let members: Vec<LinkMember> = links.entries().map(|(m, _)| *m).collect();
     let mut tx = pool.begin().await?;
+    // Taking the user's row first orders concurrent puts of one user; `updated_at` is the version
+    // a change planned against the old links is refused by.
+    let created = sqlx::query_scalar!(
+        r#"insert into profile_links (user_id) values ($1)
+           on conflict (user_id) do update set updated_at = now()
+           returning (xmax = 0) as "created!""#,
+        user.as_str(),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let old = sqlx::query!(
-        "select juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference
-           from profile_links where user_id = $1 for update",
+        r#"select coalesce(array_agg(provider order by provider, ordinal), '{}') as "providers!",
+                  coalesce(array_agg(object_id order by provider, ordinal), '{}') as "objects!"
+             from user_links where user_id = $1"#,
         user.as_str()
     )
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    let old = (!created)
+        .then(|| links_of(&members, &old.providers, old.objects))
+        .transpose()?;
+    let (providers, objects, ordinals) = rows(links);
+    sqlx::query!("delete from user_links where user_id = $1", user.as_str())
+        .execute(&mut *tx)
+        .await?;
     sqlx::query!(
-        "insert into profile_links (user_id, juspay_customer_id, juspay_wallet_ids, razorpay_customer_reference)
-         values ($1, $2, $3, $4)
-         on conflict (user_id) do update
-            set juspay_customer_id = excluded.juspay_customer_id,
-                juspay_wallet_ids = excluded.juspay_wallet_ids,
-                razorpay_customer_reference = excluded.razorpay_customer_reference,
-                updated_at = now()",
+        "insert into user_links (user_id, provider, object_id, ordinal)
+         select $1, * from unnest($2::text[], $3::text[], $4::int[])",
         user.as_str(),
-        links.juspay_customer_id,
-        &links.juspay_wallet_ids,
-        links.razorpay_customer_reference,
+        &providers,
+        &objects,
+        &ordinals,
     )
     .execute(&mut *tx)
     .await?;
-    let created = old.is_none();
-    let old_json = old.map(|o| {
-        json!({
-            "juspay_customer_id": o.juspay_customer_id,
-            "juspay_wallet_ids": o.juspay_wallet_ids,
-            "razorpay_customer_reference": o.razorpay_customer_reference,
-        })
-    });
     let mut event = AuditEvent::new(ctx, user.as_str(), "links_updated", "applied");
-    event.fields = vec![
-        "juspay_customer_id".into(),
-        "juspay_wallet_ids".into(),
-        "razorpay_customer_reference".into(),
-    ];
+    event.fields = members.iter().map(|m| m.name.to_string()).collect();
     // Who acted is the event's actor (audit::insert), no longer inside `values`.
-    event.values = json!({"old": old_json, "new": links});
+    event.values = json!({"old": old, "new": links});
     audit::insert(&mut *tx, &event).await?;
     tx.commit().await?;
     Ok(if created {

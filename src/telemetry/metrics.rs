@@ -252,14 +252,6 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        // Per-provider series exist (at 0) before the first event: an alert on `breaker_open`
-        // must see a 0 rather than no series at all.
-        for t in Target::ALL {
-            let p = t.as_str();
-            m.breaker_open.with_label_values(&[p]).set(0);
-            m.retries.with_label_values(&[p]);
-            m.retry_budget_denied.with_label_values(&[p]);
-        }
         for read in ["none", "live"] {
             m.dry_runs.with_label_values(&[read]);
         }
@@ -310,6 +302,17 @@ impl Metrics {
     }
 
     /// One attempt at a provider: `outcome` is `applied` or the step error code.
+    /// Per-provider series exist (at 0) before the first event: an alert on `breaker_open`
+    /// must see a 0 rather than no series at all.
+    pub fn providers_registered(&self, targets: impl IntoIterator<Item = Target>) {
+        for t in targets {
+            let p = t.as_str();
+            self.breaker_open.with_label_values(&[p]).set(0);
+            self.retries.with_label_values(&[p]);
+            self.retry_budget_denied.with_label_values(&[p]);
+        }
+    }
+
     pub fn upstream_attempt(&self, target: Target, outcome: &str, took: Duration) {
         self.upstream_attempt
             .with_label_values(&[target.as_str(), outcome])

@@ -1,6 +1,7 @@
 //! Spawns the gateway exactly as `main` does (through `Application::build`) against a fresh
 //! database and a fresh sandbox.
 
+use profile_gateway::providers::Registry;
 use profile_gateway::settings::{CallerSettings, Mode, Settings};
 use profile_gateway::startup::Application;
 use serde_json::{Value, json};
@@ -173,6 +174,16 @@ pub async fn spawn_sandbox() -> SandboxHandle {
 
 /// The app with demo links for `alice` and `bob`; `tweak` adjusts settings before the build.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_providers(tweak, Registry::standard()).await
+}
+
+/// As [`spawn_app_with`], with the providers of `registry` (demo links at those of them that
+/// have demo objects).
+pub async fn spawn_app_with_providers(
+    tweak: impl FnOnce(&mut Settings),
+    registry: Registry,
+) -> TestApp {
+    let members = registry.link_members();
     let sandbox = spawn_sandbox().await;
     let (db_name, db_url) = fresh_database().await;
     let mut settings = base_settings(&app_role_url(&db_url).await, &sandbox.base_url());
@@ -180,7 +191,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     tweak(&mut settings);
     profile_gateway::telemetry::init("pretty", &settings.telemetry.log_level);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(&settings, listener)
+    let app = Application::build_with(&settings, listener, registry)
         .await
         .expect("app builds");
     let base = format!("http://{}", app.local_addr());
@@ -195,7 +206,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         db_name,
         metrics_base,
     };
-    profile_gateway::demo::seed_links(&t.pool).await.unwrap();
+    profile_gateway::demo::seed_links_at(&t.pool, &members)
+        .await
+        .unwrap();
     t.sandbox.clear_journal();
     // As a rollout would: traffic once readiness says so (its first database check is in the
     // background). A test of an unready state sees it here too, so this only waits, bounded.

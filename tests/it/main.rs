@@ -18,6 +18,7 @@ mod decoding;
 mod dry_run;
 mod durability;
 mod failures;
+mod fourth_provider;
 mod lifecycle;
 mod limits;
 mod pgaudit;

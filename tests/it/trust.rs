@@ -88,24 +88,24 @@ async fn bola_linking_another_users_objects_is_refused() {
     assert!(app.journal().is_empty());
 
     // The database itself refuses a second holder, whatever the application does.
-    let err = sqlx::query(
-        "insert into profile_links (user_id, juspay_wallet_ids) values ('eve', '{wlt_demo_bob_paytm}')",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("another user"), "{err}");
-    let err = sqlx::query(
-        "insert into profile_links (user_id, juspay_customer_id) values ('eve', 'cst_demo_bob')",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("profile_links_juspay_customer_once"),
-        "{err}"
-    );
+    sqlx::query("insert into profile_links (user_id) values ('eve')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for (provider, object) in [
+        ("juspay_wallet", "wlt_demo_bob_paytm"),
+        ("juspay_customer", "cst_demo_bob"),
+    ] {
+        let err = sqlx::query(
+            "insert into user_links (user_id, provider, object_id, ordinal) values ('eve', $1, $2, 0)",
+        )
+        .bind(provider)
+        .bind(object)
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("user_links_object_once"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -212,10 +212,13 @@ async fn reserved_user_ids_and_hostile_object_ids_are_refused() {
 
     // A dot-only id stored before ids were checked never becomes a path: the step fails, nothing
     // is sent with the merchant's credentials.
-    sqlx::query("insert into profile_links (user_id, juspay_customer_id, juspay_wallet_ids) values ('legacy', '.', '{..}')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    for stored in [
+        "insert into profile_links (user_id) values ('legacy')",
+        "insert into user_links (user_id, provider, object_id, ordinal)
+         values ('legacy', 'juspay_customer', '.', 0), ('legacy', 'juspay_wallet', '..', 0)",
+    ] {
+        sqlx::query(stored).execute(&app.pool).await.unwrap();
+    }
     let resp = app
         .patch(
             "legacy",
@@ -960,7 +963,10 @@ async fn the_ownership_migration_stops_on_existing_duplicates_and_names_them() {
         sqlx::query(fix).execute(&pool).await.unwrap();
     }
     MIGRATOR.run(&pool).await.unwrap();
-    assert_eq!(count("select count(*) from profile_link_wallets").await, 4);
+    assert_eq!(
+        count("select count(*) from user_links where provider = 'juspay_wallet'").await,
+        4
+    );
 }
 
 #[tokio::test]

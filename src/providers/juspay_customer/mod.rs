@@ -3,30 +3,42 @@
 pub mod wire;
 
 use super::classify::bad_success;
-use super::http::basic_auth;
+use super::juspay::{JuspayClient, JuspayConfig};
 use super::{
-    FieldReading, JuspayConfig, ProviderAdapter, Reading, StepError, StepResult, endpoint,
-    juspay_error, misrouted,
+    BuildContext, FieldReading, ProviderAdapter, Reading, StepError, StepResult, cannot_build,
 };
-use crate::domain::{StepRequest, Target};
+use crate::domain::{Field, LinkMember, ProviderSpec, StepRequest, Target};
 use futures_util::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::CONTENT_TYPE;
+use std::sync::Arc;
 
-const TARGET: Target = Target::JuspayCustomer;
+const TARGET: Target = Target::JUSPAY_CUSTOMER;
+
+pub const SPEC: ProviderSpec = ProviderSpec {
+    target: TARGET,
+    link: LinkMember::one(TARGET, "juspay_customer_id"),
+    fields: &[
+        Field::MobileNumber,
+        Field::MobileCountryCode,
+        Field::EmailAddress,
+        Field::FirstName,
+        Field::LastName,
+    ],
+};
+
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn ProviderAdapter>, String> {
+    let config = JuspayConfig::from_context(ctx);
+    Ok(Arc::new(JuspayCustomer::new(ctx.client.clone(), config)))
+}
 
 pub struct JuspayCustomer {
-    client: reqwest::Client,
-    config: JuspayConfig,
-    authorization: HeaderValue,
+    juspay: JuspayClient,
 }
 
 impl JuspayCustomer {
     pub fn new(client: reqwest::Client, config: JuspayConfig) -> Self {
-        let authorization = super::sensitive(&basic_auth(config.api_key.expose(), ""));
         Self {
-            client,
-            config,
-            authorization,
+            juspay: JuspayClient::new(client, config),
         }
     }
 
@@ -35,18 +47,11 @@ impl JuspayCustomer {
         method: reqwest::Method,
         customer_id: &str,
     ) -> Result<reqwest::RequestBuilder, StepError> {
-        let url = endpoint(TARGET, &self.config.base_url, &["customers", customer_id])?;
-        let request = self
-            .client
-            .request(method, url)
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header("version", &self.config.version)
+        Ok(self
+            .juspay
+            .request(TARGET, method, &["customers", customer_id])?
             // Juspay routes all calls of one customer to one shard by this id.
-            .header("x-routing-id", customer_id);
-        Ok(match &self.config.merchant_id {
-            Some(m) => request.header("x-merchantid", m),
-            None => request,
-        })
+            .header("x-routing-id", customer_id))
     }
 
     async fn fetch(
@@ -54,8 +59,7 @@ impl JuspayCustomer {
         request: reqwest::RequestBuilder,
         customer_id: &str,
     ) -> Result<(u16, wire::Customer), StepError> {
-        let response =
-            super::exchange(TARGET, request, &self.config.read, juspay_error::facts).await?;
+        let response = self.juspay.send(TARGET, request).await?;
         let customer: wire::Customer = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a customer"))?;
         let names_other = customer.id.as_deref().is_some_and(|id| id != customer_id)
@@ -71,7 +75,7 @@ impl JuspayCustomer {
     }
 
     async fn update(&self, customer_id: &str, form: wire::UpdateCustomerForm<'_>) -> StepResult {
-        let body = serde_urlencoded::to_string(&form).map_err(|_| misrouted(TARGET))?;
+        let body = serde_urlencoded::to_string(&form).map_err(|_| cannot_build(TARGET))?;
         let request = self
             .request(reqwest::Method::POST, customer_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -79,10 +83,10 @@ impl JuspayCustomer {
         let (status, customer) = self.fetch(request, customer_id).await?;
         match mismatch(&form, &customer) {
             None => Ok(()),
-            Some(name) => Err(bad_success(
+            Some(field) => Err(bad_success(
                 TARGET,
                 status,
-                &format!("its answer does not show the {name} sent"),
+                &format!("its answer does not show the {field} sent"),
             )),
         }
     }
@@ -98,34 +102,41 @@ impl JuspayCustomer {
     }
 }
 
-/// The first sent field the answer does not show with the sent value. A field the answer omits
-/// proves nothing either way (older `version`s return fewer fields, and a proxy or a hostile
-/// upstream can answer `{"id": ...}` alone): the step stays unknown until a read-back confirms it.
-fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&'static str> {
-    let echoes = [
+/// Each field the form can send, with what was sent and what the answer shows.
+fn pairs<'a>(
+    form: &wire::UpdateCustomerForm<'a>,
+    c: &'a wire::Customer,
+) -> [(Field, Option<&'a str>, Option<&'a str>); 5] {
+    [
         (
-            "mobile_number",
+            Field::MobileNumber,
             form.mobile_number,
             c.mobile_number.as_deref(),
         ),
         (
-            "mobile_country_code",
+            Field::MobileCountryCode,
             form.mobile_country_code,
             c.mobile_country_code.as_deref(),
         ),
         (
-            "email_address",
+            Field::EmailAddress,
             form.email_address,
             c.email_address.as_deref(),
         ),
-        ("first_name", form.first_name, c.first_name.as_deref()),
-        ("last_name", form.last_name, c.last_name.as_deref()),
-    ];
-    echoes
+        (Field::FirstName, form.first_name, c.first_name.as_deref()),
+        (Field::LastName, form.last_name, c.last_name.as_deref()),
+    ]
+}
+
+/// The first sent field the answer does not show with the sent value. A field the answer omits
+/// proves nothing either way (older `version`s return fewer fields, and a proxy or a hostile
+/// upstream can answer `{"id": ...}` alone): the step stays unknown until a read-back confirms it.
+fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<Field> {
+    pairs(form, c)
         .into_iter()
-        .find_map(|(name, sent, got)| match (sent, got) {
-            (Some(sent), Some(got)) if !sent.eq_ignore_ascii_case(got) => Some(name),
-            (Some(_), None) => Some(name),
+        .find_map(|(field, sent, got)| match (sent, got) {
+            (Some(sent), Some(got)) if !sent.eq_ignore_ascii_case(got) => Some(field),
+            (Some(_), None) => Some(field),
             _ => None,
         })
 }
@@ -133,60 +144,28 @@ fn mismatch(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Option<&
 /// Confirming a write needs positive evidence: the object is the one asked for and every sent
 /// field is present with the sent value (absent is "not held", unlike in an echo).
 fn reading(form: &wire::UpdateCustomerForm<'_>, c: &wire::Customer) -> Reading {
-    let pairs = [
-        (
-            "mobile_number",
-            form.mobile_number,
-            c.mobile_number.as_deref(),
-        ),
-        (
-            "mobile_country_code",
-            form.mobile_country_code,
-            c.mobile_country_code.as_deref(),
-        ),
-        (
-            "email_address",
-            form.email_address,
-            c.email_address.as_deref(),
-        ),
-        ("first_name", form.first_name, c.first_name.as_deref()),
-        ("last_name", form.last_name, c.last_name.as_deref()),
-    ];
     Reading {
         identified: c.id.is_some() || c.object_reference_id.is_some(),
-        fields: pairs
+        fields: pairs(form, c)
             .into_iter()
-            .filter_map(|(name, sent, got)| {
+            .filter_map(|(field, sent, got)| {
                 let sent = sent?;
                 let holds = got.is_some_and(|got| sent.eq_ignore_ascii_case(got));
-                Some(FieldReading::new(name, got, holds))
+                Some(FieldReading::new(field, got, holds))
             })
             .collect(),
     }
 }
 
-fn form(request: &StepRequest) -> Option<(&str, wire::UpdateCustomerForm<'_>)> {
-    let StepRequest::JuspayCustomer {
-        customer_id,
-        mobile_number,
-        mobile_country_code,
-        email_address,
-        first_name,
-        last_name,
-    } = request
-    else {
-        return None;
-    };
-    Some((
-        customer_id,
-        wire::UpdateCustomerForm {
-            mobile_number: mobile_number.as_ref().map(|v| v.as_str()),
-            mobile_country_code: mobile_country_code.as_ref().map(|v| v.as_str()),
-            email_address: email_address.as_ref().map(|v| v.as_str()),
-            first_name: first_name.as_ref().map(|v| v.as_str()),
-            last_name: last_name.as_ref().map(|v| v.as_str()),
-        },
-    ))
+/// The form of the fields the step sets, built from the patch.
+fn form<'a>(request: &StepRequest<'a>) -> wire::UpdateCustomerForm<'a> {
+    wire::UpdateCustomerForm {
+        mobile_number: request.value(Field::MobileNumber),
+        mobile_country_code: request.value(Field::MobileCountryCode),
+        email_address: request.value(Field::EmailAddress),
+        first_name: request.value(Field::FirstName),
+        last_name: request.value(Field::LastName),
+    }
 }
 
 impl ProviderAdapter for JuspayCustomer {
@@ -194,18 +173,15 @@ impl ProviderAdapter for JuspayCustomer {
         TARGET
     }
 
-    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
-        Box::pin(async move {
-            let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
-            self.update(id, form).await
-        })
+    fn apply<'a>(&'a self, request: &'a StepRequest<'a>) -> BoxFuture<'a, StepResult> {
+        Box::pin(self.update(&request.step.upstream_ref, form(request)))
     }
 
-    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
-        Box::pin(async move {
-            let (id, form) = form(request).ok_or_else(|| misrouted(TARGET))?;
-            self.read_customer(id, form).await
-        })
+    fn read<'a>(
+        &'a self,
+        request: &'a StepRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reading, StepError>> {
+        Box::pin(self.read_customer(&request.step.upstream_ref, form(request)))
     }
 }
 
@@ -243,14 +219,14 @@ mod tests {
         assert_eq!(
             reading(&form, &customer(Some("old@example.com"))).fields,
             [FieldReading {
-                field: "email_address",
+                field: Field::EmailAddress,
                 current: Some("o***@example.com".into()),
                 holds: false,
             }]
         );
         // Nor is an echo that omits it (issue 14: `{"id":"big"}` counted as applied): the step
         // stays unknown until a read-back shows the value.
-        assert_eq!(mismatch(&form, &customer(None)), Some("email_address"));
+        assert_eq!(mismatch(&form, &customer(None)), Some(Field::EmailAddress));
         assert_eq!(mismatch(&form, &customer(Some("NEW@example.com"))), None);
     }
 }

@@ -1,5 +1,4 @@
-//! Juspay "Update Customer" wire types: the request and answer bodies of Juspay's customer
-//! update, as its API documents them.
+//! Juspay "Update Customer" wire types: the update form and the customer object.
 
 use serde::{Deserialize, Serialize};
 

@@ -3,30 +3,37 @@
 pub mod wire;
 
 use super::classify::bad_success;
-use super::http::basic_auth;
+use super::juspay::{JuspayClient, JuspayConfig};
 use super::{
-    FieldReading, JuspayConfig, ProviderAdapter, Reading, StepError, StepResult, endpoint,
-    juspay_error, misrouted,
+    BuildContext, FieldReading, ProviderAdapter, Reading, StepError, StepResult, cannot_build,
 };
-use crate::domain::{StepRequest, Target};
+use crate::domain::{Field, LinkMember, ProviderSpec, StepRequest, Target};
 use futures_util::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::CONTENT_TYPE;
+use std::sync::Arc;
 
-const TARGET: Target = Target::JuspayWallet;
+const TARGET: Target = Target::JUSPAY_WALLET;
+
+/// A user may have several wallets: a mobile number change goes to each.
+pub const SPEC: ProviderSpec = ProviderSpec {
+    target: TARGET,
+    link: LinkMember::many(TARGET, "juspay_wallet_ids"),
+    fields: &[Field::MobileNumber],
+};
+
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn ProviderAdapter>, String> {
+    let config = JuspayConfig::from_context(ctx);
+    Ok(Arc::new(JuspayWallet::new(ctx.client.clone(), config)))
+}
 
 pub struct JuspayWallet {
-    client: reqwest::Client,
-    config: JuspayConfig,
-    authorization: HeaderValue,
+    juspay: JuspayClient,
 }
 
 impl JuspayWallet {
     pub fn new(client: reqwest::Client, config: JuspayConfig) -> Self {
-        let authorization = super::sensitive(&basic_auth(config.api_key.expose(), ""));
         Self {
-            client,
-            config,
-            authorization,
+            juspay: JuspayClient::new(client, config),
         }
     }
 
@@ -35,16 +42,7 @@ impl JuspayWallet {
         method: reqwest::Method,
         wallet_id: &str,
     ) -> Result<reqwest::RequestBuilder, StepError> {
-        let url = endpoint(TARGET, &self.config.base_url, &["wallets", wallet_id])?;
-        let request = self
-            .client
-            .request(method, url)
-            .header(AUTHORIZATION, self.authorization.clone())
-            .header("version", &self.config.version);
-        Ok(match &self.config.merchant_id {
-            Some(m) => request.header("x-merchantid", m),
-            None => request,
-        })
+        self.juspay.request(TARGET, method, &["wallets", wallet_id])
     }
 
     async fn fetch(
@@ -52,8 +50,7 @@ impl JuspayWallet {
         request: reqwest::RequestBuilder,
         wallet_id: &str,
     ) -> Result<(u16, Option<String>), StepError> {
-        let response =
-            super::exchange(TARGET, request, &self.config.read, juspay_error::facts).await?;
+        let response = self.juspay.send(TARGET, request).await?;
         let account: wire::WalletAccount =
             serde_json::from_slice(&response.body).map_err(|_| {
                 bad_success(TARGET, response.status, "its body is not a wallet account")
@@ -76,7 +73,7 @@ impl JuspayWallet {
             command: "update",
             mobile_number,
         })
-        .map_err(|_| misrouted(TARGET))?;
+        .map_err(|_| cannot_build(TARGET))?;
         let request = self
             .request(reqwest::Method::POST, wallet_id)?
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -104,7 +101,7 @@ impl JuspayWallet {
             // `fetch` refused an answer naming another wallet.
             identified: true,
             fields: vec![FieldReading::new(
-                "mobile_number",
+                Field::MobileNumber,
                 current.as_deref(),
                 holds,
             )],
@@ -117,27 +114,24 @@ impl ProviderAdapter for JuspayWallet {
         TARGET
     }
 
-    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
+    fn apply<'a>(&'a self, request: &'a StepRequest<'a>) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
-            match request {
-                StepRequest::JuspayWallet {
-                    wallet_id,
-                    mobile_number,
-                } => self.update(wallet_id, mobile_number.as_str()).await,
-                _ => Err(misrouted(TARGET)),
-            }
+            let number = request
+                .value(Field::MobileNumber)
+                .ok_or_else(|| cannot_build(TARGET))?;
+            self.update(&request.step.upstream_ref, number).await
         })
     }
 
-    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
+    fn read<'a>(
+        &'a self,
+        request: &'a StepRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reading, StepError>> {
         Box::pin(async move {
-            match request {
-                StepRequest::JuspayWallet {
-                    wallet_id,
-                    mobile_number,
-                } => self.read_wallet(wallet_id, mobile_number.as_str()).await,
-                _ => Err(misrouted(TARGET)),
-            }
+            let number = request
+                .value(Field::MobileNumber)
+                .ok_or_else(|| cannot_build(TARGET))?;
+            self.read_wallet(&request.step.upstream_ref, number).await
         })
     }
 }

@@ -1,5 +1,4 @@
-//! Juspay "Update Mobile Number" wire types: the request and answer bodies of Juspay's wallet
-//! mobile-number update, as its API documents them.
+//! Juspay "Update Mobile Number" wire types: the wallet update form and the wallet account answer.
 
 use serde::{Deserialize, Serialize};
 

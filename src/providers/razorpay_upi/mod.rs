@@ -3,17 +3,51 @@
 pub mod wire;
 
 use super::classify::{ErrorFacts, bad_success, safe_code, says_not_found};
-use super::http::basic_auth;
+use super::http::{ReadLimits, basic_auth};
 use super::{
-    FieldReading, ProviderAdapter, RazorpayConfig, Reading, StepError, StepResult, endpoint,
-    misrouted,
+    BuildContext, FieldReading, ProviderAdapter, Reading, StepError, StepResult, cannot_build,
+    endpoint,
 };
-use crate::domain::{StepRequest, Target, UpiChange};
+use crate::domain::{Field, LinkMember, ProviderSpec, StepRequest, Target, UpiChange};
 use futures_util::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::Value;
+use std::sync::Arc;
 
-const TARGET: Target = Target::RazorpayUpi;
+const TARGET: Target = Target::RAZORPAY_UPI;
+
+pub const SPEC: ProviderSpec = ProviderSpec {
+    target: TARGET,
+    link: LinkMember::one(TARGET, "razorpay_customer_reference"),
+    fields: &[Field::UpiNumber, Field::Vpa, Field::UpiAction],
+};
+
+/// The settings of the Razorpay account (`[razorpay]`).
+#[derive(Debug, Clone)]
+pub struct RazorpayConfig {
+    pub base_url: String,
+    pub key_id: String,
+    pub key_secret: crate::secret::Secret,
+    pub read: ReadLimits,
+}
+
+impl RazorpayConfig {
+    /// The resolved `[razorpay]` account, read with this provider's own limits.
+    pub fn from_context(ctx: &BuildContext<'_>) -> Self {
+        let r = &ctx.runtime.razorpay;
+        Self {
+            base_url: r.base_url.clone(),
+            key_id: r.key_id.clone(),
+            key_secret: r.key_secret.clone(),
+            read: ctx.read_limits(),
+        }
+    }
+}
+
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn ProviderAdapter>, String> {
+    let config = RazorpayConfig::from_context(ctx);
+    Ok(Arc::new(RazorpayUpi::new(ctx.client.clone(), config)))
+}
 
 pub struct RazorpayUpi {
     client: reqwest::Client,
@@ -86,7 +120,7 @@ impl RazorpayUpi {
         let request = self
             .request(reqwest::Method::PATCH, customer_reference, upi)?
             .header(CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&body).map_err(|_| misrouted(TARGET))?);
+            .body(serde_json::to_vec(&body).map_err(|_| cannot_build(TARGET))?);
         let response = super::exchange(TARGET, request, &self.config.read, facts).await?;
         let entity: wire::UpiNumberEntity = serde_json::from_slice(&response.body)
             .map_err(|_| bad_success(TARGET, response.status, "its body is not a UPI number"))?;
@@ -140,12 +174,12 @@ fn reading(upi: &UpiChange, found: Option<&wire::ListedUpiNumber>) -> Reading {
         identified: true,
         fields: vec![
             FieldReading::new(
-                "upi_number",
+                Field::UpiNumber,
                 found.and_then(|n| n.number.as_deref()),
                 found.is_some(),
             ),
-            FieldReading::new("vpa", vpa, vpa_holds),
-            FieldReading::new("action", status, status_holds),
+            FieldReading::new(Field::Vpa, vpa, vpa_holds),
+            FieldReading::new(Field::UpiAction, status, status_holds),
         ],
     }
 }
@@ -161,8 +195,12 @@ fn facts(body: &[u8]) -> ErrorFacts {
     let reason = text(&e.reason);
     let description = text(&e.description);
     let field = text(&e.field);
-    let fields = ["upi_number", "vpa", "action", "consent"]
-        .into_iter()
+    // The fields this adapter sends, and the consent it sends with them.
+    let fields = SPEC
+        .fields
+        .iter()
+        .map(|f| f.name())
+        .chain(["consent"])
         .filter(|f| *f == field)
         .collect();
     ErrorFacts {
@@ -178,27 +216,28 @@ impl ProviderAdapter for RazorpayUpi {
         TARGET
     }
 
-    fn apply<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, StepResult> {
+    fn apply<'a>(&'a self, request: &'a StepRequest<'a>) -> BoxFuture<'a, StepResult> {
         Box::pin(async move {
-            match request {
-                StepRequest::RazorpayUpi {
-                    customer_reference,
-                    upi,
-                } => self.update(customer_reference, upi).await,
-                _ => Err(misrouted(TARGET)),
-            }
+            let upi = request
+                .patch
+                .upi
+                .as_ref()
+                .ok_or_else(|| cannot_build(TARGET))?;
+            self.update(&request.step.upstream_ref, upi).await
         })
     }
 
-    fn read<'a>(&'a self, request: &'a StepRequest) -> BoxFuture<'a, Result<Reading, StepError>> {
+    fn read<'a>(
+        &'a self,
+        request: &'a StepRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reading, StepError>> {
         Box::pin(async move {
-            match request {
-                StepRequest::RazorpayUpi {
-                    customer_reference,
-                    upi,
-                } => self.read_number(customer_reference, upi).await,
-                _ => Err(misrouted(TARGET)),
-            }
+            let upi = request
+                .patch
+                .upi
+                .as_ref()
+                .ok_or_else(|| cannot_build(TARGET))?;
+            self.read_number(&request.step.upstream_ref, upi).await
         })
     }
 }
@@ -226,7 +265,7 @@ mod tests {
     }
 
     fn holds(r: &Reading) -> Vec<(&str, bool)> {
-        r.fields.iter().map(|f| (f.field, f.holds)).collect()
+        r.fields.iter().map(|f| (f.field.name(), f.holds)).collect()
     }
 
     #[test]

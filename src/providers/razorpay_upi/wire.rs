@@ -1,5 +1,4 @@
-//! Razorpay TPAP "Update UPI Number" wire types: the request and answer bodies of Razorpay's UPI
-//! number update, as its API documents them.
+//! Razorpay TPAP "Update UPI Number" wire types: the update body, the number entity and lists.
 
 use serde::{Deserialize, Serialize};
 

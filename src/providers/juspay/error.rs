@@ -1,18 +1,21 @@
 //! Juspay's error envelope, shared by the customer and wallet APIs. Every member is optional and
 //! may be free text; only facts are extracted, the judgement is `classify`'s.
 
-use super::classify::{ErrorFacts, safe_code, says_not_found};
+use crate::providers::classify::{ErrorFacts, safe_code, says_not_found};
 use serde_json::Value;
 
-/// Juspay field names that correspond to fields of the public PATCH body.
-const KNOWN_FIELDS: [&str; 6] = [
-    "mobile_number",
-    "mobile_country_code",
-    "email_address",
-    "first_name",
-    "last_name",
-    "command",
-];
+/// A Juspay field name that is one of the fields the Juspay adapters send, or their `command`.
+fn known_field(name: &str) -> Option<&'static str> {
+    if name == "command" {
+        return Some("command");
+    }
+    crate::providers::juspay_customer::SPEC
+        .fields
+        .iter()
+        .chain(crate::providers::juspay_wallet::SPEC.fields)
+        .find(|f| f.name() == name)
+        .map(|f| f.name())
+}
 
 pub fn facts(body: &[u8]) -> ErrorFacts {
     let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
@@ -39,10 +42,10 @@ pub fn facts(body: &[u8]) -> ErrorFacts {
     if let Some(list) = info.and_then(|i| i.get("fields")).and_then(Value::as_array) {
         for f in list {
             let name = text(f.get("field_name"));
-            if let Some(known) = KNOWN_FIELDS.iter().find(|k| **k == name)
-                && !fields.contains(known)
+            if let Some(known) = known_field(&name)
+                && !fields.contains(&known)
             {
-                fields.push(*known);
+                fields.push(known);
             }
         }
     }
