@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench cpu_path` (about half a minute). Regressions here show up without a
 //! database or upstreams; the end-to-end figures come from `bench/run`.
+//!
+//! (Over ~400 lines on purpose: one criterion group per stage of the request path, sharing one set of inputs; split, it would scatter them.)
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;

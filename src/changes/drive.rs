@@ -8,6 +8,8 @@ use super::resilience;
 use super::running::{Halt, Running};
 use super::{ChangeService, Submitted};
 use crate::store;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,22 +27,37 @@ impl ChangeService {
         let id = running.id;
         let fallback = running.view(ChangeStatus::Pending, None);
         let answer_by = Instant::now() + self.limits.deadline;
-        let drive = Arc::clone(self).drive(running, Some(answer_by));
+        // A panic inside the drive must still answer (202: the change is recorded and a completer
+        // resumes it once the lease runs out) and mark the key answered, as a deadline does.
+        let drive =
+            AssertUnwindSafe(Arc::clone(self).drive(running, Some(answer_by))).catch_unwind();
         tokio::pin!(drive);
+        let in_progress = |reply| async move {
+            let view = match store::changes::load(&self.pool, id).await {
+                Ok(Some(view)) => view,
+                // Recorded, but unreadable now: what this replica knows of it.
+                Ok(None) | Err(_) => fallback,
+            };
+            self.answer(Submitted::InProgress(view), mark_answered, reply)
+                .await
+        };
+        let panicked = || {
+            tracing::error!(change_id = %id, "the change's drive panicked; a completer resumes it");
+        };
         match tokio::time::timeout_at(answer_by.into(), &mut drive).await {
-            Ok(outcome) => self.answer(outcome, mark_answered, reply).await,
+            Ok(Ok(outcome)) => self.answer(outcome, mark_answered, reply).await,
+            Ok(Err(_)) => {
+                panicked();
+                in_progress(reply).await;
+            }
             Err(_) => {
-                let answering = async {
-                    let view = match store::changes::load(&self.pool, id).await {
-                        Ok(Some(view)) => view,
-                        // Recorded, but unreadable now: what this replica knows of it.
-                        Ok(None) | Err(_) => fallback,
-                    };
-                    self.answer(Submitted::InProgress(view), mark_answered, reply)
-                        .await
-                };
                 // The drive is not paused while the answer is read.
-                tokio::join!(answering, drive);
+                let driving = async {
+                    if drive.await.is_err() {
+                        panicked();
+                    }
+                };
+                tokio::join!(in_progress(reply), driving);
             }
         }
     }

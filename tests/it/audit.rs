@@ -1,5 +1,7 @@
 //! The audit trail: every event with its fields, append-only in the database, tamper-evident
 //! (the verifier flags every tampering), free of plaintext PII, and the documented queries work.
+//!
+//! (Over ~400 lines on purpose: every audit property a user or auditor relies on, one test each over shared fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use chrono::{DateTime, Utc};

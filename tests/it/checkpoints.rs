@@ -1,6 +1,8 @@
 //! Signed checkpoints and the witness directory: tampering that the in-database checks cannot
 //! see (a consistent re-hash, a deleted chain, a restore) is caught against the checkpoints, with
 //! keys made by the openssl CLI.
+//!
+//! (Over ~400 lines on purpose: each tampering the witness must catch is one test over the same signing fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use profile_gateway::audit::checkpoint::{self, CheckpointSigner};

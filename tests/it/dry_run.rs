@@ -1,6 +1,8 @@
 //! Dry runs (issue 17, item 1): `PATCH /profile/{user}?dryRun=All[&read=live]` passes the checks
 //! of a real PATCH and answers its plan, changes no row in any table, writes nothing upstream, and
 //! with `read=live` compares each field with the upstream's current value.
+//!
+//! (Over ~400 lines on purpose: each check a dry run shares with a real PATCH has its own test over the same fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use crate::trust::{JwksServer, TestKey, assertion, jwt_app_settings, sa_claims};

@@ -1,5 +1,7 @@
 //! Durable changes: idempotency keys, per-user order across replicas, retries that heal or end,
 //! read-back of unknown outcomes, operator retry, and completion after crashes.
+//!
+//! (Over ~400 lines on purpose: each durability promise is one scenario over the same crash, outage and replica fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use profile_gateway::settings::Settings;

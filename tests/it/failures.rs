@@ -1,5 +1,7 @@
 //! Upstream failures: each class maps to its step error and HTTP status, partial failures are
 //! recorded as such, and a database outage stops a change before any upstream call.
+//!
+//! (Over ~400 lines on purpose: one test per upstream failure class, all over the sandbox's fault fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use serde_json::{Value, json};

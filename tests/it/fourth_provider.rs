@@ -314,3 +314,62 @@ async fn a_step_row_naming_an_unregistered_provider_is_an_error_not_another_prov
     let resp = app.get(&format!("/changes/{change_id}")).await;
     assert_eq!(resp.status(), 500);
 }
+
+/// An adapter whose every call panics: a bug in a provider.
+struct Panicking;
+
+impl ProviderAdapter for Panicking {
+    fn target(&self) -> Target {
+        ACME
+    }
+
+    fn apply<'a>(&'a self, _request: &'a StepRequest<'a>) -> BoxFuture<'a, StepResult> {
+        Box::pin(async move { panic!("a provider bug") })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _request: &'a StepRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reading, StepError>> {
+        Box::pin(async move { panic!("a provider bug") })
+    }
+}
+
+#[tokio::test]
+async fn a_drive_that_panics_still_answers_202_and_its_key_replays() {
+    // Alone, so the change is only its step.
+    let registry = Registry::empty().with(ACME_SPEC, |_ctx: &BuildContext<'_>| {
+        let adapter: Arc<dyn ProviderAdapter> = Arc::new(Panicking);
+        Ok(adapter)
+    });
+    let app = spawn_app_with_providers(|_| {}, registry).await;
+    let resp = app
+        .client
+        .put(app.url("/profile/alice/links"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"acme_wallet_id": "acme_alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = json!({"mobile_number": "9812345678"});
+    let key = "panic-key-0000000001";
+
+    // Recorded before the panic: the caller learns it is in progress, not a 500.
+    let first = app.patch_with_key("alice", &body, key).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "pending");
+    // The key was marked answered: a retry replays the change instead of 409 in flight.
+    let again = app.patch_with_key("alice", &body, key).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["change_id"], first["change_id"]);
+}

@@ -1,5 +1,7 @@
 //! Spawns the gateway exactly as `main` does (through `Application::build`) against a fresh
 //! database and a fresh sandbox.
+//!
+//! (Over ~400 lines on purpose: every test's setup lives here so that tests differ only in what they check; split, it would scatter them.)
 
 use profile_gateway::providers::Registry;
 use profile_gateway::settings::{CallerSettings, Mode, Settings};

@@ -1,6 +1,8 @@
 //! The lifecycle the kubelet sees: readiness that tells the truth about the schema and the
 //! drain, not about upstreams or pool pressure; SIGTERM that loses nothing (the real binary, as a
 //! child process); `migrate` from two pods at once.
+//!
+//! (Over ~400 lines on purpose: each probe and drain rule is one test over the same process fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use profile_gateway::settings::Settings;

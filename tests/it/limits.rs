@@ -1,5 +1,7 @@
 //! Limits and hostile peers (issue 14): every bound answers with its problem before any work, and
 //! slow clients are disconnected. Sockets are real; every wait is bounded.
+//!
+//! (Over ~400 lines on purpose: each bound is one test over the same raw-socket fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use serde_json::{Value, json};

@@ -6,6 +6,8 @@
 //! as a child process, configured only through its config file and the standard `OTEL_*`
 //! variables, as Kubernetes would run it. Metrics have one registry per application and run
 //! in-process.
+//!
+//! (Over ~400 lines on purpose: spans and series share one OTLP receiver and one Prometheus fixture; split, it would scatter them.)
 
 use crate::helpers::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -1,5 +1,7 @@
 //! Caller trust (issue 13): object ownership, scopes, reserved and hostile ids, JWT callers with
 //! JWKS over HTTP, end-user assertions, the sandbox database guard.
+//!
+//! (Over ~400 lines on purpose: each caller-trust rule (ownership, scopes, JWT, assertions) is one test over shared JWKS fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
 use jsonwebtoken::jwk::{Jwk, JwkSet};

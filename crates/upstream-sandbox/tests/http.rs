@@ -1,4 +1,6 @@
 //! The upstream sandbox: strictness, state, faults, journal and admin API, over real HTTP.
+//!
+//! (Over ~400 lines on purpose: one test per documented strictness rule, fault kind and admin route of the simulator; split, it would scatter them.)
 
 use std::time::{Duration, Instant};
 
