@@ -47,7 +47,9 @@ pub fn read_back_first(status: StepStatus, taken_over: bool) -> bool {
 }
 
 /// A `Retry-After` beyond this is taken as this: the change is parked at most that long, so an
-/// upstream cannot push it out of sight (nor past what a lease interval can hold).
+/// upstream cannot push it out of sight. While parked it still holds the user's turn and counts
+/// toward `changes.max_pending_per_user`: the user's later changes wait (or get 429) meanwhile,
+/// which is what an upstream asking for an hour's quiet means for that user.
 pub const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 
 /// Where a drive stands before its next round of attempts.
