@@ -41,3 +41,38 @@ pub(super) fn with_module_checks<T>(
         Err(other) => Err(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::CallerSettings;
+
+    #[test]
+    fn the_settings_and_their_modules_checks_are_reported_together() {
+        let mut s = Settings::load(None, Vec::new()).unwrap();
+        assert!(validate(&s, Mode::Sandbox, &provider_names()).is_ok());
+        s.auth.callers.push(CallerSettings {
+            name: "app".into(),
+            token_sha256: Some("0".repeat(64)),
+            scopes: vec!["profile:wrte".into()],
+            webhook_url: Some("ftp://app.internal".into()),
+            ..Default::default()
+        });
+        let err = validate(&s, Mode::Production, &provider_names())
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "juspay.base_url: ",
+            "auth.callers[0].scopes[0]: unknown scope `profile:wrte`",
+            "auth.callers[0].webhook_url: must be an http(s) URL",
+        ] {
+            assert!(err.contains(part), "{part} missing from: {err}");
+        }
+        // A module's check alone still fails the start.
+        let err = validate(&s, Mode::Sandbox, &provider_names())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown scope"), "{err}");
+        assert!(!err.contains("juspay.base_url"), "{err}");
+    }
+}
