@@ -390,7 +390,7 @@ pub(crate) fn jwt_app_settings(
             s.auth.callers[2].user_assertion_issuer = Some(IDP.into());
         }
         profile_gateway::startup::validate(
-            &s,
+            s,
             Mode::Production,
             &profile_gateway::startup::provider_names(),
         )
