@@ -2,6 +2,7 @@ pub mod audit;
 pub mod auth;
 pub mod changes;
 pub mod crypto;
+pub mod db;
 pub mod db_tls;
 #[cfg(feature = "sandbox")]
 pub mod demo;

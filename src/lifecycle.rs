@@ -214,7 +214,7 @@ impl Lifecycle {
 
 /// The migration versions compiled into this binary, oldest first.
 pub fn binary_versions() -> Vec<i64> {
-    crate::startup::MIGRATOR.iter().map(|m| m.version).collect()
+    crate::db::MIGRATOR.iter().map(|m| m.version).collect()
 }
 
 /// Compares the applied migrations with the binary's. `_sqlx_migrations` is sqlx's own

@@ -2,7 +2,7 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "sandbox")]
 use profile_gateway::demo;
 use profile_gateway::settings::{Mode, Settings};
-use profile_gateway::{startup, telemetry};
+use profile_gateway::{db, startup, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -99,9 +99,12 @@ fn settings(config: &[PathBuf]) -> Result<Settings, String> {
 
 fn load(config: &[PathBuf], sandbox: bool) -> Result<Settings, String> {
     let settings = settings(config)?;
-    settings
-        .validate(Mode::sandbox(sandbox), &startup::provider_names())
-        .map_err(|e| e.to_string())?;
+    startup::validate(
+        &settings,
+        Mode::sandbox(sandbox),
+        &startup::provider_names(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(settings)
 }
 
@@ -144,7 +147,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 &settings.telemetry.log_format,
                 &settings.telemetry.log_level,
             );
-            let newest = startup::migrate_once(&settings).await?;
+            let newest = db::migrate_once(&settings).await?;
             tracing::info!(version = newest, "migrations applied");
             Ok(())
         }
@@ -264,7 +267,7 @@ async fn serve_with(
             .map_err(|e| format!("cannot start the sandbox: {e}"))?;
         demo::sandbox_listen(settings, config);
         tracing::warn!(upstream = %handle.base_url(), "SANDBOX MODE: upstreams are simulated; never use this in production");
-        startup::ensure_database(settings)
+        db::ensure_database(settings)
             .await
             .map_err(|e| e.to_string())?;
         Some(handle)

@@ -3,8 +3,9 @@
 use crate::auth::Callers;
 use crate::changes::resilience::Resilience;
 use crate::changes::turns::Turns;
-use crate::changes::{ChangeService, Limits, Writes, completer};
+use crate::changes::{ChangeService, Limits, Writes};
 use crate::crypto::{PayloadCipher, PiiHasher};
+use crate::db::{DbError, connect_options};
 use crate::lifecycle::Lifecycle;
 use crate::providers::{self, Registry};
 use crate::routes::{self, AppState};
@@ -12,28 +13,28 @@ use crate::settings::{Mode, Runtime, Settings};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("database.url: {0}")]
-    DatabaseUrl(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("cannot prepare the database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("cannot apply migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Config(String),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+mod checks;
+mod serve;
+
+pub use checks::{provider_names, validate};
+pub use serve::shutdown_signal;
 
 pub struct Application {
     listener: TcpListener,
@@ -61,73 +62,6 @@ struct CheckpointTask {
     witness: crate::audit::checkpoint::WitnessStatus,
 }
 
-pub fn connect_options(settings: &Settings) -> Result<PgConnectOptions, StartupError> {
-    PgConnectOptions::from_str(settings.database.url.expose())
-        .map(|o| {
-            o.application_name("profile-gateway")
-                // The hot-path statements take arrays of any length; one generic plan per
-                // statement spares re-planning the CTEs on every small batch.
-                .options([("plan_cache_mode", "force_generic_plan")])
-        })
-        .map_err(|e| StartupError::DatabaseUrl(e.to_string()))
-}
-
-/// Creates the database named in the URL when it does not exist (sandbox and tests).
-pub async fn ensure_database(settings: &Settings) -> Result<(), StartupError> {
-    use sqlx::migrate::MigrateDatabase;
-    let url = settings.database.url.expose();
-    if !sqlx::Postgres::database_exists(url).await? {
-        sqlx::Postgres::create_database(url).await?;
-    }
-    Ok(())
-}
-
-pub async fn migrate(pool: &PgPool) -> Result<(), StartupError> {
-    migrator().run(pool).await?;
-    Ok(())
-}
-
-/// The embedded migrations, tolerant of a schema ahead of them: an older binary (a rollback after
-/// an expand-only migration) must neither refuse to start nor fail its migration Job. sqlx holds
-/// a PostgreSQL advisory lock while it migrates, so two pods running `migrate` at once take turns.
-fn migrator() -> sqlx::migrate::Migrator {
-    let mut m = sqlx::migrate!("./migrations");
-    m.set_ignore_missing(true);
-    m
-}
-
-/// `profile-gateway migrate`: one connection of its own (no pool retries to hide a wrong URL),
-/// then the migrations. Returns the newest version now applied.
-pub async fn migrate_once(settings: &Settings) -> Result<i64, String> {
-    use sqlx::Connection;
-    let mut conn =
-        sqlx::PgConnection::connect_with(&connect_options(settings).map_err(|e| e.to_string())?)
-            .await
-            .map_err(|e| format!("cannot connect to database.url: {e}"))?;
-    migrator()
-        .run_direct(&mut conn)
-        .await
-        .map_err(|e| format!("cannot apply migrations: {e}"))?;
-    let newest = sqlx::query_scalar::<_, i64>(
-        "select coalesce(max(version), 0) from _sqlx_migrations where success",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .map_err(|e| format!("cannot read the applied migrations: {e}"))?;
-    let _ = conn.close().await;
-    Ok(newest)
-}
-
-/// The names of the standard providers, for [`Settings::resolve`] where no other registry is in
-/// play (`check-config`, the audit commands).
-pub fn provider_names() -> Vec<&'static str> {
-    Registry::standard()
-        .specs()
-        .iter()
-        .map(|s| s.target.as_str())
-        .collect()
-}
-
 impl Application {
     /// Resolves `settings` (as `serve` does: every check, in sandbox mode when
     /// `settings.sandbox`), then builds with the standard providers.
@@ -144,8 +78,8 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let specs = registry.specs();
         let names: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
-        let runtime = settings
-            .resolve(Mode::sandbox(settings.sandbox), &names)
+        let mode = Mode::sandbox(settings.sandbox);
+        let runtime = checks::with_module_checks(settings, mode, settings.resolve(mode, &names))
             .map_err(|e| StartupError::Config(e.to_string()))?;
         Self::from_runtime(&runtime, listener, registry).await
     }
@@ -168,7 +102,7 @@ impl Application {
                 .map_err(|e| StartupError::Config(e.to_string()))?;
         }
         if settings.database.migrate_on_start {
-            migrate(&pool).await?;
+            crate::db::migrate(&pool).await?;
         }
         if settings.sandbox {
             crate::store::mode::record_sandbox(&pool)
@@ -343,79 +277,6 @@ impl Application {
     pub fn lifecycle(&self) -> Arc<Lifecycle> {
         Arc::clone(&self.lifecycle)
     }
-
-    /// Serves until `shutdown` resolves, then lets in-flight changes finish within the grace
-    /// period. What does not finish stays recorded as pending for the completer.
-    pub async fn run_until(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let background = CancellationToken::new();
-        tokio::spawn(
-            self.changes
-                .turns
-                .clone()
-                .listen(self.listen_options.clone(), background.clone()),
-        );
-        // Partitions and retention are not the gateway's: `audit maintain` runs as the
-        // maintenance role (a CronJob), which the gateway's role cannot become.
-        if let Some(c) = self.checkpoints {
-            let checkpoints = crate::audit::checkpoint::run(
-                self.pool.clone(),
-                c.signer,
-                c.interval,
-                c.witness_dir,
-                c.witness,
-            );
-            let stop = background.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = checkpoints => {}
-                }
-            });
-        }
-        if let Some(listener) = self.metrics_listener {
-            let admin =
-                crate::telemetry::metrics::router(Arc::clone(&self.metrics), self.pool.clone());
-            let stop = background.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, admin)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the metrics listener failed");
-                }
-            });
-        }
-        tokio::spawn(completer::run(
-            Arc::clone(&self.changes),
-            self.completer_interval,
-            background.clone(),
-        ));
-        // Tracked with the changes, so shutdown lets an attempt in flight finish within the grace.
-        self.changes.tracker.spawn(crate::webhooks::dispatcher::run(
-            Arc::clone(&self.dispatcher),
-            background.clone(),
-        ));
-        let limits = crate::listener::ListenerLimits {
-            drain: self.grace,
-            ..self.listener_limits
-        };
-        crate::listener::serve(self.listener, self.router, limits, shutdown).await?;
-        // No new claims from here on; what runs may finish within the grace period.
-        background.cancel();
-        self.changes.tracker.close();
-        if tokio::time::timeout(self.grace, self.changes.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "shutdown grace period over with changes still running; they stay pending for the completer"
-            );
-        }
-        Ok(())
-    }
 }
 
 fn checkpoint_task(settings: &Settings) -> Result<Option<CheckpointTask>, StartupError> {
@@ -451,27 +312,4 @@ fn checkpoint_task(settings: &Settings) -> Result<Option<CheckpointTask>, Startu
 fn instance_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received; draining");
 }

@@ -249,7 +249,7 @@ pub async fn run(command: AuditCommand, settings: &Settings) -> Result<(), Strin
         AuditCommand::Maintain { retention_months } => {
             let months = retention_months.unwrap_or(settings.audit.retention_months);
             let pool = sqlx::PgPool::connect_with(
-                crate::startup::connect_options(settings).map_err(|e| e.to_string())?,
+                crate::db::connect_options(settings).map_err(|e| e.to_string())?,
             )
             .await
             .map_err(|e| format!("cannot connect to database.url: {e}"))?;
@@ -290,15 +290,13 @@ async fn record_read(
 }
 
 async fn pool(settings: &Settings) -> Result<sqlx::PgPool, String> {
-    sqlx::PgPool::connect_with(
-        crate::startup::connect_options(settings).map_err(|e| e.to_string())?,
-    )
-    .await
-    .map_err(|e| format!("cannot connect to database.url: {e}"))
+    sqlx::PgPool::connect_with(crate::db::connect_options(settings).map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| format!("cannot connect to database.url: {e}"))
 }
 
 async fn connect(settings: &Settings) -> Result<sqlx::PgConnection, String> {
-    let options = crate::startup::connect_options(settings).map_err(|e| e.to_string())?;
+    let options = crate::db::connect_options(settings).map_err(|e| e.to_string())?;
     sqlx::PgConnection::connect_with(&options)
         .await
         .map_err(|e| format!("cannot connect to database.url: {e}"))

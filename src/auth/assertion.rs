@@ -4,21 +4,13 @@
 //! across replicas). A retry of the same change (same Idempotency-Key) may carry it again.
 
 use super::{Caller, Callers};
+pub use crate::domain::UserAssertion;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use axum::http::HeaderMap;
 use serde_json::Value;
 
 pub const HEADER: &str = "user-assertion";
-
-/// A verified assertion: who the signed-in user is and which assertion said so.
-#[derive(Debug, Clone)]
-pub struct UserAssertion {
-    pub issuer: String,
-    pub subject: String,
-    pub jti: String,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-}
 
 /// What the request is, for the rule (`assert_reads`) and for replay (`idem_key`).
 pub enum Use<'a> {

@@ -3,7 +3,7 @@
 //! bodies show), and the records the change service hands the store to write.
 
 use crate::domain::{PlannedStep, Target};
-use crate::providers::{StepError, StepErrorCode};
+use crate::domain::{StepError, StepErrorCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;

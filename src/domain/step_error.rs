@@ -1,6 +1,7 @@
-//! The public step error codes. Stable: callers branch on them, and rows store them by name.
+//! A failed step attempt and the public step error codes. Stable: callers branch on them, and rows store them by name.
 
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,3 +49,18 @@ super::sql_text::text_type!(
     StepErrorCode::parse,
     "step error code"
 );
+
+/// A failed step attempt, already normalized. `message` is written by us, never copied from the
+/// upstream (its text can carry PII).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    pub code: StepErrorCode,
+    pub retryable: bool,
+    /// The write may have taken effect upstream (timeout after sending, 2xx with a body we cannot
+    /// trust): the step is `unknown` until the state is read back.
+    pub outcome_unknown: bool,
+    pub upstream_status: Option<u16>,
+    pub upstream_code: Option<String>,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}

@@ -9,26 +9,10 @@ pub mod juspay_wallet;
 pub mod razorpay_upi;
 mod registry;
 
-pub use crate::domain::StepErrorCode;
 use crate::domain::{Field, StepRequest, Target};
+pub use crate::domain::{StepError, StepErrorCode};
 use futures_util::future::BoxFuture;
 pub use registry::{BuildContext, Providers, Registry};
-use std::time::Duration;
-
-/// A failed step attempt, already normalized. `message` is written by us, never copied from the
-/// upstream (its text can carry PII).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepError {
-    pub code: StepErrorCode,
-    pub retryable: bool,
-    /// The write may have taken effect upstream (timeout after sending, 2xx with a body we cannot
-    /// trust): the step is `unknown` until the state is read back.
-    pub outcome_unknown: bool,
-    pub upstream_status: Option<u16>,
-    pub upstream_code: Option<String>,
-    pub message: String,
-    pub retry_after: Option<Duration>,
-}
 
 pub type StepResult = Result<(), StepError>;
 

@@ -6,7 +6,9 @@ use super::{Mode, SettingError, Settings, SettingsError};
 use crate::secret::Secret;
 
 impl Settings {
-    /// Every check, each problem named by its key. `providers` are the names of the registered
+    /// Every check of the settings' own values, each problem named by its key (the checks that
+    /// need another module's vocabulary, such as `[auth]`'s scopes, live in that module and
+    /// `startup::validate` runs them with these). `providers` are the names of the registered
     /// providers: a `[providers.<name>]` for another name is refused. In sandbox mode the
     /// simulator fills the upstream parts in.
     pub fn validate(&self, mode: Mode, providers: &[&str]) -> Result<(), SettingsError> {
@@ -155,12 +157,6 @@ impl Settings {
                 "must be `id:base64key` pairs separated by commas, each key 32 bytes",
             );
         }
-        errors.extend(crate::auth::validate_settings(&self.auth));
-        errors.extend(crate::webhooks::validate_settings(
-            &self.auth.callers,
-            sandbox,
-            self.upstream.allow_plain_http,
-        ));
         self.validate_webhooks(&mut |k: &str, p: &str| {
             errors.push(SettingError {
                 key: k.to_string(),

@@ -1,6 +1,6 @@
 //! `user_assertion_jtis`: each end-user assertion's `jti`, kept until the assertion expires.
 
-use crate::auth::assertion::UserAssertion;
+use crate::domain::UserAssertion;
 use sqlx::PgPool;
 
 /// Claims the assertion's jti for this request. True when it is new (or expired and reused), or

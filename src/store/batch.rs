@@ -8,8 +8,8 @@
 //! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
 //! acted is part of the hashed event, not only of the updatable `changes` row.
 
+use crate::domain::StepError;
 use crate::domain::{LinkMember, ProfileLinks};
-use crate::providers::StepError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;

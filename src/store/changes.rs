@@ -3,9 +3,9 @@
 //! lease was taken over writes nothing.
 
 use crate::audit::{self, AuditEvent};
+use crate::domain::StepErrorCode;
 use crate::domain::change::UnknownStatus;
 use crate::domain::{ChangeView, StepErrorView, StepView, Target, UserId};
-use crate::providers::StepErrorCode;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;

@@ -148,7 +148,7 @@ const USERS: [&str; 6] = ["u1", "u2", "u3", "u4", "u5", "u6"];
 async fn history() -> History {
     let (db, url) = fresh_database().await;
     let pool = PgPool::connect(&url).await.unwrap();
-    profile_gateway::startup::migrate(&pool).await.unwrap();
+    profile_gateway::db::migrate(&pool).await.unwrap();
     let keys = openssl_keys();
     let signer = CheckpointSigner::from_file(&keys.private).unwrap();
     let witness = tempfile::tempdir().unwrap();

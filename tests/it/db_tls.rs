@@ -191,7 +191,7 @@ async fn the_gateway_reaches_postgres_over_verified_tls_and_nothing_else() {
         cluster.certs.join("other-ca.pem").display()
     );
     let s = base_settings(&other, &sandbox.base_url());
-    let opts = profile_gateway::startup::connect_options(&s).unwrap();
+    let opts = profile_gateway::db::connect_options(&s).unwrap();
     assert!(sqlx::PgPool::connect_with(opts).await.is_err());
     // And plaintext, which this server rejects: sslmode=disable really means no TLS.
     let plain = format!(
@@ -199,7 +199,7 @@ async fn the_gateway_reaches_postgres_over_verified_tls_and_nothing_else() {
         cluster.port
     );
     let s = base_settings(&plain, &sandbox.base_url());
-    let opts = profile_gateway::startup::connect_options(&s).unwrap();
+    let opts = profile_gateway::db::connect_options(&s).unwrap();
     let err = sqlx::PgPool::connect_with(opts).await.unwrap_err();
     assert!(
         err.to_string().contains("no encryption") || err.to_string().contains("pg_hba"),

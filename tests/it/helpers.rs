@@ -108,7 +108,8 @@ pub fn base_settings(db_url: &str, sandbox_url: &str) -> Settings {
             ..Default::default()
         },
     ];
-    s.validate(
+    profile_gateway::startup::validate(
+        &s,
         Mode::Production,
         &profile_gateway::startup::provider_names(),
     )
@@ -137,7 +138,7 @@ pub const APP_LOGIN: &str = "pgw_test_gateway";
 /// of the same database for [`APP_LOGIN`], a login role granted only profile_gateway_app.
 pub async fn app_role_url(db_url: &str) -> String {
     let pool = PgPool::connect(db_url).await.unwrap();
-    profile_gateway::startup::migrate(&pool).await.unwrap();
+    profile_gateway::db::migrate(&pool).await.unwrap();
     pool.close().await;
     ensure_login_role(APP_LOGIN, "profile_gateway_app").await;
     db_url.replacen("://postgres@", &format!("://{APP_LOGIN}@"), 1)

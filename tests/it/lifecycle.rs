@@ -5,8 +5,9 @@
 //! (Over ~400 lines on purpose: each probe and drain rule is one test over the same process fixtures; split, it would scatter them.)
 
 use crate::helpers::*;
+use profile_gateway::db;
 use profile_gateway::settings::Settings;
-use profile_gateway::startup::{self, Application};
+use profile_gateway::startup::Application;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::path::Path;
@@ -99,7 +100,7 @@ async fn readiness_is_503_on_an_unmigrated_database_until_migrate_runs() {
     assert_eq!(live.status(), 200, "liveness never depends on the database");
 
     let pool = PgPool::connect(&url).await.unwrap();
-    startup::migrate(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     let (status, body) = await_ready_status(&base, 200, Duration::from_secs(5)).await;
     assert_eq!(status, 200, "ready once migrated: {body}");
     assert_eq!(body, json!({"status": "ready"}));
@@ -158,7 +159,7 @@ async fn readiness_is_503_one_migration_behind_and_200_when_the_schema_is_ahead(
     );
     assert!(detail.contains(&newest_migration().to_string()), "{detail}");
 
-    startup::migrate(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     assert_eq!(
         await_ready_status(&base, 200, Duration::from_secs(5))
             .await
@@ -174,7 +175,7 @@ async fn readiness_is_503_one_migration_behind_and_200_when_the_schema_is_ahead(
     .execute(&pool)
     .await
     .unwrap();
-    startup::migrate(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     assert_stays_ready(&base, Duration::from_millis(600)).await;
 }
 
@@ -496,7 +497,7 @@ async fn sigterm_mid_patch_drains_without_losing_a_request() {
     let sandbox = spawn_sandbox().await;
     let (_name, url) = fresh_database().await;
     let pool = PgPool::connect(&url).await.unwrap();
-    startup::migrate(&pool).await.unwrap();
+    db::migrate(&pool).await.unwrap();
     profile_gateway::demo::seed_links(&pool).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Migrated as the owner (above); served as the least-privilege app role.

@@ -71,7 +71,7 @@ async fn pgaudit_logs_every_read_by_an_auditor_login_which_cannot_turn_it_off() 
     pool.close().await;
     let url = format!("postgres://postgres@127.0.0.1:{}/gateway", cluster.port);
     let pool = PgPool::connect(&url).await.unwrap();
-    profile_gateway::startup::migrate(&pool).await.unwrap();
+    profile_gateway::db::migrate(&pool).await.unwrap();
     // What docs/auditing.md tells a deployment to do for each auditor's login role.
     for sql in [
         "create extension pgaudit",

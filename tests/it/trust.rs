@@ -391,7 +391,8 @@ pub(crate) fn jwt_app_settings(
             s.auth.callers[2].require_user_assertion = true;
             s.auth.callers[2].user_assertion_issuer = Some(IDP.into());
         }
-        s.validate(
+        profile_gateway::startup::validate(
+            s,
             Mode::Production,
             &profile_gateway::startup::provider_names(),
         )
@@ -898,7 +899,7 @@ async fn the_sandbox_refuses_a_database_a_production_gateway_used() {
 
 #[tokio::test]
 async fn the_ownership_migration_stops_on_existing_duplicates_and_names_them() {
-    use profile_gateway::startup::MIGRATOR;
+    use profile_gateway::db::MIGRATOR;
     let (_name, url) = fresh_database().await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let before = sqlx::migrate::Migrator {
