@@ -110,13 +110,15 @@ fn load(config: &[PathBuf], sandbox: bool) -> Result<Settings, String> {
 
 /// What a build without the simulator says to a command that needs it.
 const NO_SANDBOX: &str = "this build has no sandbox (built without the `sandbox` feature); \
-     build with default features to use `serve --sandbox` or `sandbox`";
+     build with default features to use `serve --sandbox`, `check-config --sandbox` or `sandbox`";
 
 /// Why `command` cannot run on this build, when it needs the simulator and the build has none.
 fn needs_missing_sandbox(command: &Command, has_sandbox: bool) -> Option<&'static str> {
     let needs = matches!(
         command,
-        Command::Serve { sandbox: true } | Command::Sandbox { .. }
+        Command::Serve { sandbox: true }
+            | Command::CheckConfig { sandbox: true }
+            | Command::Sandbox { .. }
     );
     (needs && !has_sandbox).then_some(NO_SANDBOX)
 }
@@ -314,12 +316,16 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             seed: None,
         };
-        for command in [serve(true), standalone] {
+        let check = |sandbox| Command::CheckConfig { sandbox };
+        // `check-config --sandbox` answers as `serve --sandbox` would: a build that could not
+        // serve in sandbox mode does not say the configuration is fine for it.
+        for command in [serve(true), check(true), standalone] {
             assert_eq!(needs_missing_sandbox(&command, false), Some(NO_SANDBOX));
             assert_eq!(needs_missing_sandbox(&command, true), None);
         }
         for has_sandbox in [false, true] {
             assert_eq!(needs_missing_sandbox(&serve(false), has_sandbox), None);
+            assert_eq!(needs_missing_sandbox(&check(false), has_sandbox), None);
             assert_eq!(needs_missing_sandbox(&Command::Migrate, has_sandbox), None);
         }
         assert!(NO_SANDBOX.starts_with("this build has no sandbox"));

@@ -104,7 +104,8 @@ impl Registry {
                     .settings
                     .providers
                     .section(name)
-                    .and_then(|s| s.account.as_ref()),
+                    .and_then(|s| s.account.as_ref())
+                    .map(crate::settings::Account::json),
             };
             let adapter = build(&ctx).map_err(|e| format!("provider {}: {e}", spec.target))?;
             if adapter.target() != spec.target {

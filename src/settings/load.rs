@@ -3,7 +3,7 @@
 //! below the prefixed variable. Keys that moved are carried to their new place here, so nothing
 //! after loading knows the old names.
 
-use super::providers::ALIASES;
+use super::providers::{ALIASES, ALL};
 use super::{SettingError, Settings, SettingsError};
 use config::{Config, ConfigBuilder, Map, Value, ValueKind, builder::DefaultState};
 use std::collections::BTreeMap;
@@ -36,30 +36,62 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
         let overrides = env_overrides(env);
-        let load = |e: config::ConfigError| SettingsError::Load(e.to_string());
-        // The operator's layers alone tell which keys were set on purpose, and so whether a new
-        // key or its old alias speaks.
-        let explicit = layers(Config::builder(), files, &overrides)?
-            .build()
-            .map_err(load)?;
-        let with_defaults = Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        let mut table: Map<String, Value> = layers(with_defaults, files, &overrides)?
-            .build()
-            .map_err(load)?
-            .try_deserialize()
-            .map_err(load)?;
-        let deprecations = move_aliases(&mut table, &explicit);
-        let root = Value::new(None, ValueKind::Table(table));
-        let mut settings: Settings = serde_path_to_error::deserialize(root)
-            .map_err(|e| SettingsError::Invalid(vec![named(e, &overrides)]))?;
-        settings.deprecations = deprecations;
-        Ok(settings)
+        match build(files, &overrides) {
+            Err(SettingsError::Invalid(first)) => {
+                // serde stops at the first problem, and which one is first depends on the order
+                // of a map. The files alone, then each variable alone over the defaults, name
+                // every bad key at once, as a misspelt environment is usually more than one.
+                let mut errors = invalid(build(files, &BTreeMap::new()));
+                for (key, o) in &overrides {
+                    let alone = BTreeMap::from([(key.clone(), o.clone())]);
+                    errors.extend(invalid(build::<&Path>(&[], &alone)));
+                }
+                if errors.is_empty() {
+                    errors = first;
+                }
+                Err(SettingsError::Invalid(errors))
+            }
+            other => other,
+        }
     }
+}
+
+fn invalid(built: Result<Settings, SettingsError>) -> Vec<SettingError> {
+    match built {
+        Err(SettingsError::Invalid(errors)) => errors,
+        _ => Vec::new(),
+    }
+}
+
+fn build<P: AsRef<Path>>(
+    files: &[P],
+    overrides: &BTreeMap<String, Override>,
+) -> Result<Settings, SettingsError> {
+    let load = |e: config::ConfigError| SettingsError::Load(e.to_string());
+    // The operator's layers alone tell which keys were set on purpose, and so whether a new
+    // key or its old alias speaks.
+    let explicit = layers(Config::builder(), files, overrides)?
+        .build()
+        .map_err(load)?;
+    let with_defaults =
+        Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+    let mut table: Map<String, Value> = layers(with_defaults, files, overrides)?
+        .build()
+        .map_err(load)?
+        .try_deserialize()
+        .map_err(load)?;
+    let (deprecations, aliased) = move_aliases(&mut table, &explicit);
+    let root = Value::new(None, ValueKind::Table(table));
+    let mut settings: Settings = serde_path_to_error::deserialize(root)
+        .map_err(|e| SettingsError::Invalid(vec![named(e, overrides, &aliased)]))?;
+    settings.deprecations = deprecations;
+    settings.aliased = aliased;
+    Ok(settings)
 }
 
 /// A variable's dotted key and the variable's name, e.g. `juspay.api_key` and
 /// `PROFILE_GATEWAY__JUSPAY__API_KEY`.
+#[derive(Clone)]
 struct Override {
     value: String,
     variable: String,
@@ -116,32 +148,62 @@ fn layers<P: AsRef<Path>>(
 }
 
 /// Carries every old key that is set to its new place (unless the operator set the new one too)
-/// and drops it, returning one warning per old key.
-fn move_aliases(table: &mut Map<String, Value>, explicit: &Config) -> Vec<String> {
+/// and drops it, returning one warning per old key, and each new key that took an old key's
+/// value with the old key's name, so that a problem with the value names the key the operator
+/// wrote.
+fn move_aliases(
+    table: &mut Map<String, Value>,
+    explicit: &Config,
+) -> (Vec<String>, BTreeMap<String, String>) {
     let mut warnings = Vec::new();
+    let mut aliased = BTreeMap::new();
     for (old, new) in ALIASES {
         let Some(value) = remove(table, old) else {
             continue;
         };
         let mut ignored = Vec::new();
+        // An old account key maps to a provider's own section, which is more specific than
+        // `providers.all`, and so wins over it as any provider's own key does.
+        let mut beaten = Vec::new();
         for key in *new {
             if explicit.get::<Value>(key).is_ok() {
                 ignored.push(*key);
-            } else {
-                insert(table, key, value.clone());
+                continue;
+            }
+            insert(table, key, value.clone());
+            aliased.insert(key.to_string(), old.to_string());
+            if let Some(all) = all_key(key)
+                && explicit.get::<Value>(&all).is_ok()
+                && !beaten.contains(&all)
+            {
+                beaten.push(all);
             }
         }
         let target = new.join(" and ");
-        warnings.push(if ignored.is_empty() {
+        let mut warning = if ignored.is_empty() {
             format!("{old} is deprecated; set {target} instead")
         } else {
             format!(
                 "{old} is deprecated and not used where {} is set; set {target} instead",
                 ignored.join(" and ")
             )
-        });
+        };
+        if !beaten.is_empty() {
+            warning.push_str(&format!(
+                "; until then it wins over {} for those providers, as a provider's own key does",
+                beaten.join(" and ")
+            ));
+        }
+        warnings.push(warning);
     }
-    warnings
+    (warnings, aliased)
+}
+
+/// `providers.all.<key>` for a key of one provider's own section.
+fn all_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("providers.")?;
+    let (provider, leaf) = rest.split_once('.')?;
+    (provider != ALL).then(|| format!("providers.{ALL}.{leaf}"))
 }
 
 fn remove(table: &mut Map<String, Value>, key: &str) -> Option<Value> {
@@ -174,20 +236,49 @@ fn insert(table: &mut Map<String, Value>, key: &str, value: Value) {
     t.insert(leaf.to_string(), value);
 }
 
-/// The first key serde refused, by its dotted name (and the variable that set it, if one did).
+/// The first key serde refused, by the dotted name the operator wrote (an old key under its old
+/// name), and the variables that set it, if any did: for an unknown section, every variable
+/// below it.
 fn named(
     e: serde_path_to_error::Error<config::ConfigError>,
     overrides: &BTreeMap<String, Override>,
+    aliased: &BTreeMap<String, String>,
 ) -> SettingError {
-    let key = e.path().to_string();
+    let path = e.path().to_string();
     let inner = e.into_inner().to_string();
-    let mut problem = if inner.starts_with("unknown field") {
+    let unknown = inner.starts_with("unknown field");
+    let mut problem = if unknown {
         "unknown setting".to_string()
     } else {
         inner
     };
-    if let Some(o) = overrides.get(&key) {
-        problem.push_str(&format!(" (set by {})", o.variable));
+    let key = match aliased.get(&path) {
+        Some(old) => {
+            // `config` names the key it was converting, which is the new one.
+            problem = without_clause(&problem, &format!(" for key `{path}`"));
+            old.clone()
+        }
+        None => path,
+    };
+    let below = format!("{key}.");
+    let setters: Vec<(&String, &Override)> = match overrides.get_key_value(&key) {
+        Some(exact) => vec![exact],
+        None => overrides
+            .range(below.clone()..)
+            .take_while(|(k, _)| k.starts_with(&below))
+            .collect(),
+    };
+    let key = match setters.as_slice() {
+        [(full, _)] if unknown => full.to_string(),
+        _ => key,
+    };
+    if !setters.is_empty() {
+        let variables: Vec<&str> = setters.iter().map(|(_, o)| o.variable.as_str()).collect();
+        problem.push_str(&format!(" (set by {})", variables.join(", ")));
     }
     SettingError { key, problem }
+}
+
+fn without_clause(text: &str, clause: &str) -> String {
+    text.replacen(clause, "", 1)
 }

@@ -14,7 +14,9 @@ mod tests;
 mod validate;
 
 pub use auth::{AuthSettings, CallerSettings, IssuerSettings};
-pub use providers::{ALL as ALL_PROVIDERS, ProviderSection, ProvidersSettings, TrafficPolicy};
+pub use providers::{
+    ALL as ALL_PROVIDERS, Account, ProviderSection, ProvidersSettings, TrafficPolicy,
+};
 pub use resolve::{JuspayAccount, Key, Keys, Mode, RazorpayAccount, Runtime};
 pub use sections::{
     AuditSettings, ChangesSettings, DatabaseSettings, JuspaySettings, LimitsSettings,
@@ -48,6 +50,10 @@ pub struct Settings {
     /// One line per old key the configuration still uses (said at start, like `warnings`).
     #[serde(skip)]
     pub deprecations: Vec<String>,
+    /// Each new key that took an old key's value, with the old key: problems name what the
+    /// operator wrote.
+    #[serde(skip)]
+    pub(super) aliased: std::collections::BTreeMap<String, String>,
 }
 
 /// A setting that is wrong, named by its dotted key so the operator knows what to fix.

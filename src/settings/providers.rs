@@ -27,8 +27,47 @@ pub struct ProviderSection {
     pub breaker_open_ms: Option<u64>,
     /// Account settings of a provider that keeps them here rather than in a section of its own
     /// (one registered by the application): the provider parses them itself.
-    pub account: Option<serde_json::Value>,
+    pub account: Option<Account>,
 }
+
+/// A provider's `account` table. Its values are credentials as often as not, so Debug (and with
+/// it `check-config`) shows its keys only.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Account(serde_json::Value);
+
+impl Account {
+    pub fn json(&self) -> &serde_json::Value {
+        &self.0
+    }
+}
+
+impl From<serde_json::Value> for Account {
+    fn from(value: serde_json::Value) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Keys<'a>(&'a serde_json::Value);
+        impl std::fmt::Debug for Keys<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.0 {
+                    serde_json::Value::Object(map) => f
+                        .debug_map()
+                        .entries(map.iter().map(|(k, v)| (k, Keys(v))))
+                        .finish(),
+                    _ => f.write_str("****"),
+                }
+            }
+        }
+        f.debug_tuple("Account").field(&Keys(&self.0)).finish()
+    }
+}
+
+/// The providers whose accounts have sections of their own, `[juspay]` and `[razorpay]`.
+const BUILT_IN: &[&str] = &["juspay_customer", "juspay_wallet", "razorpay_upi"];
 
 /// Every `[providers.*]` table by name, `all` included.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,14 +134,26 @@ impl ProvidersSettings {
         }
     }
 
-    /// Sections for names no registered provider has, and values out of range, each named by
-    /// its dotted key.
-    pub(super) fn check(&self, registered: &[&str], errors: &mut Vec<SettingError>) {
+    /// Sections for names no registered provider has, values out of range, and accounts where
+    /// none is read, each named by the dotted key the operator wrote: `aliased` gives the old
+    /// name of a key that took an old key's value. Only what the keys' old homes checked is
+    /// checked, so that a configuration that used to start still does.
+    pub(super) fn check(
+        &self,
+        registered: &[&str],
+        aliased: &BTreeMap<String, String>,
+        errors: &mut Vec<SettingError>,
+    ) {
         let mut bad = |key: String, problem: &str| {
-            errors.push(SettingError {
+            let key = aliased.get(&key).cloned().unwrap_or(key);
+            let e = SettingError {
                 key,
                 problem: problem.to_string(),
-            })
+            };
+            // An old key feeding two providers is one problem, said once.
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
         };
         for (name, s) in &self.0 {
             let key = |k: &str| format!("providers.{name}.{k}");
@@ -116,10 +167,15 @@ impl ProvidersSettings {
                 );
                 continue;
             }
+            if s.account.is_some() && (name == ALL || BUILT_IN.contains(&name.as_str())) {
+                bad(
+                    key("account"),
+                    "is not read here: only a provider registered by the application keeps its account in its own section; the accounts of the built-in providers are [juspay] and [razorpay]",
+                );
+            }
             for (k, v) in [
                 ("timeout_ms", s.timeout_ms),
                 ("max_response_bytes", s.max_response_bytes.map(|n| n as u64)),
-                ("breaker_open_ms", s.breaker_open_ms),
             ] {
                 if v == Some(0) {
                     bad(key(k), "must be greater than 0");
@@ -128,7 +184,6 @@ impl ProvidersSettings {
             for (k, v) in [
                 ("max_attempts", s.max_attempts),
                 ("in_request_attempts", s.in_request_attempts),
-                ("breaker_failure_threshold", s.breaker_failure_threshold),
             ] {
                 if v == Some(0) {
                     bad(key(k), "must be at least 1");
@@ -138,14 +193,6 @@ impl ProvidersSettings {
                 .is_some_and(|r| !(0.0..=1.0).contains(&r))
             {
                 bad(key("retry_budget_ratio"), "must be between 0 and 1");
-            }
-            if s.retry_budget_min_per_sec
-                .is_some_and(|r| !(r.is_finite() && r >= 0.0))
-            {
-                bad(
-                    key("retry_budget_min_per_sec"),
-                    "must be a number of at least 0",
-                );
             }
         }
     }

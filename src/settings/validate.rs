@@ -14,7 +14,7 @@ impl Settings {
     pub fn validate(&self, mode: Mode, providers: &[&str]) -> Result<(), SettingsError> {
         let sandbox = mode == Mode::Sandbox;
         let mut errors = Vec::new();
-        self.providers.check(providers, &mut errors);
+        self.providers.check(providers, &self.aliased, &mut errors);
         let mut bad = |key: &str, problem: &str| {
             errors.push(SettingError {
                 key: key.to_string(),

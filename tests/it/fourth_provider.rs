@@ -159,7 +159,7 @@ async fn a_provider_registered_by_the_embedder_gets_its_step_rows_and_audit_even
     let app = spawn_app_with_providers(
         |s| {
             let acme = s.providers.section_mut("acme_wallet");
-            acme.account = Some(json!({"base_url": base_url, "api_key": "acme-test-key"}));
+            acme.account = Some(json!({"base_url": base_url, "api_key": "acme-test-key"}).into());
             acme.timeout_ms = Some(2_000);
         },
         registry(),
