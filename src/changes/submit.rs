@@ -4,9 +4,9 @@
 
 use super::idempotency::IdempotencyKey;
 use super::running::{Running, StepState};
-use super::{ChangeService, SubmitError, Submitted, origin};
-use crate::audit::{self, AuditContext};
-use crate::domain::{ProfilePatch, UserId, plan};
+use super::{ChangeService, SubmitError, Submitted};
+use crate::audit;
+use crate::domain::{Origin, ProfilePatch, UserId, plan};
 use crate::store;
 use crate::store::batch;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ impl ChangeService {
         self: &Arc<Self>,
         user: UserId,
         patch: ProfilePatch,
-        ctx: AuditContext,
+        origin: Origin,
         key: IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         let id = Uuid::new_v4();
@@ -39,7 +39,7 @@ impl ChangeService {
         // The task keeps the request's span, so its upstream and database spans join the trace.
         self.tracker
             .spawn(tracing::Instrument::in_current_span(async move {
-                match service.record(id, user, patch, ctx, key).await {
+                match service.record(id, user, patch, origin, key).await {
                     Ok(Recorded::Drive(running)) => {
                         service
                             .drive_answering(*running, true, |answer| {
@@ -73,7 +73,7 @@ impl ChangeService {
         id: Uuid,
         user: UserId,
         patch: ProfilePatch,
-        ctx: AuditContext,
+        origin: Origin,
         key: IdempotencyKey,
     ) -> Result<Recorded, SubmitError> {
         let fields: Vec<String> = patch.field_names().iter().map(|s| s.to_string()).collect();
@@ -107,7 +107,7 @@ impl ChangeService {
                 .submit(batch::NewChange {
                     id,
                     user_id: user.as_str().to_string(),
-                    origin: origin(&ctx),
+                    origin: origin.clone(),
                     fields: fields.clone(),
                     steps: steps.clone(),
                     payload_key_id: self.cipher.key_id().to_string(),
@@ -127,7 +127,7 @@ impl ChangeService {
                 } => break (steps, seq, turn, created_at),
                 batch::Recorded::DuplicateKey => {
                     return self
-                        .existing_key(&user, &ctx, &key)
+                        .existing_key(&user, &origin, &key)
                         .await
                         .map(Recorded::Answer);
                 }
@@ -149,7 +149,7 @@ impl ChangeService {
         Ok(Recorded::Drive(Box::new(Running {
             id,
             user,
-            caller: ctx.caller.clone(),
+            caller: origin.caller.clone(),
             seq,
             fence: 1,
             turn_known: turn,
@@ -157,7 +157,7 @@ impl ChangeService {
             created_at,
             steps: steps.into_iter().map(StepState::new).collect(),
             patch,
-            ctx,
+            origin,
         })))
     }
 
@@ -185,14 +185,15 @@ impl ChangeService {
     async fn existing_key(
         &self,
         user: &UserId,
-        ctx: &AuditContext,
+        origin: &Origin,
         key: &IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         // The record found the key taken; not finding it now means its first request's record
         // is not yet visible: still in flight.
-        let existing = store::idempotency::find(&self.pool, &ctx.caller, user.as_str(), &key.key)
-            .await?
-            .ok_or(SubmitError::KeyInFlight)?;
+        let existing =
+            store::idempotency::find(&self.pool, &origin.caller, user.as_str(), &key.key)
+                .await?
+                .ok_or(SubmitError::KeyInFlight)?;
         let change_id = known_key(key, &existing)?;
         let view = store::changes::load(&self.pool, change_id).await?;
         view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight)

@@ -2,7 +2,7 @@
 //! error, never a default), the change as it is read back (what `GET /changes/{id}` and webhook
 //! bodies show), and the records the change service hands the store to write.
 
-use crate::domain::{PlannedStep, Target};
+use crate::domain::{Origin, PlannedStep, Target};
 use crate::providers::{StepError, StepErrorCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -156,18 +156,6 @@ impl ChangeView {
     pub fn location(&self) -> String {
         format!("/changes/{}", self.change_id)
     }
-}
-
-/// Where a request came from, as the audit rows need it.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub caller: String,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
-    /// `audit::Actor` as JSON: stored in `changes.actor` and in every audit event of the change,
-    /// whose hash covers it. `None` for a change recorded without one (by an older gateway).
-    pub actor: Option<Value>,
 }
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use crate::domain::change::{Finish, NewChange, Origin, OutboxEvent, Settle, StepOutcome};
+pub use crate::domain::Origin;
+pub use crate::domain::change::{Finish, NewChange, OutboxEvent, Settle, StepOutcome};
 
 #[derive(Debug, Clone)]
 pub struct LinksRow {
@@ -105,7 +106,7 @@ pub async fn record_changes(
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
     let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
-    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
     let mut step_change = Vec::new();
     let mut step_no = Vec::new();
     let mut step_target = Vec::new();
@@ -260,7 +261,7 @@ pub async fn settle_changes(
     let o_fields: Vec<String> = outcomes().map(|(_, o)| o.fields.join(",")).collect();
     let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
-    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
     let keep_secs = keep_failed_payload.as_secs_f64();
     let finished_at: Vec<Option<DateTime<Utc>>> = batch
         .iter()
