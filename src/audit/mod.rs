@@ -2,7 +2,7 @@
 //! inserted; values appear masked beside a keyed hash, never in plain text.
 
 use crate::crypto::PiiHasher;
-use crate::domain::{Field, Origin, ProfilePatch};
+use crate::domain::{Field, Origin, ProfilePatch, UserId};
 pub mod checkpoint;
 pub mod cli;
 pub mod merkle;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
     pub origin: &'a Origin,
-    pub user_id: &'a str,
+    pub user_id: &'a UserId,
     pub event_type: &'static str,
     pub outcome: &'a str,
     pub change_id: Option<Uuid>,
@@ -32,7 +32,7 @@ pub struct AuditEvent<'a> {
 impl<'a> AuditEvent<'a> {
     pub fn new(
         origin: &'a Origin,
-        user_id: &'a str,
+        user_id: &'a UserId,
         event_type: &'static str,
         outcome: &'a str,
     ) -> Self {
@@ -62,7 +62,7 @@ pub async fn insert<'c>(
              (user_id, event_type, caller, outcome, change_id, step_no, target, upstream_ref,
               fields, "values", hmac_key_id, error_code, request_id, trace_id, caller_addr, actor)
            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
-        e.user_id,
+        e.user_id.as_str(),
         e.event_type,
         e.origin.caller,
         e.outcome,

@@ -68,7 +68,7 @@ impl Running {
     ) -> ChangeView {
         ChangeView {
             change_id: self.id,
-            user: self.user.as_str().to_string(),
+            user: self.user.clone(),
             seq: self.seq,
             caller: self.caller.clone(),
             status,

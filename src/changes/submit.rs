@@ -83,7 +83,7 @@ impl ChangeService {
         // and the record refused if the links changed in between (then read again): planning
         // never holds a lock.
         let mut tries = 0;
-        let mut cached = self.writes.links_cache.get(user.as_str());
+        let mut cached = self.writes.links_cache.get(&user);
         let (steps, seq, turn, created_at) = loop {
             tries += 1;
             let (links, from_cache) = match cached.take() {
@@ -95,7 +95,7 @@ impl ChangeService {
                 // A link added through another replica since this one cached them. A guess from
                 // the cache does not count as one of the tries.
                 Err(_) if from_cache => {
-                    self.writes.links_cache.forget(user.as_str());
+                    self.writes.links_cache.forget(&user);
                     tries -= 1;
                     continue;
                 }
@@ -133,7 +133,7 @@ impl ChangeService {
                 }
                 batch::Recorded::TooManyPending => return Err(SubmitError::TooManyPending),
                 batch::Recorded::StaleLinks if from_cache || tries < 3 => {
-                    self.writes.links_cache.forget(user.as_str());
+                    self.writes.links_cache.forget(&user);
                     if from_cache {
                         tries -= 1;
                     }
@@ -174,10 +174,10 @@ impl ChangeService {
     /// the next change).
     async fn read_links(&self, user: &UserId) -> Result<batch::LinksRow, SubmitError> {
         let Some(links) = self.fresh_links(user).await? else {
-            self.writes.links_cache.forget(user.as_str());
+            self.writes.links_cache.forget(&user);
             return Err(SubmitError::UserNotFound);
         };
-        self.writes.links_cache.put(user.as_str(), links.clone());
+        self.writes.links_cache.put(&user, links.clone());
         Ok(links)
     }
 
@@ -190,10 +190,9 @@ impl ChangeService {
     ) -> Result<Submitted, SubmitError> {
         // The record found the key taken; not finding it now means its first request's record
         // is not yet visible: still in flight.
-        let existing =
-            store::idempotency::find(&self.pool, &origin.caller, user.as_str(), &key.key)
-                .await?
-                .ok_or(SubmitError::KeyInFlight)?;
+        let existing = store::idempotency::find(&self.pool, &origin.caller, user, &key.key)
+            .await?
+            .ok_or(SubmitError::KeyInFlight)?;
         let change_id = known_key(key, &existing)?;
         let view = store::changes::load(&self.pool, change_id).await?;
         view.map(Submitted::Replay).ok_or(SubmitError::KeyInFlight)
@@ -211,12 +210,12 @@ impl ChangeService {
     ) -> Result<Option<Uuid>, SubmitError> {
         if let Some(key) = key
             && let Some(existing) =
-                store::idempotency::find(&self.pool, caller, user.as_str(), &key.key).await?
+                store::idempotency::find(&self.pool, caller, user, &key.key).await?
         {
             return known_key(key, &existing).map(Some);
         }
         let max = self.limits.max_pending_per_user;
-        if batch::would_exceed_pending(&self.pool, user.as_str(), max).await? {
+        if batch::would_exceed_pending(&self.pool, user, max).await? {
             return Err(SubmitError::TooManyPending);
         }
         Ok(None)

@@ -2,7 +2,7 @@
 //! error, never a default), the change as it is read back (what `GET /changes/{id}` and webhook
 //! bodies show), and the records the change service hands the store to write.
 
-use crate::domain::{Origin, PlannedStep, Target};
+use crate::domain::{Origin, PlannedStep, Target, UserId};
 use crate::providers::{StepError, StepErrorCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -136,7 +136,7 @@ pub struct StepView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeView {
     pub change_id: Uuid,
-    pub user: String,
+    pub user: UserId,
     /// Position of this change in the user's history (gap-free, in acceptance order).
     pub seq: i64,
     pub caller: String,

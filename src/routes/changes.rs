@@ -55,13 +55,12 @@ pub(super) async fn check_read_assertion(
     view: &ChangeView,
 ) -> Result<(), ApiError> {
     if caller.assertion.is_some() {
-        let user = user_param(&view.user)?;
         crate::auth::assertion::check(
             &state.callers,
             &state.pool,
             caller,
             headers,
-            &user,
+            &view.user,
             crate::auth::assertion::Use::Read,
         )
         .await?;

@@ -214,7 +214,7 @@ async fn put_links(
     let outcome =
         crate::store::links::put(&state.pool, &user, &links, &acting(&caller, &edge, None)).await?;
     // This replica plans the user's next change from the new links without a refused write first.
-    state.changes.writes.links_cache.forget(user.as_str());
+    state.changes.writes.links_cache.forget(&user);
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced => StatusCode::OK,

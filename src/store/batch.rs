@@ -8,7 +8,7 @@
 //! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
 //! acted is part of the hashed event, not only of the updatable `changes` row.
 
-use crate::domain::{LinkMember, ProfileLinks};
+use crate::domain::{LinkMember, ProfileLinks, UserId};
 use crate::providers::StepError;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -174,7 +174,7 @@ pub async fn record_changes(
 /// for the bound. An unknown user is not over it (the links said so first).
 pub async fn would_exceed_pending(
     pool: &PgPool,
-    user: &str,
+    user: &UserId,
     max_pending: i64,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
@@ -182,7 +182,7 @@ pub async fn would_exceed_pending(
                     (select last_change_seq - finished_seq + 1 > $2
                        from profile_links where user_id = $1),
                     false) as "over!""#,
-        user,
+        user.as_str(),
         max_pending,
     )
     .fetch_one(pool)

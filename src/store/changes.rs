@@ -264,7 +264,7 @@ pub async fn load(pool: &PgPool, change_id: Uuid) -> Result<Option<ChangeView>, 
     let mut steps = load_steps(pool, &[change_id]).await?;
     Ok(Some(ChangeView {
         change_id: c.id,
-        user: c.user_id,
+        user: super::recorded_user(&c.user_id)?,
         seq: c.user_seq,
         caller: c.caller,
         status: status(&c.status)?,
@@ -301,7 +301,7 @@ pub async fn list_for_user(
             Ok(ChangeView {
                 steps: steps.remove(&c.id).unwrap_or_default(),
                 change_id: c.id,
-                user: c.user_id,
+                user: super::recorded_user(&c.user_id)?,
                 seq: c.user_seq,
                 caller: c.caller,
                 status: status(&c.status)?,

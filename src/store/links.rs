@@ -137,7 +137,7 @@ async fn refused(
     conflicts: &[FieldError],
     origin: &Origin,
 ) -> Result<(), sqlx::Error> {
-    let mut event = AuditEvent::new(origin, user.as_str(), "links_refused", "link_conflict");
+    let mut event = AuditEvent::new(origin, user, "links_refused", "link_conflict");
     event.fields = conflicts.iter().map(|c| c.pointer.clone()).collect();
     event.error_code = Some("link_conflict");
     audit::insert(pool, &event).await
@@ -186,7 +186,7 @@ async fn write(
     )
     .execute(&mut *tx)
     .await?;
-    let mut event = AuditEvent::new(origin, user.as_str(), "links_updated", "applied");
+    let mut event = AuditEvent::new(origin, user, "links_updated", "applied");
     event.fields = members.iter().map(|m| m.name.to_string()).collect();
     // Who acted is the event's actor (audit::insert), no longer inside `values`.
     event.values = json!({"old": old, "new": links});
