@@ -40,7 +40,7 @@ impl ChangeService {
         batch::Settle {
             change_id: ch.id,
             fence: ch.fence,
-            user_id: ch.user.as_str().to_string(),
+            user_id: ch.user.clone(),
             origin: ch.origin.clone(),
             webhooks: self.outbox_events(ch, &outcomes, finish.as_ref()),
             outcomes,

@@ -106,7 +106,7 @@ impl ChangeService {
                 .record
                 .submit(batch::NewChange {
                     id,
-                    user_id: user.as_str().to_string(),
+                    user_id: user.clone(),
                     origin: origin.clone(),
                     fields: fields.clone(),
                     steps: steps.clone(),

@@ -161,7 +161,7 @@ impl ChangeView {
 #[derive(Debug, Clone)]
 pub struct NewChange {
     pub id: Uuid,
-    pub user_id: String,
+    pub user_id: UserId,
     pub origin: Origin,
     pub fields: Vec<String>,
     pub steps: Vec<PlannedStep>,
@@ -194,7 +194,7 @@ pub struct StepOutcome {
 pub struct Settle {
     pub change_id: Uuid,
     pub fence: i64,
-    pub user_id: String,
+    pub user_id: UserId,
     pub origin: Origin,
     pub outcomes: Vec<StepOutcome>,
     pub finish: Option<Finish>,

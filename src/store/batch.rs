@@ -93,7 +93,10 @@ pub async fn record_changes(
     p: &RecordParams<'_>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
-    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let users: Vec<String> = batch
+        .iter()
+        .map(|c| c.user_id.as_str().to_string())
+        .collect();
     let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
     let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
     let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
@@ -202,7 +205,10 @@ pub async fn settle_changes(
 ) -> Result<Vec<bool>, sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.change_id).collect();
     let fences: Vec<i64> = batch.iter().map(|c| c.fence).collect();
-    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let users: Vec<String> = batch
+        .iter()
+        .map(|c| c.user_id.as_str().to_string())
+        .collect();
     let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
     let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
     let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
