@@ -174,10 +174,10 @@ impl ChangeService {
     /// the next change).
     async fn read_links(&self, user: &UserId) -> Result<batch::LinksRow, SubmitError> {
         let Some(links) = self.fresh_links(user).await? else {
-            self.writes.links_cache.forget(&user);
+            self.writes.links_cache.forget(user);
             return Err(SubmitError::UserNotFound);
         };
-        self.writes.links_cache.put(&user, links.clone());
+        self.writes.links_cache.put(user, links.clone());
         Ok(links)
     }
 
