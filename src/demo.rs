@@ -1,7 +1,6 @@
 //! `serve --sandbox`: the gateway wired to an in-process upstream simulator, with demo users and a
 //! demo caller, so a team can try the API with two commands and no credentials.
 
-use crate::audit::AuditContext;
 use crate::domain::{LinkMember, ProfileLinks, Target, UserId};
 use crate::secret::Secret;
 use crate::settings::{CallerSettings, Settings};
@@ -84,13 +83,8 @@ pub async fn seed_links(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
 
 /// As [`seed_links`], for the providers whose members are `members`.
 pub async fn seed_links_at(pool: &sqlx::PgPool, members: &[LinkMember]) -> Result<(), sqlx::Error> {
-    let ctx = AuditContext {
-        caller: "sandbox-seed".into(),
-        request_id: "sandbox-seed".into(),
-        trace_id: None,
-        caller_addr: None,
-        actor: Some(crate::audit::Actor::system()),
-    };
+    let origin = crate::domain::Origin::at_edge("sandbox-seed".into(), None, None)
+        .acted_by("sandbox-seed", crate::domain::Actor::system());
     for (user, links) in demo_links(members) {
         let user = UserId::parse(user).expect("demo user ids are valid");
         if crate::store::links::get(pool, &user, members)
@@ -98,7 +92,7 @@ pub async fn seed_links_at(pool: &sqlx::PgPool, members: &[LinkMember]) -> Resul
             .as_ref()
             != Some(&links)
             && let crate::store::links::PutOutcome::Conflict(_) =
-                crate::store::links::put(pool, &user, &links, &ctx).await?
+                crate::store::links::put(pool, &user, &links, &origin).await?
         {
             return Err(sqlx::Error::Protocol(format!(
                 "the demo objects of {user} are linked to another user"

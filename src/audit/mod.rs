@@ -2,7 +2,7 @@
 //! inserted; values appear masked beside a keyed hash, never in plain text.
 
 use crate::crypto::PiiHasher;
-use crate::domain::{Field, ProfilePatch};
+use crate::domain::{Field, Origin, ProfilePatch, UserId};
 pub mod checkpoint;
 pub mod cli;
 pub mod merkle;
@@ -10,59 +10,13 @@ pub mod roles;
 pub mod verify;
 pub mod witnessed;
 
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-/// Where a request came from; copied into every event it causes.
-#[derive(Debug, Clone, Default)]
-pub struct AuditContext {
-    pub caller: String,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
-    /// `None` only for a change recorded by a gateway that did not record one: its events are then
-    /// written without an actor (and hashed with the v1 encoding).
-    pub actor: Option<Actor>,
-}
-
-/// Who acted, beyond the caller's name: how it authenticated, for which signed-in user, and the
-/// gateway's own id for the request (the caller chooses `request_id`). Every event carries it in
-/// `audit_events.actor`, which the event's hash covers (encoding v2, docs/auditing.md).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Actor {
-    /// `token`, `jwt:{issuer}`, or `system` for the gateway's own acts.
-    pub auth: String,
-    pub subject: Option<String>,
-    pub assertion_subject: Option<String>,
-    pub assertion_jti: Option<String>,
-    pub gateway_request_id: String,
-}
-
-impl Actor {
-    pub fn system() -> Self {
-        Self {
-            auth: "system".into(),
-            gateway_request_id: Uuid::new_v4().to_string(),
-            ..Default::default()
-        }
-    }
-
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
-    /// An actor as an event recorded it, to write into the events of a resumed change. The
-    /// caller reports an error: its events would then carry no actor.
-    pub fn from_json(v: &Value) -> Result<Self, serde_json::Error> {
-        Self::deserialize(v)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
-    pub ctx: &'a AuditContext,
-    pub user_id: &'a str,
+    pub origin: &'a Origin,
+    pub user_id: &'a UserId,
     pub event_type: &'static str,
     pub outcome: &'a str,
     pub change_id: Option<Uuid>,
@@ -77,13 +31,13 @@ pub struct AuditEvent<'a> {
 
 impl<'a> AuditEvent<'a> {
     pub fn new(
-        ctx: &'a AuditContext,
-        user_id: &'a str,
+        origin: &'a Origin,
+        user_id: &'a UserId,
         event_type: &'static str,
         outcome: &'a str,
     ) -> Self {
         Self {
-            ctx,
+            origin,
             user_id,
             event_type,
             outcome,
@@ -108,9 +62,9 @@ pub async fn insert<'c>(
              (user_id, event_type, caller, outcome, change_id, step_no, target, upstream_ref,
               fields, "values", hmac_key_id, error_code, request_id, trace_id, caller_addr, actor)
            values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
-        e.user_id,
+        e.user_id.as_str(),
         e.event_type,
-        e.ctx.caller,
+        e.origin.caller,
         e.outcome,
         e.change_id,
         e.step_no,
@@ -120,10 +74,10 @@ pub async fn insert<'c>(
         e.values,
         e.hmac_key_id,
         e.error_code,
-        e.ctx.request_id,
-        e.ctx.trace_id,
-        e.ctx.caller_addr,
-        e.ctx.actor.as_ref().map(Actor::to_json),
+        e.origin.request_id,
+        e.origin.trace_id,
+        e.origin.caller_addr,
+        e.origin.actor_json(),
     )
     .execute(conn)
     .await?;
@@ -250,27 +204,5 @@ pub async fn maintenance_loop(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit partition maintenance failed; will retry"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_actor_reads_back_from_its_json_and_a_malformed_one_is_an_error() {
-        let a = Actor {
-            auth: "jwt:https://idp".into(),
-            subject: Some("sa".into()),
-            assertion_subject: Some("alice".into()),
-            assertion_jti: Some("j-1".into()),
-            gateway_request_id: "gw-1".into(),
-        };
-        let back = Actor::from_json(&a.to_json()).unwrap();
-        assert_eq!(back.to_json(), a.to_json());
-        // What an edit of the stored JSON could leave: the caller logs it, its events carry none.
-        assert!(Actor::from_json(&json!({"auth": 5, "gateway_request_id": "gw"})).is_err());
-        assert!(Actor::from_json(&json!({"subject": "sa"})).is_err());
-        assert!(Actor::from_json(&json!("token")).is_err());
     }
 }

@@ -4,6 +4,7 @@
 //! and refuses a stale one, and the change is then planned again from a fresh read. A stale entry
 //! (links changed through another replica) therefore costs one refused write, never a wrong plan.
 
+use crate::domain::UserId;
 use crate::store::batch::LinksRow;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,27 +15,27 @@ const MAX_ENTRIES: usize = 65_536;
 
 #[derive(Default)]
 pub struct LinksCache {
-    entries: Mutex<HashMap<String, LinksRow>>,
+    entries: Mutex<HashMap<UserId, LinksRow>>,
 }
 
 impl LinksCache {
-    pub fn get(&self, user: &str) -> Option<LinksRow> {
+    pub fn get(&self, user: &UserId) -> Option<LinksRow> {
         self.lock().get(user).cloned()
     }
 
-    pub fn put(&self, user: &str, row: LinksRow) {
+    pub fn put(&self, user: &UserId, row: LinksRow) {
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(user) {
             entries.clear();
         }
-        entries.insert(user.to_string(), row);
+        entries.insert(user.clone(), row);
     }
 
-    pub fn forget(&self, user: &str) {
+    pub fn forget(&self, user: &UserId) {
         self.lock().remove(user);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LinksRow>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, LinksRow>> {
         // A panic while holding the lock cannot leave the map half-updated in a way that matters:
         // every entry is re-checked by the database anyway.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
@@ -45,6 +46,10 @@ impl LinksCache {
 mod tests {
     use super::*;
     use crate::domain::ProfileLinks;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
 
     fn row(customer: &str) -> LinksRow {
         LinksRow {
@@ -57,27 +62,27 @@ mod tests {
     #[test]
     fn remembers_replaces_and_forgets() {
         let cache = LinksCache::default();
-        assert!(cache.get("alice").is_none());
-        cache.put("alice", row("cst_1"));
-        cache.put("alice", row("cst_2"));
-        let got = cache.get("alice").unwrap();
+        assert!(cache.get(&user("alice")).is_none());
+        cache.put(&user("alice"), row("cst_1"));
+        cache.put(&user("alice"), row("cst_2"));
+        let got = cache.get(&user("alice")).unwrap();
         assert_eq!(
             got.links.objects(crate::domain::Target::JUSPAY_CUSTOMER),
             ["cst_2"]
         );
-        cache.forget("alice");
-        assert!(cache.get("alice").is_none());
+        cache.forget(&user("alice"));
+        assert!(cache.get(&user("alice")).is_none());
     }
 
     #[test]
     fn a_full_cache_starts_over_instead_of_growing() {
         let cache = LinksCache::default();
         for i in 0..MAX_ENTRIES {
-            cache.put(&format!("u{i}"), row("c"));
+            cache.put(&user(&format!("u{i}")), row("c"));
         }
-        cache.put("one-more", row("c"));
+        cache.put(&user("one-more"), row("c"));
         assert_eq!(cache.lock().len(), 1);
-        assert!(cache.get("one-more").is_some());
-        assert!(cache.get("u0").is_none());
+        assert!(cache.get(&user("one-more")).is_some());
+        assert!(cache.get(&user("u0")).is_none());
     }
 }

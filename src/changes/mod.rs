@@ -26,11 +26,9 @@ mod writes;
 
 pub use writes::Writes;
 
-use crate::audit::{self, AuditContext};
 use crate::crypto::{PayloadCipher, PiiHasher};
 use crate::domain::{FieldError, Target};
 use crate::providers::Providers;
-use crate::store::batch;
 use model::ChangeView;
 use resilience::Resilience;
 use running::StepState;
@@ -86,16 +84,6 @@ impl ChangeService {
     fn is_final(&self, s: &StepState) -> bool {
         let max = self.attempt_limits(s.planned.target).max_attempts;
         policy::is_final(s.status, s.attempts, max)
-    }
-}
-
-fn origin(ctx: &AuditContext) -> batch::Origin {
-    batch::Origin {
-        caller: ctx.caller.clone(),
-        request_id: ctx.request_id.clone(),
-        trace_id: ctx.trace_id.clone(),
-        caller_addr: ctx.caller_addr.clone(),
-        actor: ctx.actor.as_ref().map(audit::Actor::to_json),
     }
 }
 

@@ -5,8 +5,8 @@ use super::model::ChangeStatus;
 use super::policy;
 use super::running::{Running, StepState};
 use super::{ChangeService, RetryOutcome, Submitted};
-use crate::audit::{self, AuditContext, AuditEvent};
-use crate::domain::{PlannedStep, ProfilePatch, UserId};
+use crate::audit::AuditEvent;
+use crate::domain::{Origin, PlannedStep, ProfilePatch, UserId};
 use crate::store;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -17,13 +17,13 @@ impl ChangeService {
     pub async fn retry(
         self: &Arc<Self>,
         change_id: Uuid,
-        ctx: AuditContext,
+        origin: Origin,
     ) -> Result<RetryOutcome, sqlx::Error> {
         let user = match store::changes::load(&self.pool, change_id).await? {
             Some(v) => v.user,
             None => return Ok(RetryOutcome::NotFound),
         };
-        let mut event = AuditEvent::new(&ctx, &user, "change_retried", "accepted");
+        let mut event = AuditEvent::new(&origin, &user, "change_retried", "accepted");
         event.change_id = Some(change_id);
         // Its actor is the operator who retried, not the caller who first asked (whose actor the
         // change's earlier events keep); so are the actors of the attempts the retry drives.
@@ -47,7 +47,7 @@ impl ChangeService {
             store::changes::Reopen::NotRetryable => return Ok(RetryOutcome::NotRetryable),
             store::changes::Reopen::CannotOpen => return Ok(RetryOutcome::CannotOpen),
         };
-        match self.resume(claimed, Some(ctx)).await? {
+        match self.resume(claimed, Some(origin)).await? {
             Some(running) => Ok(RetryOutcome::Driven(self.drive_resumed(running).await)),
             // Opened a moment ago under the same keys: only a corrupt record gets here. The change
             // stays pending and the completer reports it.
@@ -84,7 +84,7 @@ impl ChangeService {
     pub(super) async fn resume(
         &self,
         c: store::changes::Claimed,
-        ctx: Option<AuditContext>,
+        origin: Option<Origin>,
     ) -> Result<Option<Running>, sqlx::Error> {
         let (Some(key_id), Some(sealed)) = (&c.payload_key_id, &c.payload_enc) else {
             tracing::error!(change_id = %c.id, "unfinished change has no payload; it cannot be resumed");
@@ -130,27 +130,15 @@ impl ChangeService {
         }
         // A resumed change's events carry who acted in the request or retry whose drive it
         // resumes (store::changes::Claimed): caller, request ids, address and actor alike.
-        let ctx = ctx.unwrap_or_else(|| AuditContext {
-            caller: c.caller.clone(),
-            request_id: c.request_id.clone(),
-            trace_id: c.trace_id.clone(),
-            caller_addr: c.caller_addr.clone(),
-            actor: c.actor.as_ref().and_then(|v| {
-                audit::Actor::from_json(v)
-                    .map_err(|e| {
-                        tracing::warn!(change_id = %c.id, error = %e,
-                            "the actor recorded for this change is unreadable; the events of its resumption carry none");
-                    })
-                    .ok()
-            }),
-        });
+        let caller = c.origin.caller.clone();
+        let origin = origin.unwrap_or(c.origin);
         let Some(user) = UserId::parse(&c.user_id) else {
             return Ok(None);
         };
         Ok(Some(Running {
             id: c.id,
             user,
-            caller: c.caller.clone(),
+            caller,
             seq: c.user_seq,
             fence: c.fence,
             turn_known: false,
@@ -158,7 +146,7 @@ impl ChangeService {
             created_at: c.created_at,
             patch,
             steps,
-            ctx,
+            origin,
         }))
     }
 }

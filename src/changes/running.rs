@@ -2,8 +2,7 @@
 //! when the answer does not come from the record.
 
 use super::model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
-use crate::audit::AuditContext;
-use crate::domain::{PlannedStep, ProfilePatch, UserId};
+use crate::domain::{Origin, PlannedStep, ProfilePatch, UserId};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -47,7 +46,7 @@ pub(super) struct Running {
     pub(super) created_at: chrono::DateTime<chrono::Utc>,
     pub(super) patch: ProfilePatch,
     pub(super) steps: Vec<StepState>,
-    pub(super) ctx: AuditContext,
+    pub(super) origin: Origin,
 }
 
 /// Why driving stopped before the change was final.
@@ -69,7 +68,7 @@ impl Running {
     ) -> ChangeView {
         ChangeView {
             change_id: self.id,
-            user: self.user.as_str().to_string(),
+            user: self.user.clone(),
             seq: self.seq,
             caller: self.caller.clone(),
             status,

@@ -3,7 +3,7 @@
 
 use super::model::{ChangeStatus, StepStatus};
 use super::running::{Halt, Running};
-use super::{ChangeService, Submitted, origin};
+use super::{ChangeService, Submitted};
 use crate::store::batch;
 use uuid::Uuid;
 
@@ -40,8 +40,8 @@ impl ChangeService {
         batch::Settle {
             change_id: ch.id,
             fence: ch.fence,
-            user_id: ch.user.as_str().to_string(),
-            origin: origin(&ch.ctx),
+            user_id: ch.user.clone(),
+            origin: ch.origin.clone(),
             webhooks: self.outbox_events(ch, &outcomes, finish.as_ref()),
             outcomes,
             finish,

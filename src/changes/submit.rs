@@ -4,9 +4,9 @@
 
 use super::idempotency::IdempotencyKey;
 use super::running::{Running, StepState};
-use super::{ChangeService, SubmitError, Submitted, origin};
-use crate::audit::{self, AuditContext};
-use crate::domain::{ProfilePatch, UserId, plan};
+use super::{ChangeService, SubmitError, Submitted};
+use crate::audit;
+use crate::domain::{Origin, ProfilePatch, UserId, plan};
 use crate::store;
 use crate::store::batch;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ impl ChangeService {
         self: &Arc<Self>,
         user: UserId,
         patch: ProfilePatch,
-        ctx: AuditContext,
+        origin: Origin,
         key: IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         let id = Uuid::new_v4();
@@ -39,7 +39,7 @@ impl ChangeService {
         // The task keeps the request's span, so its upstream and database spans join the trace.
         self.tracker
             .spawn(tracing::Instrument::in_current_span(async move {
-                match service.record(id, user, patch, ctx, key).await {
+                match service.record(id, user, patch, origin, key).await {
                     Ok(Recorded::Drive(running)) => {
                         service
                             .drive_answering(*running, true, |answer| {
@@ -73,7 +73,7 @@ impl ChangeService {
         id: Uuid,
         user: UserId,
         patch: ProfilePatch,
-        ctx: AuditContext,
+        origin: Origin,
         key: IdempotencyKey,
     ) -> Result<Recorded, SubmitError> {
         let fields: Vec<String> = patch.field_names().iter().map(|s| s.to_string()).collect();
@@ -83,7 +83,7 @@ impl ChangeService {
         // and the record refused if the links changed in between (then read again): planning
         // never holds a lock.
         let mut tries = 0;
-        let mut cached = self.writes.links_cache.get(user.as_str());
+        let mut cached = self.writes.links_cache.get(&user);
         let (steps, seq, turn, created_at) = loop {
             tries += 1;
             let (links, from_cache) = match cached.take() {
@@ -95,7 +95,7 @@ impl ChangeService {
                 // A link added through another replica since this one cached them. A guess from
                 // the cache does not count as one of the tries.
                 Err(_) if from_cache => {
-                    self.writes.links_cache.forget(user.as_str());
+                    self.writes.links_cache.forget(&user);
                     tries -= 1;
                     continue;
                 }
@@ -106,8 +106,8 @@ impl ChangeService {
                 .record
                 .submit(batch::NewChange {
                     id,
-                    user_id: user.as_str().to_string(),
-                    origin: origin(&ctx),
+                    user_id: user.clone(),
+                    origin: origin.clone(),
                     fields: fields.clone(),
                     steps: steps.clone(),
                     payload_key_id: self.cipher.key_id().to_string(),
@@ -127,13 +127,13 @@ impl ChangeService {
                 } => break (steps, seq, turn, created_at),
                 batch::Recorded::DuplicateKey => {
                     return self
-                        .existing_key(&user, &ctx, &key)
+                        .existing_key(&user, &origin, &key)
                         .await
                         .map(Recorded::Answer);
                 }
                 batch::Recorded::TooManyPending => return Err(SubmitError::TooManyPending),
                 batch::Recorded::StaleLinks if from_cache || tries < 3 => {
-                    self.writes.links_cache.forget(user.as_str());
+                    self.writes.links_cache.forget(&user);
                     if from_cache {
                         tries -= 1;
                     }
@@ -149,7 +149,7 @@ impl ChangeService {
         Ok(Recorded::Drive(Box::new(Running {
             id,
             user,
-            caller: ctx.caller.clone(),
+            caller: origin.caller.clone(),
             seq,
             fence: 1,
             turn_known: turn,
@@ -157,7 +157,7 @@ impl ChangeService {
             created_at,
             steps: steps.into_iter().map(StepState::new).collect(),
             patch,
-            ctx,
+            origin,
         })))
     }
 
@@ -174,10 +174,10 @@ impl ChangeService {
     /// the next change).
     async fn read_links(&self, user: &UserId) -> Result<batch::LinksRow, SubmitError> {
         let Some(links) = self.fresh_links(user).await? else {
-            self.writes.links_cache.forget(user.as_str());
+            self.writes.links_cache.forget(user);
             return Err(SubmitError::UserNotFound);
         };
-        self.writes.links_cache.put(user.as_str(), links.clone());
+        self.writes.links_cache.put(user, links.clone());
         Ok(links)
     }
 
@@ -185,12 +185,12 @@ impl ChangeService {
     async fn existing_key(
         &self,
         user: &UserId,
-        ctx: &AuditContext,
+        origin: &Origin,
         key: &IdempotencyKey,
     ) -> Result<Submitted, SubmitError> {
         // The record found the key taken; not finding it now means its first request's record
         // is not yet visible: still in flight.
-        let existing = store::idempotency::find(&self.pool, &ctx.caller, user.as_str(), &key.key)
+        let existing = store::idempotency::find(&self.pool, &origin.caller, user, &key.key)
             .await?
             .ok_or(SubmitError::KeyInFlight)?;
         let change_id = known_key(key, &existing)?;
@@ -210,12 +210,12 @@ impl ChangeService {
     ) -> Result<Option<Uuid>, SubmitError> {
         if let Some(key) = key
             && let Some(existing) =
-                store::idempotency::find(&self.pool, caller, user.as_str(), &key.key).await?
+                store::idempotency::find(&self.pool, caller, user, &key.key).await?
         {
             return known_key(key, &existing).map(Some);
         }
         let max = self.limits.max_pending_per_user;
-        if batch::would_exceed_pending(&self.pool, user.as_str(), max).await? {
+        if batch::would_exceed_pending(&self.pool, user, max).await? {
             return Err(SubmitError::TooManyPending);
         }
         Ok(None)

@@ -2,7 +2,7 @@
 //! error, never a default), the change as it is read back (what `GET /changes/{id}` and webhook
 //! bodies show), and the records the change service hands the store to write.
 
-use crate::domain::{PlannedStep, Target};
+use crate::domain::{Origin, PlannedStep, Target, UserId};
 use crate::domain::{StepError, StepErrorCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -136,7 +136,7 @@ pub struct StepView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangeView {
     pub change_id: Uuid,
-    pub user: String,
+    pub user: UserId,
     /// Position of this change in the user's history (gap-free, in acceptance order).
     pub seq: i64,
     pub caller: String,
@@ -158,22 +158,10 @@ impl ChangeView {
     }
 }
 
-/// Where a request came from, as the audit rows need it.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    pub caller: String,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
-    /// `audit::Actor` as JSON: stored in `changes.actor` and in every audit event of the change,
-    /// whose hash covers it. `None` for a change recorded without one (by an older gateway).
-    pub actor: Option<Value>,
-}
-
 #[derive(Debug, Clone)]
 pub struct NewChange {
     pub id: Uuid,
-    pub user_id: String,
+    pub user_id: UserId,
     pub origin: Origin,
     pub fields: Vec<String>,
     pub steps: Vec<PlannedStep>,
@@ -206,7 +194,7 @@ pub struct StepOutcome {
 pub struct Settle {
     pub change_id: Uuid,
     pub fence: i64,
-    pub user_id: String,
+    pub user_id: UserId,
     pub origin: Origin,
     pub outcomes: Vec<StepOutcome>,
     pub finish: Option<Finish>,

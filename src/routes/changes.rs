@@ -1,11 +1,11 @@
 //! Recorded changes: one by id, or a user's history.
 
-use super::edge::RequestMeta;
 use super::{AppState, PathParam, QueryParams, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
 use crate::changes::RetryOutcome;
 use crate::changes::model::ChangeStatus;
 use crate::changes::model::ChangeView;
+use crate::domain::Origin;
 use crate::error::ApiError;
 use axum::extract::Extension;
 use axum::extract::State;
@@ -55,13 +55,12 @@ pub(super) async fn check_read_assertion(
     view: &ChangeView,
 ) -> Result<(), ApiError> {
     if caller.assertion.is_some() {
-        let user = user_param(&view.user)?;
         crate::auth::assertion::check(
             &state.callers,
             &state.pool,
             caller,
             headers,
-            &user,
+            &view.user,
             crate::auth::assertion::Use::Read,
         )
         .await?;
@@ -134,7 +133,7 @@ async fn list_changes(
 /// later changes set.
 async fn retry_change(
     State(state): State<AppState>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(edge): Extension<Origin>,
     caller: Caller,
     PathParam(raw): PathParam,
 ) -> Result<Response, ApiError> {
@@ -152,8 +151,8 @@ async fn retry_change(
         }
         ChangeStatus::Failed | ChangeStatus::PartiallyApplied => {}
     }
-    let ctx = super::audit_context(&caller, &meta);
-    let submitted = match state.changes.retry(id, ctx).await? {
+    let origin = super::acting(&caller, &edge, None);
+    let submitted = match state.changes.retry(id, origin).await? {
         RetryOutcome::Driven(submitted) => submitted,
         RetryOutcome::NotFound => return Err(ApiError::ChangeNotFound),
         RetryOutcome::NotLatest => {

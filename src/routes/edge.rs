@@ -2,6 +2,7 @@
 //! leaves logged once (an error inside its span, with its problem code).
 
 use super::problem::LoggedError;
+use crate::domain::Origin;
 use crate::error::ApiError;
 use crate::telemetry::{metrics, otel};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -34,14 +35,6 @@ pub fn current_request_id() -> String {
 /// The trace id of the request being served by this task (the one its spans export under).
 pub fn current_trace_id() -> Option<String> {
     REQUEST_IDS.try_with(|ids| ids.trace_id.clone()).ok()
-}
-
-/// What the edge learned about a request, for handlers and audit rows.
-#[derive(Debug, Clone)]
-pub struct RequestMeta {
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
 }
 
 fn valid_request_id(v: &str) -> bool {
@@ -128,11 +121,12 @@ pub async fn edge(
         })
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     span.record("trace_id", trace_id.as_str());
-    req.extensions_mut().insert(RequestMeta {
-        request_id: request_id.clone(),
-        trace_id: Some(trace_id.clone()),
+    // Who sent it is added once the caller is authenticated (`routes::acting`).
+    req.extensions_mut().insert(Origin::at_edge(
+        request_id.clone(),
+        Some(trace_id.clone()),
         caller_addr,
-    });
+    ));
     let route_label = route.as_deref().unwrap_or("unmatched").to_string();
     let active = metrics
         .http_active

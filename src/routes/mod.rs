@@ -101,33 +101,24 @@ pub(crate) fn user_param(raw: &str) -> Result<crate::domain::UserId, ApiError> {
     crate::domain::UserId::parse(raw).ok_or(ApiError::InvalidPath("user"))
 }
 
-pub(crate) fn audit_context(
+/// The request's origin (as the edge made it) with who acted: the caller, how it authenticated,
+/// the end user it acted for (when it showed an assertion) and a gateway-made request id beside
+/// the caller-chosen one.
+pub(crate) fn acting(
     caller: &crate::auth::Caller,
-    meta: &edge::RequestMeta,
-) -> crate::audit::AuditContext {
-    acting_context(caller, meta, None)
-}
-
-/// The audit context with who acted: the caller, how it authenticated, the end user it acted for
-/// (when it showed an assertion) and a gateway-made request id beside the caller-chosen one.
-pub(crate) fn acting_context(
-    caller: &crate::auth::Caller,
-    meta: &edge::RequestMeta,
+    edge: &crate::domain::Origin,
     assertion: Option<&crate::auth::assertion::UserAssertion>,
-) -> crate::audit::AuditContext {
-    crate::audit::AuditContext {
-        caller: caller.name.clone(),
-        request_id: meta.request_id.clone(),
-        trace_id: meta.trace_id.clone(),
-        caller_addr: meta.caller_addr.clone(),
-        actor: Some(crate::audit::Actor {
+) -> crate::domain::Origin {
+    edge.acted_by(
+        &caller.name,
+        crate::domain::Actor {
             auth: caller.auth.label(),
             subject: caller.auth.subject().map(str::to_string),
             assertion_subject: assertion.map(|a| a.subject.clone()),
             assertion_jti: assertion.map(|a| a.jti.clone()),
             gateway_request_id: uuid::Uuid::new_v4().to_string(),
-        }),
-    }
+        },
+    )
 }
 
 /// A path segment as a string; a segment axum cannot decode (not UTF-8) is a problem like any other.

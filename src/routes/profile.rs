@@ -1,14 +1,13 @@
 //! `/profile/{user}`: the one endpoint that changes a profile everywhere, and the user's links.
 
-use super::edge::RequestMeta;
-use super::{AppState, JsonBody, PathParam, QueryParams, acting_context, user_param};
+use super::{AppState, JsonBody, PathParam, QueryParams, acting, user_param};
 use crate::auth::assertion::{self, Use};
 use crate::auth::{Authorized, Caller, LinksRead, LinksWrite, ProfileWrite, SCOPE_READ};
 use crate::changes::Submitted;
 use crate::changes::dry_run::Read;
 use crate::changes::idempotency::{self, IdempotencyKey, KeyError};
 use crate::changes::policy::{self, PatchAnswer};
-use crate::domain::{ProfileLinks, ProfilePatch, UserId};
+use crate::domain::{Origin, ProfileLinks, ProfilePatch, UserId};
 use crate::error::ApiError;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -60,7 +59,7 @@ impl PatchQuery {
 /// a real PATCH would.
 async fn patch_profile(
     State(state): State<AppState>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(edge): Extension<Origin>,
     Authorized(caller, _): Authorized<ProfileWrite>,
     PathParam(raw): PathParam,
     QueryParams(query): QueryParams<PatchQuery>,
@@ -101,7 +100,7 @@ async fn patch_profile(
         Mode::DryRun(read) => read,
         Mode::Apply => {
             let key = key.ok_or(ApiError::IdempotencyKeyMissing)?;
-            return apply(&state, &meta, &caller, &headers, user, patch, key).await;
+            return apply(&state, &edge, &caller, &headers, user, patch, key).await;
         }
     };
     // The assertion is checked as for the change, but its jti is not claimed: a dry run records
@@ -126,7 +125,7 @@ async fn patch_profile(
 
 async fn apply(
     state: &AppState,
-    meta: &RequestMeta,
+    edge: &Origin,
     caller: &Caller,
     headers: &HeaderMap,
     user: UserId,
@@ -143,8 +142,8 @@ async fn apply(
         Use::Change { idem_key: &key.key },
     )
     .await?;
-    let ctx = acting_context(caller, meta, assertion.as_ref());
-    let submitted = state.changes.submit(user, patch, ctx, key).await?;
+    let origin = acting(caller, edge, assertion.as_ref());
+    let submitted = state.changes.submit(user, patch, origin, key).await?;
     Ok(change_response(submitted))
 }
 
@@ -203,7 +202,7 @@ async fn get_links(
 
 async fn put_links(
     State(state): State<AppState>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(edge): Extension<Origin>,
     Authorized(caller, _): Authorized<LinksWrite>,
     PathParam(raw): PathParam,
     JsonBody(body): JsonBody,
@@ -212,15 +211,10 @@ async fn put_links(
     let links = ProfileLinks::parse(&body, state.changes.providers.link_members())
         .map_err(ApiError::Validation)?;
     use crate::store::links::PutOutcome;
-    let outcome = crate::store::links::put(
-        &state.pool,
-        &user,
-        &links,
-        &acting_context(&caller, &meta, None),
-    )
-    .await?;
+    let outcome =
+        crate::store::links::put(&state.pool, &user, &links, &acting(&caller, &edge, None)).await?;
     // This replica plans the user's next change from the new links without a refused write first.
-    state.changes.writes.links_cache.forget(user.as_str());
+    state.changes.writes.links_cache.forget(&user);
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced => StatusCode::OK,

@@ -1,10 +1,10 @@
 //! Webhook deliveries: a caller reads its own change's events and their attempts; an operator
 //! sends one again.
 
-use super::edge::RequestMeta;
 use super::{AppState, PathParam};
 use crate::audit::AuditEvent;
 use crate::auth::{Caller, SCOPE_OPERATE};
+use crate::domain::Origin;
 use crate::error::ApiError;
 use crate::store::webhooks::{self as store, Redeliver};
 use axum::extract::{Extension, State};
@@ -50,7 +50,7 @@ async fn list_deliveries(
 /// change's user records who asked.
 async fn redeliver(
     State(state): State<AppState>,
-    Extension(meta): Extension<RequestMeta>,
+    Extension(edge): Extension<Origin>,
     caller: Caller,
     PathParam(raw): PathParam,
 ) -> Result<Response, ApiError> {
@@ -62,8 +62,8 @@ async fn redeliver(
     if state.changes.webhooks.get(&owner.caller).is_none() {
         return Err(ApiError::DeliveryNoWebhook);
     }
-    let ctx = super::audit_context(&caller, &meta);
-    let mut event = AuditEvent::new(&ctx, &owner.user, "webhook_redelivered", "accepted");
+    let origin = super::acting(&caller, &edge, None);
+    let mut event = AuditEvent::new(&origin, &owner.user, "webhook_redelivered", "accepted");
     event.change_id = Some(owner.change_id);
     // Who asked goes into the event's own actor column (hashed), as for every gateway event.
     event.values = json!({"delivery_id": id});

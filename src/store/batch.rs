@@ -9,7 +9,7 @@
 //! acted is part of the hashed event, not only of the updatable `changes` row.
 
 use crate::domain::StepError;
-use crate::domain::{LinkMember, ProfileLinks};
+use crate::domain::{LinkMember, ProfileLinks, UserId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use crate::domain::change::{Finish, NewChange, Origin, OutboxEvent, Settle, StepOutcome};
+pub use crate::domain::Origin;
+pub use crate::domain::change::{Finish, NewChange, OutboxEvent, Settle, StepOutcome};
 
 #[derive(Debug, Clone)]
 pub struct LinksRow {
@@ -92,7 +93,10 @@ pub async fn record_changes(
     p: &RecordParams<'_>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
-    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let users: Vec<String> = batch
+        .iter()
+        .map(|c| c.user_id.as_str().to_string())
+        .collect();
     let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
     let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
     let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
@@ -105,7 +109,7 @@ pub async fn record_changes(
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
     let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
-    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
     let mut step_change = Vec::new();
     let mut step_no = Vec::new();
     let mut step_target = Vec::new();
@@ -173,7 +177,7 @@ pub async fn record_changes(
 /// for the bound. An unknown user is not over it (the links said so first).
 pub async fn would_exceed_pending(
     pool: &PgPool,
-    user: &str,
+    user: &UserId,
     max_pending: i64,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
@@ -181,7 +185,7 @@ pub async fn would_exceed_pending(
                     (select last_change_seq - finished_seq + 1 > $2
                        from profile_links where user_id = $1),
                     false) as "over!""#,
-        user,
+        user.as_str(),
         max_pending,
     )
     .fetch_one(pool)
@@ -201,7 +205,10 @@ pub async fn settle_changes(
 ) -> Result<Vec<bool>, sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.change_id).collect();
     let fences: Vec<i64> = batch.iter().map(|c| c.fence).collect();
-    let users: Vec<String> = batch.iter().map(|c| c.user_id.clone()).collect();
+    let users: Vec<String> = batch
+        .iter()
+        .map(|c| c.user_id.as_str().to_string())
+        .collect();
     let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
     let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
     let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
@@ -260,7 +267,7 @@ pub async fn settle_changes(
     let o_fields: Vec<String> = outcomes().map(|(_, o)| o.fields.join(",")).collect();
     let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
     let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
-    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor.clone()).collect();
+    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
     let keep_secs = keep_failed_payload.as_secs_f64();
     let finished_at: Vec<Option<DateTime<Utc>>> = batch
         .iter()

@@ -5,7 +5,7 @@
 use crate::audit::{self, AuditEvent};
 use crate::domain::StepErrorCode;
 use crate::domain::change::UnknownStatus;
-use crate::domain::{ChangeView, StepErrorView, StepView, Target, UserId};
+use crate::domain::{Actor, ChangeView, Origin, StepErrorView, StepView, Target, UserId};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -92,21 +92,33 @@ macro_rules! claimed {
             fence: $r.fence,
             fields: $r.fields,
             created_at: $r.created_at,
-            caller: $r.caller,
-            request_id: $r.request_id,
-            trace_id: $r.trace_id,
-            caller_addr: $r.caller_addr,
+            origin: Origin {
+                actor: recorded_actor($r.id, $r.actor),
+                caller: $r.caller,
+                request_id: $r.request_id,
+                trace_id: $r.trace_id,
+                caller_addr: $r.caller_addr,
+            },
             payload_key_id: $r.payload_key_id,
             payload_enc: $r.payload_enc,
-            actor: $r.actor,
         }
     };
 }
 
+/// An actor as an event recorded it. An unreadable one (a corrupt or foreign row) is logged and
+/// dropped: the events of the drive then carry none, as for a change recorded by an older gateway.
+fn recorded_actor(change_id: Uuid, actor: Option<serde_json::Value>) -> Option<Actor> {
+    Actor::from_json(&actor?)
+        .map_err(|e| {
+            tracing::warn!(%change_id, error = %e,
+                "the actor recorded for this change is unreadable; the events of its resumption carry none");
+        })
+        .ok()
+}
+
 /// A change claimed for driving, with what is needed to resume it.
 ///
-/// Who acted (`caller`, `request_id`, `trace_id`, `caller_addr`, `actor`): for a change the
-/// completer claims, the request or operator retry that set its current drive going, as the
+/// Who acted (`origin`): for a change the completer claims, the request or operator retry that set its current drive going, as the
 /// latest of its hashed `change_requested` / `change_retried` events records it, never the
 /// `changes` row, which the gateway's role may update. [`reopen`] returns the row's (and no
 /// actor): the retry that reopens drives the change under its own context.
@@ -117,17 +129,11 @@ pub struct Claimed {
     pub fence: i64,
     pub fields: Vec<String>,
     pub created_at: DateTime<Utc>,
-    pub caller: String,
-    pub request_id: String,
-    pub trace_id: Option<String>,
-    pub caller_addr: Option<String>,
+    pub origin: Origin,
     pub payload_key_id: Option<String>,
     pub payload_enc: Option<Vec<u8>>,
     /// Who drove it before: a replica that may have sent requests it never recorded.
     pub previous_owner: Option<String>,
-    /// `audit::Actor` as JSON; `None` when that event has none (recorded by an older gateway):
-    /// the events of the drive then have none either.
-    pub actor: Option<serde_json::Value>,
 }
 
 /// Claims the oldest unfinished change whose lease ran out and whose turn it is, skipping rows
@@ -258,7 +264,7 @@ pub async fn load(pool: &PgPool, change_id: Uuid) -> Result<Option<ChangeView>, 
     let mut steps = load_steps(pool, &[change_id]).await?;
     Ok(Some(ChangeView {
         change_id: c.id,
-        user: c.user_id,
+        user: super::recorded_user(&c.user_id)?,
         seq: c.user_seq,
         caller: c.caller,
         status: status(&c.status)?,
@@ -295,7 +301,7 @@ pub async fn list_for_user(
             Ok(ChangeView {
                 steps: steps.remove(&c.id).unwrap_or_default(),
                 change_id: c.id,
-                user: c.user_id,
+                user: super::recorded_user(&c.user_id)?,
                 seq: c.user_seq,
                 caller: c.caller,
                 status: status(&c.status)?,

@@ -1,6 +1,7 @@
 //! `idempotency_keys`: which change a caller's key created, and whether its first request is still
 //! being answered.
 
+use crate::domain::UserId;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -14,7 +15,7 @@ pub struct Existing {
 pub async fn find(
     pool: &PgPool,
     caller: &str,
-    user: &str,
+    user: &UserId,
     key: &str,
 ) -> Result<Option<Existing>, sqlx::Error> {
     let row = sqlx::query!(
@@ -23,7 +24,7 @@ pub async fn find(
              from idempotency_keys k join changes c on c.id = k.change_id
             where k.caller = $1 and k.user_id = $2 and k.idem_key = $3 and k.expires_at > now()"#,
         caller,
-        user,
+        user.as_str(),
         key
     )
     .fetch_optional(pool)

@@ -1,8 +1,8 @@
 //! `user_links`: who a user is at each provider, one row per linked object; `profile_links` holds
 //! the user's row (and `updated_at`, the links version changes are recorded against).
 
-use crate::audit::{self, AuditContext, AuditEvent};
-use crate::domain::{FieldError, LinkMember, ProfileLinks, UserId};
+use crate::audit::{self, AuditEvent};
+use crate::domain::{FieldError, LinkMember, Origin, ProfileLinks, UserId};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -68,17 +68,17 @@ pub async fn put(
     pool: &PgPool,
     user: &UserId,
     links: &ProfileLinks,
-    ctx: &AuditContext,
+    origin: &Origin,
 ) -> Result<PutOutcome, sqlx::Error> {
     // A concurrent request may take an object between the check and the write: the constraint
     // refuses it then, and the check, run again, names the member.
     for _ in 0..2 {
         let conflicts = conflicts(pool, user, links).await?;
         if !conflicts.is_empty() {
-            refused(pool, user, &conflicts, ctx).await?;
+            refused(pool, user, &conflicts, origin).await?;
             return Ok(PutOutcome::Conflict(conflicts));
         }
-        match write(pool, user, links, ctx).await {
+        match write(pool, user, links, origin).await {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => continue,
             other => return other,
         }
@@ -135,9 +135,9 @@ async fn refused(
     pool: &PgPool,
     user: &UserId,
     conflicts: &[FieldError],
-    ctx: &AuditContext,
+    origin: &Origin,
 ) -> Result<(), sqlx::Error> {
-    let mut event = AuditEvent::new(ctx, user.as_str(), "links_refused", "link_conflict");
+    let mut event = AuditEvent::new(origin, user, "links_refused", "link_conflict");
     event.fields = conflicts.iter().map(|c| c.pointer.clone()).collect();
     event.error_code = Some("link_conflict");
     audit::insert(pool, &event).await
@@ -147,7 +147,7 @@ async fn write(
     pool: &PgPool,
     user: &UserId,
     links: &ProfileLinks,
-    ctx: &AuditContext,
+    origin: &Origin,
 ) -> Result<PutOutcome, sqlx::Error> {
     let members: Vec<LinkMember> = links.entries().map(|(m, _)| *m).collect();
     let mut tx = pool.begin().await?;
@@ -186,7 +186,7 @@ async fn write(
     )
     .execute(&mut *tx)
     .await?;
-    let mut event = AuditEvent::new(ctx, user.as_str(), "links_updated", "applied");
+    let mut event = AuditEvent::new(origin, user, "links_updated", "applied");
     event.fields = members.iter().map(|m| m.name.to_string()).collect();
     // Who acted is the event's actor (audit::insert), no longer inside `values`.
     event.values = json!({"old": old, "new": links});

@@ -10,6 +10,13 @@ pub mod links;
 pub mod mode;
 pub mod webhooks;
 
+/// A user id as a row holds it. Every id was parsed on its way in, so one that does not parse is
+/// a corrupt or foreign row: an error, never a guess.
+pub(crate) fn recorded_user(text: &str) -> Result<crate::domain::UserId, sqlx::Error> {
+    crate::domain::UserId::parse(text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("invalid user id {text:?} in a row").into()))
+}
+
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {

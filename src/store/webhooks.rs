@@ -5,6 +5,7 @@
 //! claim ran out (and was taken over) changes nothing of the event.
 
 use crate::audit::{self, AuditEvent};
+use crate::domain::UserId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -244,7 +245,7 @@ pub async fn list_for_change(
 /// The change an event belongs to, that change's user, and the caller the event goes to.
 pub struct Owner {
     pub change_id: Uuid,
-    pub user: String,
+    pub user: UserId,
     pub caller: String,
 }
 
@@ -257,11 +258,14 @@ pub async fn owner(pool: &PgPool, id: Uuid) -> Result<Option<Owner>, sqlx::Error
     )
     .fetch_optional(pool)
     .await?;
-    Ok(r.map(|r| Owner {
-        change_id: r.change_id,
-        user: r.user_id,
-        caller: r.caller,
-    }))
+    r.map(|r| {
+        Ok(Owner {
+            change_id: r.change_id,
+            user: super::recorded_user(&r.user_id)?,
+            caller: r.caller,
+        })
+    })
+    .transpose()
 }
 
 pub enum Redeliver {

@@ -1010,7 +1010,7 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     let settle = |fence: i64, step: StepStatus, status: ChangeStatus| Settle {
         change_id: id,
         fence,
-        user_id: "alice".into(),
+        user_id: profile_gateway::domain::UserId::parse("alice").unwrap(),
         origin: Origin {
             caller: "c".into(),
             request_id: format!("fence-{fence}"),
