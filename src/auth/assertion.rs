@@ -98,12 +98,11 @@ pub async fn check(
         Use::Change { idem_key } => (Some(idem_key), true),
         Use::DryRun { idem_key } => (idem_key, false),
     };
-    let (caller_name, user_id) = (caller.name.as_str(), user.as_str());
+    let caller_name = caller.name.as_str();
     let fresh = if claim {
-        crate::store::assertions::claim(pool, &assertion, caller_name, user_id, idem_key).await?
+        crate::store::assertions::claim(pool, &assertion, caller_name, user, idem_key).await?
     } else {
-        crate::store::assertions::would_claim(pool, &assertion, caller_name, user_id, idem_key)
-            .await?
+        crate::store::assertions::would_claim(pool, &assertion, caller_name, user, idem_key).await?
     };
     if !fresh {
         return Err(ApiError::UserAssertionReplayed);

@@ -1,6 +1,6 @@
 //! `user_assertion_jtis`: each end-user assertion's `jti`, kept until the assertion expires.
 
-use crate::domain::UserAssertion;
+use crate::domain::{UserAssertion, UserId};
 use sqlx::PgPool;
 
 /// Claims the assertion's jti for this request. True when it is new (or expired and reused), or
@@ -9,7 +9,7 @@ pub async fn claim(
     pool: &PgPool,
     a: &UserAssertion,
     caller: &str,
-    user: &str,
+    user: &UserId,
     idem_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let row = sqlx::query_file_scalar!(
@@ -17,7 +17,7 @@ pub async fn claim(
         a.issuer,
         a.jti,
         caller,
-        user,
+        user.as_str(),
         idem_key,
         a.expires_at,
     )
@@ -34,7 +34,7 @@ pub async fn would_claim(
     pool: &PgPool,
     a: &UserAssertion,
     caller: &str,
-    user: &str,
+    user: &UserId,
     idem_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
     let row = sqlx::query_scalar!(
@@ -46,7 +46,7 @@ pub async fn would_claim(
         a.issuer,
         a.jti,
         caller,
-        user,
+        user.as_str(),
         idem_key,
     )
     .fetch_one(pool)

@@ -1024,17 +1024,17 @@ async fn would_claim_answers_as_claim_does_and_writes_nothing() {
             .unwrap();
         let pool = &app.pool;
         assert!(
-            claim(pool, &assertion("live"), "app", "alice", Some("k1"))
+            claim(pool, &assertion("live"), "app", &uid("alice"), Some("k1"))
                 .await
                 .unwrap()
         );
         assert!(
-            claim(pool, &assertion("read"), "app", "alice", None)
+            claim(pool, &assertion("read"), "app", &uid("alice"), None)
                 .await
                 .unwrap()
         );
         assert!(
-            claim(pool, &assertion("old"), "other", "bob", Some("k9"))
+            claim(pool, &assertion("old"), "other", &uid("bob"), Some("k9"))
                 .await
                 .unwrap()
         );
@@ -1058,13 +1058,19 @@ async fn would_claim_answers_as_claim_does_and_writes_nothing() {
         fixture().await;
         let before = rows().await;
         let a = assertion(jti);
-        let predicted = would_claim(&app.pool, &a, caller, user, key).await.unwrap();
+        let predicted = would_claim(&app.pool, &a, caller, &uid(user), key)
+            .await
+            .unwrap();
         assert_eq!(rows().await, before, "{jti} {caller} {user} {key:?}: wrote");
-        let claimed = claim(&app.pool, &a, caller, user, key).await.unwrap();
+        let claimed = claim(&app.pool, &a, caller, &uid(user), key).await.unwrap();
         assert_eq!(
             (predicted, claimed),
             (fresh, fresh),
             "{jti} {caller} {user} {key:?}"
         );
     }
+}
+
+fn uid(s: &str) -> profile_gateway::domain::UserId {
+    profile_gateway::domain::UserId::parse(s).unwrap()
 }
