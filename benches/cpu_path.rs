@@ -9,7 +9,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;
-use profile_gateway::changes::model::{ChangeStatus, StepStatus};
+use profile_gateway::domain::{ChangeStatus, StepStatus};
 use profile_gateway::crypto::PiiHasher;
 use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
 use profile_gateway::domain::{Field, Target};

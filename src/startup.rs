@@ -86,7 +86,7 @@ impl Application {
 
     /// Everything but serving: pool (lazy, so a database outage at boot still serves probes),
     /// migrations when asked, the shared HTTP client, the adapters and the router.
-    pub async fn from_runtime(
+    pub(crate) async fn from_runtime(
         runtime: &Runtime,
         listener: TcpListener,
         registry: Registry,

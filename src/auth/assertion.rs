@@ -4,7 +4,7 @@
 //! across replicas). A retry of the same change (same Idempotency-Key) may carry it again.
 
 use super::{Caller, Callers};
-pub use crate::domain::UserAssertion;
+use crate::domain::UserAssertion;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use axum::http::HeaderMap;

@@ -2,21 +2,21 @@
 //! have taken effect, then the write; and the outcome the settle records.
 
 use super::ChangeService;
-use super::model::StepErrorView;
+use crate::domain::change;
+use crate::domain::StepErrorView;
 use super::policy;
 use super::resilience::{self, Admission};
 use super::running::{Running, StepState};
 use crate::audit;
 use crate::domain::{PlannedStep, ProfilePatch};
 use crate::providers::StepError;
-use crate::store::batch;
 use std::sync::Arc;
 use std::time::Instant;
 
 impl ChangeService {
     /// One attempt of one step (read back first when an earlier send may have taken effect).
     /// Returns the step's new state and the outcome to record.
-    pub(super) async fn attempt(&self, ch: &Running, i: usize) -> (StepState, batch::StepOutcome) {
+    pub(super) async fn attempt(&self, ch: &Running, i: usize) -> (StepState, change::StepOutcome) {
         let step = &ch.steps[i];
         let target = step.planned.target;
         let attempts = step.attempts + 1;
@@ -42,7 +42,7 @@ impl ChangeService {
             read_back_first: policy::read_back_first(status, false),
         };
         let step_fields = crate::domain::field::names(&step.planned.fields);
-        let outcome = batch::StepOutcome {
+        let outcome = change::StepOutcome {
             step_no: step.planned.step_no,
             status,
             error: result.err(),

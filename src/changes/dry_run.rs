@@ -8,7 +8,7 @@
 use super::idempotency::IdempotencyKey;
 use super::resilience::{self, Admission};
 use super::{ChangeService, SubmitError};
-use crate::changes::model::StepErrorView;
+use crate::domain::StepErrorView;
 use crate::domain::{PlannedStep, ProfilePatch, Target, UserId, plan};
 use crate::providers::{ProviderAdapter, Reading, StepError};
 use serde::Serialize;

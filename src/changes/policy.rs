@@ -4,7 +4,7 @@
 //! Orchestration (`submit`, `drive`, `attempt`, `resume`) asks; it decides nothing itself.
 //! (Over half of the file is the tables that test every rule.)
 
-use super::model::{ChangeStatus, StepStatus, StepView};
+use crate::domain::{ChangeStatus, StepStatus, StepView};
 use crate::providers::{StepError, StepErrorCode};
 use std::time::Duration;
 
@@ -189,7 +189,7 @@ pub fn patch_answer(status: ChangeStatus, steps: &[StepView]) -> PatchAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changes::model::StepErrorView;
+    use crate::domain::StepErrorView;
     use crate::domain::Target;
     use StepErrorCode as C;
 

@@ -1,7 +1,7 @@
 //! Picking a recorded change up again: a completer's claim of a change whose lease ran out, and an
 //! operator's retry of a change that failed finally. Both rebuild the change from its record.
 
-use super::model::ChangeStatus;
+use crate::domain::ChangeStatus;
 use super::policy;
 use super::running::{Running, StepState};
 use super::{ChangeService, RetryOutcome, Submitted};

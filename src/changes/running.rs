@@ -1,7 +1,7 @@
 //! A recorded change while a replica drives it: its steps' states, and the view answered from them
 //! when the answer does not come from the record.
 
-use super::model::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
+use crate::domain::{ChangeStatus, ChangeView, StepErrorView, StepStatus, StepView};
 use crate::domain::{Origin, PlannedStep, ProfilePatch, UserId};
 use std::time::Duration;
 use uuid::Uuid;

@@ -1,10 +1,10 @@
 //! Recording what a round of attempts came to: the steps' outcomes, the webhook events they make
 //! and, when the change is final, its final state, all in one settle write.
 
-use super::model::{ChangeStatus, StepStatus};
+use crate::domain::change;
+use crate::domain::{ChangeStatus, StepStatus};
 use super::running::{Halt, Running};
 use super::{ChangeService, Submitted};
-use crate::store::batch;
 use uuid::Uuid;
 
 impl ChangeService {
@@ -12,7 +12,7 @@ impl ChangeService {
     pub(super) async fn record_round(
         &self,
         ch: &Running,
-        outcomes: Vec<batch::StepOutcome>,
+        outcomes: Vec<change::StepOutcome>,
     ) -> Result<(), Halt> {
         let settlement = self.settlement(ch, outcomes, None);
         let wake = !settlement.webhooks.is_empty();
@@ -34,10 +34,10 @@ impl ChangeService {
     pub(super) fn settlement(
         &self,
         ch: &Running,
-        outcomes: Vec<batch::StepOutcome>,
-        finish: Option<batch::Finish>,
-    ) -> batch::Settle {
-        batch::Settle {
+        outcomes: Vec<change::StepOutcome>,
+        finish: Option<change::Finish>,
+    ) -> change::Settle {
+        change::Settle {
             change_id: ch.id,
             fence: ch.fence,
             user_id: ch.user.clone(),
@@ -54,9 +54,9 @@ impl ChangeService {
     fn outbox_events(
         &self,
         ch: &Running,
-        outcomes: &[batch::StepOutcome],
-        finish: Option<&batch::Finish>,
-    ) -> Vec<batch::OutboxEvent> {
+        outcomes: &[change::StepOutcome],
+        finish: Option<&change::Finish>,
+    ) -> Vec<change::OutboxEvent> {
         use crate::webhooks::EventType;
         let Some(sub) = self.webhooks.get(&ch.caller) else {
             return Vec::new();
@@ -81,7 +81,7 @@ impl ChangeService {
         let body = ch.view(status, finish.map(|f| f.finished_at)).to_json();
         events
             .into_iter()
-            .map(|e| batch::OutboxEvent {
+            .map(|e| change::OutboxEvent {
                 id: Uuid::new_v4(),
                 caller: ch.caller.clone(),
                 event_type: e.as_str(),
@@ -91,7 +91,7 @@ impl ChangeService {
     }
 
     /// Records the last round's outcomes and the final state in one write.
-    pub(super) async fn settle(&self, ch: Running, outcomes: Vec<batch::StepOutcome>) -> Submitted {
+    pub(super) async fn settle(&self, ch: Running, outcomes: Vec<change::StepOutcome>) -> Submitted {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);
@@ -100,7 +100,7 @@ impl ChangeService {
         // whichever replica recorded it, whose clock may be ahead of this one.
         let finished_at =
             chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6).max(ch.created_at);
-        let finish = batch::Finish {
+        let finish = change::Finish {
             status,
             fields: ch.fields.clone(),
             finished_at,

@@ -5,6 +5,7 @@
 use super::idempotency::IdempotencyKey;
 use super::running::{Running, StepState};
 use super::{ChangeService, SubmitError, Submitted};
+use crate::domain::change;
 use crate::audit;
 use crate::domain::{Origin, ProfilePatch, UserId, plan};
 use crate::store;
@@ -104,7 +105,7 @@ impl ChangeService {
             let recorded = self
                 .writes
                 .record
-                .submit(batch::NewChange {
+                .submit(change::NewChange {
                     id,
                     user_id: user.clone(),
                     origin: origin.clone(),

@@ -2,6 +2,7 @@
 //! settle, each batching what concurrent changes write into one statement.
 
 use super::{Limits, batcher, links_cache};
+use crate::domain::change;
 use crate::store::batch;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -10,8 +11,8 @@ use std::time::Duration;
 pub struct Writes {
     pub links: batcher::Batcher<String, Option<batch::LinksRow>>,
     pub links_cache: links_cache::LinksCache,
-    pub record: batcher::Batcher<batch::NewChange, batch::Recorded>,
-    pub settle: batcher::Batcher<batch::Settle, bool>,
+    pub record: batcher::Batcher<change::NewChange, batch::Recorded>,
+    pub settle: batcher::Batcher<change::Settle, bool>,
 }
 
 impl Writes {
@@ -54,7 +55,7 @@ impl Writes {
             observe("record"),
             max_batch,
             linger,
-            move |items: Arc<[batch::NewChange]>| {
+            move |items: Arc<[change::NewChange]>| {
                 let (p, owner) = (p.clone(), owner.clone());
                 async move {
                     let params = batch::RecordParams {
@@ -99,7 +100,7 @@ impl Writes {
             observe("settle"),
             max_batch,
             linger,
-            move |items: Arc<[batch::Settle]>| {
+            move |items: Arc<[change::Settle]>| {
                 let p = p.clone();
                 async move { batch::settle_changes(&p, &items, keep).await }
             },

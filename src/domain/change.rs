@@ -222,6 +222,19 @@ pub struct OutboxEvent {
     pub body: String,
 }
 
+/// A failed attempt as callers see it: the public fields of the step error.
+impl From<&StepError> for StepErrorView {
+    fn from(e: &StepError) -> Self {
+        Self {
+            code: e.code,
+            retryable: e.retryable,
+            upstream_status: e.upstream_status,
+            upstream_code: e.upstream_code.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

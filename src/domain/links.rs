@@ -15,8 +15,13 @@ impl UserId {
     /// Ids starting with `_` are reserved for the gateway's own records (`_system`): a caller
     /// cannot name them, so its changes never land in the gateway's audit chains.
     pub fn parse(s: &str) -> Option<Self> {
+        Self::recorded(s).filter(|_| !s.starts_with('_'))
+    }
+
+    /// A user id as a row holds it: the character rules, but not the reservation of `_`, which
+    /// came after rows for such users could be written (and `_system`'s own rows have it).
+    pub fn recorded(s: &str) -> Option<Self> {
         let ok = (1..=128).contains(&s.len())
-            && !s.starts_with('_')
             && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._:-@".contains(c));
         ok.then(|| Self(s.to_string()))
@@ -271,5 +276,10 @@ mod tests {
         assert_eq!(ptrs, ["/x", "/juspay_customer_id", "/juspay_wallet_ids/1"]);
         assert!(UserId::parse("user-42").is_some());
         assert!(UserId::parse("a/b").is_none());
+        // A reserved id cannot be named, but a row may hold one (`_system`, or a row written
+        // before the reservation) and still reads.
+        assert!(UserId::parse("_system").is_none());
+        assert_eq!(UserId::recorded("_system").unwrap().as_str(), "_system");
+        assert!(UserId::recorded("a/b").is_none());
     }
 }

@@ -3,8 +3,8 @@
 use super::{AppState, PathParam, QueryParams, user_param};
 use crate::auth::{Caller, SCOPE_OPERATE, SCOPE_READ};
 use crate::changes::RetryOutcome;
-use crate::changes::model::ChangeStatus;
-use crate::changes::model::ChangeView;
+use crate::domain::ChangeStatus;
+use crate::domain::ChangeView;
 use crate::domain::Origin;
 use crate::error::ApiError;
 use axum::extract::Extension;
@@ -55,12 +55,14 @@ pub(super) async fn check_read_assertion(
     view: &ChangeView,
 ) -> Result<(), ApiError> {
     if caller.assertion.is_some() {
+        // A reserved id recorded before the reservation cannot be asserted (400, as before).
+        let user = super::user_param(view.user.as_str())?;
         crate::auth::assertion::check(
             &state.callers,
             &state.pool,
             caller,
             headers,
-            &view.user,
+            &user,
             crate::auth::assertion::Use::Read,
         )
         .await?;

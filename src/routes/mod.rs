@@ -107,7 +107,7 @@ pub(crate) fn user_param(raw: &str) -> Result<crate::domain::UserId, ApiError> {
 pub(crate) fn acting(
     caller: &crate::auth::Caller,
     edge: &crate::domain::Origin,
-    assertion: Option<&crate::auth::assertion::UserAssertion>,
+    assertion: Option<&crate::domain::UserAssertion>,
 ) -> crate::domain::Origin {
     edge.acted_by(
         &caller.name,

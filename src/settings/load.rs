@@ -41,13 +41,20 @@ impl Settings {
                 // serde stops at the first problem, and which one is first depends on the order
                 // of a map. The files alone, then each variable alone over the defaults, name
                 // every bad key at once, as a misspelt environment is usually more than one.
-                let mut errors = invalid(build(files, &BTreeMap::new()));
+                // A file value a variable overrides is not an error of the whole, and the
+                // combined build's own error is always kept, so the re-checks can only add.
+                let mut errors: Vec<SettingError> = invalid(build(files, &BTreeMap::new()))
+                    .into_iter()
+                    .filter(|e| !overrides.contains_key(&e.key))
+                    .collect();
                 for (key, o) in &overrides {
                     let alone = BTreeMap::from([(key.clone(), o.clone())]);
                     errors.extend(invalid(build::<&Path>(&[], &alone)));
                 }
-                if errors.is_empty() {
-                    errors = first;
+                for e in first.into_iter().rev() {
+                    if !errors.iter().any(|x| x.key == e.key) {
+                        errors.insert(0, e);
+                    }
                 }
                 Err(SettingsError::Invalid(errors))
             }

@@ -1,6 +1,8 @@
 //! Settings: what the operator wrote (`Settings`, loaded in `load`), and what the gateway runs
-//! with (`Runtime`, from [`Settings::resolve`]): every check done once, there, so that nothing
-//! after it looks at an `Option` a check already looked at.
+//! with (`Runtime`, from [`Settings::resolve`]): the settings' own checks done once, there, so
+//! that nothing after it looks at an `Option` a check already looked at. The checks of the
+//! modules that own a section's meaning (callers' scopes, webhook URLs) are added by
+//! `startup::validate` and `Application::build_with`, the only ways to start.
 
 mod auth;
 mod load;

@@ -186,7 +186,7 @@ impl ProvidersSettings {
                 ("in_request_attempts", s.in_request_attempts),
             ] {
                 if v == Some(0) {
-                    bad(key(k), "must be at least 1");
+                    bad(key(k), "attempt limits must be at least 1");
                 }
             }
             if s.retry_budget_ratio

@@ -335,7 +335,7 @@ fn an_old_key_with_a_bad_value_is_named_as_written() {
 fn an_old_key_out_of_range_is_named_as_written_once() {
     assert_eq!(
         validate_err("[changes]\nmax_attempts = 0\n"),
-        ["changes.max_attempts: must be at least 1"]
+        ["changes.max_attempts: attempt limits must be at least 1"]
     );
     assert_eq!(
         validate_err("[razorpay]\ntimeout_ms = 0\n"),
@@ -352,7 +352,7 @@ fn an_old_key_out_of_range_is_named_as_written_once() {
     // Under its new name, the new name.
     assert_eq!(
         validate_err("[providers.all]\nmax_attempts = 0\n"),
-        ["providers.all.max_attempts: must be at least 1"]
+        ["providers.all.max_attempts: attempt limits must be at least 1"]
     );
 }
 

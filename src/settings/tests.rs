@@ -107,6 +107,28 @@ fn unknown_and_malformed_keys_are_named() {
     );
 }
 
+#[test]
+fn a_file_value_a_variable_overrides_is_not_reported_and_the_real_error_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        "[changes]\nlease_ms = \"TODO\"\n[razorpay]\nkey_idd = \"x\"\n",
+    )
+    .unwrap();
+    // Several times: which problem serde meets first depends on a map's order.
+    for _ in 0..8 {
+        let err = Settings::load(
+            Some(&path),
+            env(&[("PROFILE_GATEWAY__CHANGES__LEASE_MS", "30000")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("razorpay.key_idd"), "{err}");
+        assert!(!err.contains("lease_ms"), "{err}");
+    }
+}
+
 fn production(extra: &[(&str, &str)]) -> Result<(), String> {
     let mut pairs = vec![
         ("PROFILE_GATEWAY__JUSPAY__BASE_URL", "https://api.juspay.in"),

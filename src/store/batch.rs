@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use crate::domain::Origin;
-pub use crate::domain::change::{Finish, NewChange, OutboxEvent, Settle, StepOutcome};
+
+use crate::domain::change::{NewChange, Settle};
 
 #[derive(Debug, Clone)]
 pub struct LinksRow {

@@ -10,10 +10,11 @@ pub mod links;
 pub mod mode;
 pub mod webhooks;
 
-/// A user id as a row holds it. Every id was parsed on its way in, so one that does not parse is
-/// a corrupt or foreign row: an error, never a guess.
+/// A user id as a row holds it. Every id was checked on its way in, so one that breaks the
+/// character rules is a corrupt or foreign row: an error, never a guess. (A reserved `_` id is
+/// not refused here: rows written before the reservation hold some.)
 pub(crate) fn recorded_user(text: &str) -> Result<crate::domain::UserId, sqlx::Error> {
-    crate::domain::UserId::parse(text)
+    crate::domain::UserId::recorded(text)
         .ok_or_else(|| sqlx::Error::Decode(format!("invalid user id {text:?} in a row").into()))
 }
 

@@ -998,7 +998,7 @@ async fn a_dry_run_neither_fills_nor_empties_the_links_cache() {
 
 #[tokio::test]
 async fn would_claim_answers_as_claim_does_and_writes_nothing() {
-    use profile_gateway::auth::assertion::UserAssertion;
+    use profile_gateway::domain::UserAssertion;
     use profile_gateway::store::assertions::{claim, would_claim};
     let app = spawn_app().await;
     let assertion = |jti: &str| UserAssertion {

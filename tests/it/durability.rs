@@ -987,10 +987,9 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
 /// batch as the current owner's settle for the same change: only the current one is written.
 #[tokio::test]
 async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
-    use profile_gateway::changes::model::{ChangeStatus, StepStatus};
-    use profile_gateway::store::batch::{
-        Finish, Origin, OutboxEvent, Settle, StepOutcome, settle_changes,
-    };
+    use profile_gateway::domain::change::{Finish, OutboxEvent, Settle, StepOutcome};
+    use profile_gateway::domain::{ChangeStatus, Origin, StepStatus};
+    use profile_gateway::store::batch::settle_changes;
     let app = spawn_app().await;
     let id = uuid::Uuid::new_v4();
     for sql in [
