@@ -9,9 +9,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use profile_gateway::audit;
-use profile_gateway::domain::{ChangeStatus, StepStatus};
 use profile_gateway::crypto::PiiHasher;
 use profile_gateway::domain::{self, ProfileLinks, ProfilePatch, StepRequest, TimestampWindow};
+use profile_gateway::domain::{ChangeStatus, StepStatus};
 use profile_gateway::domain::{Field, Target};
 use profile_gateway::providers::http::TransportError;
 use profile_gateway::providers::{Registry, juspay_customer, juspay_wallet, razorpay_upi};

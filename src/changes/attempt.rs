@@ -2,12 +2,12 @@
 //! have taken effect, then the write; and the outcome the settle records.
 
 use super::ChangeService;
-use crate::domain::change;
-use crate::domain::StepErrorView;
 use super::policy;
 use super::resilience::{self, Admission};
 use super::running::{Running, StepState};
 use crate::audit;
+use crate::domain::StepErrorView;
+use crate::domain::change;
 use crate::domain::{PlannedStep, ProfilePatch};
 use crate::providers::StepError;
 use std::sync::Arc;

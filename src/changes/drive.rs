@@ -2,11 +2,11 @@
 //! is final, the rounds this drive may make are spent (then the change is parked), or the lease is
 //! lost. The request that recorded (or retried) a change is answered from here by its deadline.
 
-use crate::domain::ChangeStatus;
 use super::policy::{self, Round};
 use super::resilience;
 use super::running::{Halt, Running};
 use super::{ChangeService, Submitted};
+use crate::domain::ChangeStatus;
 use crate::store;
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;

@@ -26,9 +26,9 @@ mod writes;
 pub use writes::Writes;
 
 use crate::crypto::{PayloadCipher, PiiHasher};
+use crate::domain::ChangeView;
 use crate::domain::{FieldError, Target};
 use crate::providers::Providers;
-use crate::domain::ChangeView;
 use resilience::Resilience;
 use running::StepState;
 use sqlx::PgPool;

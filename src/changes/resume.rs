@@ -1,11 +1,11 @@
 //! Picking a recorded change up again: a completer's claim of a change whose lease ran out, and an
 //! operator's retry of a change that failed finally. Both rebuild the change from its record.
 
-use crate::domain::ChangeStatus;
 use super::policy;
 use super::running::{Running, StepState};
 use super::{ChangeService, RetryOutcome, Submitted};
 use crate::audit::AuditEvent;
+use crate::domain::ChangeStatus;
 use crate::domain::{Origin, PlannedStep, ProfilePatch, UserId};
 use crate::store;
 use std::sync::Arc;

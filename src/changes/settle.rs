@@ -1,10 +1,10 @@
 //! Recording what a round of attempts came to: the steps' outcomes, the webhook events they make
 //! and, when the change is final, its final state, all in one settle write.
 
-use crate::domain::change;
-use crate::domain::{ChangeStatus, StepStatus};
 use super::running::{Halt, Running};
 use super::{ChangeService, Submitted};
+use crate::domain::change;
+use crate::domain::{ChangeStatus, StepStatus};
 use uuid::Uuid;
 
 impl ChangeService {
@@ -91,7 +91,11 @@ impl ChangeService {
     }
 
     /// Records the last round's outcomes and the final state in one write.
-    pub(super) async fn settle(&self, ch: Running, outcomes: Vec<change::StepOutcome>) -> Submitted {
+    pub(super) async fn settle(
+        &self,
+        ch: Running,
+        outcomes: Vec<change::StepOutcome>,
+    ) -> Submitted {
         crate::failpoint::hit("before_finish");
         let statuses: Vec<StepStatus> = ch.steps.iter().map(|s| s.status).collect();
         let status = ChangeStatus::from_steps(&statuses);

@@ -5,8 +5,8 @@
 use super::idempotency::IdempotencyKey;
 use super::running::{Running, StepState};
 use super::{ChangeService, SubmitError, Submitted};
-use crate::domain::change;
 use crate::audit;
+use crate::domain::change;
 use crate::domain::{Origin, ProfilePatch, UserId, plan};
 use crate::store;
 use crate::store::batch;

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-
 use crate::domain::change::{NewChange, Settle};
 
 #[derive(Debug, Clone)]
