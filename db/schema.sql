@@ -1114,13 +1114,13 @@ CREATE TABLE public.webhook_events (
     body text NOT NULL,
     status text DEFAULT 'pending'::text NOT NULL,
     attempts integer DEFAULT 0 NOT NULL,
-    retry_from integer DEFAULT 0 NOT NULL,
     next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
     claimed_by text,
     claimed_until timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     window_start timestamp with time zone DEFAULT now() NOT NULL,
     delivered_at timestamp with time zone,
+    retry_from integer DEFAULT 0 NOT NULL,
     CONSTRAINT webhook_events_check CHECK (((status = 'delivered'::text) = (delivered_at IS NOT NULL))),
     CONSTRAINT webhook_events_event_type_check CHECK ((event_type = ANY (ARRAY['change.applied'::text, 'change.partially_applied'::text, 'change.failed'::text, 'change.step_unknown'::text]))),
     CONSTRAINT webhook_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'delivered'::text, 'failed'::text])))
@@ -1699,8 +1699,8 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.user_links TO profile_gateway_
 -- Name: TABLE webhook_attempts; Type: ACL; Schema: public; Owner: -
 --
 
-GRANT SELECT,INSERT ON TABLE public.webhook_attempts TO profile_gateway_app;
 GRANT SELECT ON TABLE public.webhook_attempts TO profile_gateway_auditor;
+GRANT SELECT,INSERT ON TABLE public.webhook_attempts TO profile_gateway_app;
 
 --
 -- Name: SEQUENCE webhook_attempts_id_seq; Type: ACL; Schema: public; Owner: -
@@ -1712,8 +1712,8 @@ GRANT SELECT,USAGE ON SEQUENCE public.webhook_attempts_id_seq TO profile_gateway
 -- Name: TABLE webhook_events; Type: ACL; Schema: public; Owner: -
 --
 
-GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_events TO profile_gateway_app;
 GRANT SELECT ON TABLE public.webhook_events TO profile_gateway_auditor;
+GRANT SELECT,INSERT,UPDATE ON TABLE public.webhook_events TO profile_gateway_app;
 
 --
 -- Name: TABLE webhook_receivers; Type: ACL; Schema: public; Owner: -

@@ -7,9 +7,8 @@
 -- hash covers it:
 --
 --   * events with a NULL actor (every event written before this migration, by an older gateway
---     during the rollout, for a change such a gateway recorded, or by the database's own
---     functions as a login role) keep the `pgw-audit-v1` encoding of migration 0003, so every
---     existing chain stays valid untouched;
+--     during the rollout, or by the database's own functions as a login role) keep the
+--     `pgw-audit-v1` encoding of migration 0003, so every existing chain stays valid untouched;
 --   * events with an actor are hashed with `pgw-audit-v2` (audit_event_hash_v2 below, documented
 --     in docs/auditing.md and re-implemented in src/audit/verify.rs). It is v1's fields in v1's
 --     order with two differences: `fields` is encoded as the jsonb text of the array (instead of
@@ -31,23 +30,10 @@
 -- Deploy: the pre-rollout migration Job, like 0016. Adding a nullable column is a catalog change,
 -- but it takes a brief exclusive lock on audit_events and its partitions; lock_timeout makes the
 -- Job fail (and be retried) rather than queue every gateway write behind a long auditor query.
--- From then on, verify with this build or a later one: an older `audit verify` knows only v1 and
--- reports every event with an actor as altered (docs/operations.md, "Rollback").
 
 set local lock_timeout = '10s';
 
 alter table audit_events add column actor jsonb;
-
--- `fields` is a flat list of names. The gateway's role could insert an event whose `fields` has
--- a NULL element or two dimensions; `audit verify` reports such an event as altered, and new ones
--- are refused here. (The CASE because array_position refuses a multidimensional array, and an AND
--- does not promise to evaluate its left side first.) NOT VALID: checking the existing rows would
--- scan the whole audit history under the exclusive lock this migration holds, stopping every
--- gateway write meanwhile. Validate it at a quiet time (docs/operations.md, "Rollback"), which
--- takes only a lock that lets writes through.
-alter table audit_events add constraint audit_events_fields_flat
-    check (case when array_ndims(fields) > 1 then false
-                else array_position(fields, null) is null end) not valid;
 
 -- The v2 encoding. STABLE, not IMMUTABLE: to_jsonb and convert_to are stable, and PostgreSQL
 -- inlines a function only if its body is no more volatile than it declares. Keep the body ONE
@@ -460,9 +446,8 @@ $$;
 
 -- Same columns as migration 20261201000501, plus actor_source. Who acted comes from the event
 -- itself when it carries an actor (hashed with it); from its hashed `values.actor` for the link
--- events and operator retries of migration 20261201000102; only for the events of a change
--- recorded without an actor (by a gateway older than this migration, including the events a
--- newer completer adds to it) from its `changes` row, which the gateway's role may update
+-- events and operator retries of migration 20261201000102; only for a change's events recorded
+-- before this migration from its `changes` row, which the gateway's role may update
 -- (actor_source says which).
 create or replace view audit_log as
 select e.id                                     as event_id,

@@ -15,8 +15,6 @@ create table webhook_events (
     status          text not null default 'pending' check (status in ('pending', 'delivered', 'failed')),
     -- Attempts claimed so far; an attempt's result is recorded only under the count it claimed.
     attempts        int not null default 0,
-    -- `attempts` when the retry window began (an operator redelivery): the backoff starts over.
-    retry_from      int not null default 0,
     next_attempt_at timestamptz not null default now(),
     -- While a replica sends: which one, and until when its claim holds (then another may resend).
     claimed_by      text,
@@ -28,11 +26,7 @@ create table webhook_events (
     check ((status = 'delivered') = (delivered_at is not null))
 );
 
--- A receiver's due events, oldest first: each claim reads at most a few rows of each receiver that
--- is not paused, and none of a paused one's backlog.
-create index webhook_events_due on webhook_events (caller, next_attempt_at) where status = 'pending';
--- The claims held now, counted per receiver against webhooks.max_in_flight_per_receiver.
-create index webhook_events_claimed on webhook_events (caller) where claimed_until is not null;
+create index webhook_events_due on webhook_events (next_attempt_at) where status = 'pending';
 create index webhook_events_by_change on webhook_events (change_id);
 
 -- Every attempt that went out, for GET /changes/{id}/deliveries and operators.
@@ -61,11 +55,6 @@ create table webhook_receivers (
     updated_at   timestamptz not null default now()
 );
 
--- The default privileges of 20261122000004 gave the app role everything on new tables: take it
--- back, then grant only what the dispatcher and the settle use. Nothing is ever deleted, and an
--- attempt, once recorded, is never changed.
-revoke all on webhook_events, webhook_attempts, webhook_receivers from profile_gateway_app;
-grant select, insert, update on webhook_events, webhook_receivers to profile_gateway_app;
-grant select, insert on webhook_attempts to profile_gateway_app;
+grant select, insert, update on webhook_events, webhook_attempts, webhook_receivers to profile_gateway_app;
 -- Auditors may see whether and when callers were told (docs/auditing.md): no PII is in them.
 grant select on webhook_events, webhook_attempts to profile_gateway_auditor;
