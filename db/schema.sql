@@ -105,138 +105,10 @@ $$;
 CREATE FUNCTION public.audit_append(p_events public.audit_event_input_v2[]) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    SET enable_seqscan TO 'off'
     AS $$
-declare
-    n bigint;
 begin
-    -- The triggers above trust this function's statement only when it runs as their owner.
-    if current_user <> 'profile_gateway_audit_writer' then
-        raise exception 'audit_append must be owned by %, the role the audit triggers trust (migration 0016)', 'profile_gateway_audit_writer';
-    end if;
-    if coalesce(cardinality(p_events), 0) = 0 then
-        return 0;
-    end if;
-
-    -- Lock every user's chain head, in user order like every lock on the heads, creating the ones
-    -- a first event needs in the same pass (migration 0016 says why this shape).
-    insert into audit_chain_heads (user_id, seq, hash)
-    select distinct e.user_id, 0::bigint, repeat('0', 64) from unnest(p_events) e order by 1
-    on conflict (user_id) do update set seq = audit_chain_heads.seq where false;
-
-    perform set_config('pgw.audit_append', 'on', true);
-    with recursive
-    ev as (
-        -- k: the event's place in its user's part of the batch, in the order given.
-        -- fields and values as the columns' defaults would make them.
-        select e.user_id, e.event_type, e.caller, e.outcome, e.change_id, e.step_no, e.target,
-               e.upstream_ref, coalesce(e.fields, '{}') as fields, coalesce(e."values", '{}') as "values",
-               e.hmac_key_id, e.error_code, e.request_id, e.trace_id, e.caller_addr, e.actor,
-               row_number() over (partition by e.user_id order by e.o) as k,
-               nextval('public.audit_events_id_seq'::regclass) as id
-          from unnest(p_events) with ordinality as e(user_id, event_type, caller, outcome, change_id,
-               step_no, target, upstream_ref, fields, "values", hmac_key_id, error_code, request_id,
-               trace_id, caller_addr, actor, o)
-    ),
-    -- Locked above; this statement's snapshot, taken after the locks, sees their latest versions.
-    heads as (
-        select h.user_id, h.seq, h.hash, h.last_values
-          from audit_chain_heads h
-         where h.user_id in (select user_id from ev)
-    ),
-    -- One row per user per step: after step k, the user's seq, hash and last applied values, and
-    -- event k as written.
-    chain as (
-        select h.user_id, 0::bigint as k, h.seq, h.hash, h.last_values,
-               null::bigint as id, null::jsonb as vals, null::text as prev_hash
-          from heads h
-        union all
-        select c.user_id, c.k + 1, c.seq + 1, x.hash,
-               case when m.applied is null then c.last_values
-                    else c.last_values || jsonb_build_object(
-                        '', coalesce(c.last_values -> '', '{}') || m.applied,
-                        s.scope, coalesce(c.last_values -> s.scope, '{}') || m.applied)
-               end,
-               e.id, m.vals, c.hash
-          from chain c
-          join ev e on e.user_id = c.user_id and e.k = c.k + 1
-          -- The scope of last values the event reads: '' (any target) for a request, its target
-          -- and upstream object for a step, none otherwise (then `->` yields null).
-          cross join lateral (
-              select case when e.event_type in ('change_requested', 'step_attempted')
-                               and jsonb_typeof(e."values") = 'object'
-                          then case when e.event_type = 'change_requested' then ''
-                                    else coalesce(e.target, '') || ':' || coalesce(e.upstream_ref, '') end
-                     end as scope
-          ) s
-          -- The old-value rules of audit_events_chain(), field by field.
-          cross join lateral (
-              select coalesce(jsonb_object_agg(f.key, f.nv), e."values") as vals,
-                     jsonb_object_agg(f.key, jsonb_build_object(
-                         'v', f.nv - 'old' - 'old_hmac' - 'old_hmac_key_id', 'k', e.hmac_key_id))
-                         filter (where f.masked and e.event_type = 'step_attempted' and e.outcome = 'applied')
-                         as applied
-                from (select j.key, j.masked,
-                             case when j.masked and p.prev_v is not null and p.prev_v ? 'new'
-                                       and not (j.value ? 'old')
-                                  then j.value || jsonb_build_object('old', p.prev_v -> 'new')
-                                       || case when p.prev_v ? 'new_hmac'
-                                               then jsonb_build_object('old_hmac', p.prev_v -> 'new_hmac')
-                                                    || case when p.prev ->> 'k' is distinct from e.hmac_key_id
-                                                            then jsonb_build_object('old_hmac_key_id', p.prev ->> 'k')
-                                                            else '{}' end
-                                               else '{}' end
-                                  else j.value
-                             end as nv
-                        from (select d.key, d.value,
-                                     jsonb_typeof(d.value) = 'object' and d.value ? 'new' as masked
-                                from jsonb_each(e."values") d) j
-                        cross join lateral (
-                            select (c.last_values -> s.scope) -> j.key as prev,
-                                   ((c.last_values -> s.scope) -> j.key) -> 'v' as prev_v
-                        ) p
-                       where s.scope is not null) f
-          ) m
-          -- The canonical encoding: v2 (inlined, no call per event) with an actor, v1 (migration
-          -- 0003, a call per event) for the events an older gateway hands over without one.
-          cross join lateral (
-              select case when e.actor is not null
-                          then audit_event_hash_v2(e.id, now(), e.user_id, c.seq + 1, c.hash, e.event_type,
-                                                   e.caller, e.outcome, e.change_id, e.step_no, e.target,
-                                                   e.upstream_ref, e.fields, m.vals, e.hmac_key_id,
-                                                   e.error_code, e.request_id, e.trace_id, e.caller_addr,
-                                                   e.actor)
-                          else audit_event_hash(e.id, now(), e.user_id, c.seq + 1, c.hash, e.event_type,
-                                                e.caller, e.outcome, e.change_id, e.step_no, e.target,
-                                                e.upstream_ref, e.fields, m.vals, e.hmac_key_id,
-                                                e.error_code, e.request_id, e.trace_id, e.caller_addr)
-                     end as hash
-          ) x
-    ),
-    ins as (
-        insert into audit_events (id, occurred_at, user_id, event_type, caller, outcome, change_id, step_no,
-                                  target, upstream_ref, fields, "values", hmac_key_id, error_code,
-                                  request_id, trace_id, caller_addr, actor, seq, prev_hash, hash)
-        overriding system value
-        select c.id, now(), e.user_id, e.event_type, e.caller, e.outcome, e.change_id, e.step_no,
-               e.target, e.upstream_ref, e.fields, c.vals, e.hmac_key_id, e.error_code,
-               e.request_id, e.trace_id, e.caller_addr, e.actor, c.seq, c.prev_hash, c.hash
-          from chain c join ev e on e.user_id = c.user_id and e.k = c.k
-         where c.k > 0
-         order by c.user_id, c.k
-        returning 1
-    ),
-    moved as (
-        update audit_chain_heads h
-           set seq = l.seq, hash = l.hash, last_values = l.last_values, updated_at = now()
-          from (select distinct on (user_id) user_id, seq, hash, last_values
-                  from chain where k > 0 order by user_id, k desc) l
-         where h.user_id = l.user_id
-        returning 1
-    )
-    select count(*) into n from ins;
-    perform set_config('pgw.audit_append', '', true);
-    return n;
+    raise exception 'audit_append() is retired by migration 20261202000200: this gateway build is older than the database; deploy the build that chains its own events'
+        using errcode = 'feature_not_supported';
 end
 $$;
 
@@ -260,6 +132,7 @@ begin
         name,
         (m::timestamp at time zone 'UTC'),
         ((m + interval '1 month')::timestamp at time zone 'UTC'));
+    execute format('create unique index %I on %I (user_id, seq)', name || '_user_seq', name);
     -- Row triggers are cloned from the parent; make sure the clones are ALWAYS too. TRUNCATE
     -- triggers are not cloned: each partition gets its own.
     execute format('alter table %I enable always trigger audit_events_chain', name);
@@ -449,6 +322,37 @@ select encode(sha256(convert_to(
     'UTF8')), 'hex')
 $$;
 
+--
+-- Name: audit_event_hash_v3(timestamp with time zone, text, bigint, text, text, text, text, uuid, integer, text, text, text[], jsonb, text, text, text, text, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.audit_event_hash_v3(p_occurred_at timestamp with time zone, p_user_id text, p_seq bigint, p_prev_hash text, p_event_type text, p_caller text, p_outcome text, p_change_id uuid, p_step_no integer, p_target text, p_upstream_ref text, p_fields text[], p_values jsonb, p_hmac_key_id text, p_error_code text, p_request_id text, p_trace_id text, p_caller_addr text, p_actor jsonb) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+select encode(sha256(convert_to(
+       'pgw-audit-v3'
+    || audit_f(((extract(epoch from p_occurred_at) * 1000000)::bigint)::text)
+    || audit_f(p_user_id)
+    || audit_f(p_seq::text)
+    || audit_f(p_prev_hash)
+    || audit_f(p_event_type)
+    || audit_f(p_caller)
+    || audit_f(p_outcome)
+    || audit_f(p_change_id::text)
+    || audit_f(p_step_no::text)
+    || audit_f(p_target)
+    || audit_f(p_upstream_ref)
+    || audit_f(to_jsonb(p_fields)::text)
+    || audit_f(p_values::text)
+    || audit_f(p_hmac_key_id)
+    || audit_f(p_error_code)
+    || audit_f(p_request_id)
+    || audit_f(p_trace_id)
+    || audit_f(p_caller_addr)
+    || audit_f(p_actor::text),
+    'UTF8')), 'hex')
+$$;
+
 SET default_tablespace = '';
 
 --
@@ -476,7 +380,9 @@ CREATE TABLE public.audit_events (
     seq bigint NOT NULL,
     prev_hash text NOT NULL,
     hash text NOT NULL,
-    actor jsonb
+    actor jsonb,
+    format smallint,
+    CONSTRAINT audit_events_format CHECK (((format IS NULL) OR (format = 3)))
 )
 PARTITION BY RANGE (occurred_at);
 
@@ -487,7 +393,12 @@ PARTITION BY RANGE (occurred_at);
 CREATE FUNCTION public.audit_event_row_hash(e public.audit_events) RETURNS text
     LANGUAGE sql STABLE
     AS $$
-select case when e.actor is null
+select case when e.format = 3
+            then audit_event_hash_v3(e.occurred_at, e.user_id, e.seq, e.prev_hash, e.event_type,
+                                     e.caller, e.outcome, e.change_id, e.step_no, e.target,
+                                     e.upstream_ref, e.fields, e."values", e.hmac_key_id,
+                                     e.error_code, e.request_id, e.trace_id, e.caller_addr, e.actor)
+            when e.actor is null
             then audit_event_hash(e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.event_type,
                                   e.caller, e.outcome, e.change_id, e.step_no, e.target,
                                   e.upstream_ref, e.fields, e."values", e.hmac_key_id, e.error_code,
@@ -508,21 +419,13 @@ CREATE FUNCTION public.audit_events_chain() RETURNS trigger
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
-    head record;
-    k text;
-    v jsonb;
-    prev jsonb;
-    prev_v jsonb;
-    prev_key text;
-    v_scope text;
-    scoped jsonb;
-    vals jsonb;
-    changed boolean := false;
-    applied jsonb := '{}';
-    f text;
+    head_seq bigint;
+    head_hash text;
+    in_links boolean;
     enc_fields text;
+    f text;
 begin
-    -- The database clock dates events. Only the table owner (migrations) and superusers may
+    -- The database clock dates these events. Only the table owner (migrations) and superusers may
     -- insert an event with another time, e.g. when rows are copied into a new table.
     if new.occurred_at is distinct from now()
        and not exists (select 1 from pg_roles where rolname = session_user and rolsuper)
@@ -533,65 +436,24 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
 
-    -- The scope whose last values this event reads: '' (any target) for a request, the target and
-    -- upstream object for a step; none for other events.
-    if new.event_type in ('change_requested', 'step_attempted')
-       and jsonb_typeof(new."values") = 'object' then
-        v_scope := case when new.event_type = 'change_requested' then ''
-                      else coalesce(new.target, '') || ':' || coalesce(new.upstream_ref, '') end;
-    end if;
-
-    -- Take the user's chain head lock (creating the head on the first event). This must stay the
-    -- last lock of the transaction: callers lock profile_links / changes / change_steps first.
-    -- Only the one scope is read out of last_values (nothing when v_scope is null: `->` is strict).
-    select h.seq, h.hash, h.last_values -> v_scope as scoped into head
-      from audit_chain_heads h where h.user_id = new.user_id for update;
-    if not found then
-        insert into audit_chain_heads (user_id, seq, hash)
-        values (new.user_id, 0, repeat('0', 64))
-        on conflict (user_id) do nothing;
-        select h.seq, h.hash, h.last_values -> v_scope as scoped into head
+    -- Callers lock profile_links / changes first; the head is the last lock taken.
+    select p.chain_seq, p.chain_hash into head_seq, head_hash
+      from profile_links p where p.user_id = new.user_id for update;
+    in_links := found;
+    if not in_links then
+        select h.seq, h.hash into head_seq, head_hash
           from audit_chain_heads h where h.user_id = new.user_id for update;
-    end if;
-
-    new.seq := head.seq + 1;
-
-    -- Old values: for each masked field without one, the last value the gateway applied for this
-    -- user (at the same target and upstream object for a step; at any target for a request).
-    if v_scope is not null then
-        scoped := head.scoped;
-        vals := new."values";
-        for k, v in select e.key, e.value from jsonb_each(vals) as e loop
-            continue when jsonb_typeof(v) <> 'object' or not (v ? 'new');
-            if scoped is not null and not (v ? 'old') then
-                prev := scoped -> k;
-                prev_v := prev -> 'v';
-                if prev_v is not null and prev_v ? 'new' then
-                    v := v || jsonb_build_object('old', prev_v -> 'new');
-                    if prev_v ? 'new_hmac' then
-                        v := v || jsonb_build_object('old_hmac', prev_v -> 'new_hmac');
-                        prev_key := prev ->> 'k';
-                        if prev_key is distinct from new.hmac_key_id then
-                            v := v || jsonb_build_object('old_hmac_key_id', prev_key);
-                        end if;
-                    end if;
-                    vals := vals || jsonb_build_object(k, v);
-                    changed := true;
-                end if;
-            end if;
-            -- An applied step makes this the value to show as "old" next time, at its own scope
-            -- and at any target.
-            if new.event_type = 'step_attempted' and new.outcome = 'applied' then
-                applied := applied || jsonb_build_object(k, jsonb_build_object(
-                    'v', v - 'old' - 'old_hmac' - 'old_hmac_key_id', 'k', new.hmac_key_id));
-            end if;
-        end loop;
-        if changed then
-            new."values" := vals;
+        if not found then
+            insert into audit_chain_heads (user_id, seq, hash)
+            values (new.user_id, 0, repeat('0', 64))
+            on conflict (user_id) do nothing;
+            select h.seq, h.hash into head_seq, head_hash
+              from audit_chain_heads h where h.user_id = new.user_id for update;
         end if;
     end if;
 
-    new.prev_hash := head.hash;
+    new.seq := head_seq + 1;
+    new.prev_hash := head_hash;
     if new.actor is not null then
         new.hash := audit_event_hash_v2(
             new.id, new.occurred_at, new.user_id, new.seq, new.prev_hash, new.event_type,
@@ -599,8 +461,7 @@ begin
             new.fields, new."values", new.hmac_key_id, new.error_code, new.request_id,
             new.trace_id, new.caller_addr, new.actor);
     else
-        -- v1, the same canonical encoding as audit_event_hash() (migration 0003), evaluated
-        -- inline because that function is not inlined.
+        -- v1, the same canonical encoding as audit_event_hash() (migration 0003), inline.
         if new.fields is null then
             enc_fields := '~';
         else
@@ -632,15 +493,9 @@ begin
             || audit_f(new.caller_addr),
             'UTF8')), 'hex');
     end if;
-    -- Only an applied step changes last_values, computed from the row itself: the trigger never
-    -- holds the user's whole last values, only the scope it reads.
-    if applied <> '{}' then
-        update audit_chain_heads h
-           set seq = new.seq, hash = new.hash, updated_at = now(),
-               last_values = h.last_values || jsonb_build_object(
-                   '', coalesce(h.last_values -> '', '{}') || applied,
-                   v_scope, coalesce(h.last_values -> v_scope, '{}') || applied)
-         where h.user_id = new.user_id;
+    if in_links then
+        update profile_links set chain_seq = new.seq, chain_hash = new.hash
+         where user_id = new.user_id;
     else
         update audit_chain_heads set seq = new.seq, hash = new.hash, updated_at = now()
          where user_id = new.user_id;
@@ -744,6 +599,18 @@ begin
 end
 $$;
 
+--
+-- Name: pgw_abort(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgw_abort(reason text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+begin
+    raise exception 'profile-gateway: %', reason using errcode = 'serialization_failure';
+end
+$$;
+
 SET default_table_access_method = heap;
 
 --
@@ -825,13 +692,24 @@ CREATE VIEW public.audit_field_changes AS
     e.target,
     e.upstream_ref,
     f.key AS field,
-    (f.value ->> 'old'::text) AS old_value_masked,
+    COALESCE((f.value ->> 'old'::text), (prev.v ->> 'new'::text)) AS old_value_masked,
     (f.value ->> 'new'::text) AS new_value_masked,
-    (f.value ->> 'old_hmac'::text) AS old_hmac,
+    COALESCE((f.value ->> 'old_hmac'::text), (prev.v ->> 'new_hmac'::text)) AS old_hmac,
     (f.value ->> 'new_hmac'::text) AS new_hmac,
-    e.hmac_key_id
-   FROM (public.audit_events e
+    e.hmac_key_id,
+        CASE
+            WHEN (f.value ? 'old_hmac'::text) THEN COALESCE((f.value ->> 'old_hmac_key_id'::text), e.hmac_key_id)
+            WHEN (prev.v ? 'new_hmac'::text) THEN prev.k
+            ELSE NULL::text
+        END AS old_hmac_key_id
+   FROM ((public.audit_events e
      CROSS JOIN LATERAL jsonb_each(e."values") f(key, value))
+     LEFT JOIN LATERAL ( SELECT (p."values" -> f.key) AS v,
+            p.hmac_key_id AS k
+           FROM public.audit_events p
+          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = 'step_attempted'::text) AND (p.outcome = 'applied'::text) AND (p."values" ? f.key) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
+          ORDER BY p.seq DESC
+         LIMIT 1) prev ON (true))
   WHERE ((e.event_type = ANY (ARRAY['change_requested'::text, 'step_attempted'::text])) AND (jsonb_typeof(f.value) = 'object'::text))
 UNION ALL
  SELECT e.id AS event_id,
@@ -857,10 +735,45 @@ UNION ALL
         END AS new_value_masked,
     NULL::text AS old_hmac,
     NULL::text AS new_hmac,
-    e.hmac_key_id
+    e.hmac_key_id,
+    NULL::text AS old_hmac_key_id
    FROM (public.audit_events e
      CROSS JOIN LATERAL unnest(e.fields) f(field))
   WHERE (e.event_type = 'links_updated'::text);
+
+--
+-- Name: profile_links; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.profile_links (
+    user_id text NOT NULL,
+    last_change_seq bigint DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_seq bigint DEFAULT 0 NOT NULL,
+    chain_seq bigint DEFAULT 0 NOT NULL,
+    chain_hash text DEFAULT repeat('0'::text, 64) NOT NULL
+)
+WITH (fillfactor='70');
+
+--
+-- Name: audit_heads; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.audit_heads AS
+ SELECT p.user_id,
+    p.chain_seq AS seq,
+    p.chain_hash AS hash
+   FROM public.profile_links p
+  WHERE (p.chain_seq > 0)
+UNION ALL
+ SELECT h.user_id,
+    h.seq,
+    h.hash
+   FROM public.audit_chain_heads h
+  WHERE (NOT (EXISTS ( SELECT 1
+           FROM public.profile_links p
+          WHERE (p.user_id = h.user_id))));
 
 --
 -- Name: change_steps; Type: TABLE; Schema: public; Owner: -
@@ -1034,19 +947,6 @@ CREATE TABLE public.idempotency_keys (
 WITH (fillfactor='90');
 
 --
--- Name: profile_links; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.profile_links (
-    user_id text NOT NULL,
-    last_change_seq bigint DEFAULT 0 NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    finished_seq bigint DEFAULT 0 NOT NULL
-)
-WITH (fillfactor='70');
-
---
 -- Name: user_assertion_jtis; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1191,6 +1091,13 @@ ALTER TABLE ONLY public.audit_events
     ADD CONSTRAINT audit_events_pkey PRIMARY KEY (id, occurred_at);
 
 --
+-- Name: audit_events audit_events_plausible_time; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_events
+    ADD CONSTRAINT audit_events_plausible_time CHECK (((format IS NULL) OR ((occurred_at >= (now() - '00:05:00'::interval)) AND (occurred_at <= (now() + '00:05:00'::interval))))) NOT VALID;
+
+--
 -- Name: change_steps change_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1285,12 +1192,6 @@ CREATE INDEX audit_events_by_change ON ONLY public.audit_events USING btree (cha
 --
 
 CREATE INDEX audit_events_by_time ON ONLY public.audit_events USING btree (occurred_at);
-
---
--- Name: audit_events_by_user; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX audit_events_by_user ON ONLY public.audit_events USING btree (user_id, seq);
 
 --
 -- Name: changes_pending_by_user; Type: INDEX; Schema: public; Owner: -
@@ -1422,7 +1323,7 @@ ALTER TABLE public.audit_checkpoints ENABLE ALWAYS TRIGGER audit_checkpoints_no_
 -- Name: audit_events audit_events_chain; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events FOR EACH ROW WHEN (((current_setting('pgw.audit_append'::text, true) IS DISTINCT FROM 'on'::text) OR (CURRENT_USER <> 'profile_gateway_audit_writer'::name))) EXECUTE FUNCTION public.audit_events_chain();
+CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events FOR EACH ROW WHEN (((new.format IS NULL) AND ((current_setting('pgw.audit_append'::text, true) IS DISTINCT FROM 'on'::text) OR (CURRENT_USER <> 'profile_gateway_audit_writer'::name)))) EXECUTE FUNCTION public.audit_events_chain();
 
 ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_chain;
 
@@ -1602,6 +1503,12 @@ GRANT ALL ON FUNCTION public.audit_record_read(command text, subject_user text) 
 GRANT ALL ON FUNCTION public.audit_record_read(command text, subject_user text) TO profile_gateway_maintenance;
 
 --
+-- Name: FUNCTION pgw_abort(reason text); Type: ACL; Schema: public; Owner: -
+--
+
+GRANT ALL ON FUNCTION public.pgw_abort(reason text) TO profile_gateway_app;
+
+--
 -- Name: TABLE audit_chain_anchors; Type: ACL; Schema: public; Owner: -
 --
 
@@ -1647,6 +1554,20 @@ GRANT SELECT ON TABLE public.audit_field_changes TO profile_gateway_app;
 GRANT SELECT ON TABLE public.audit_field_changes TO profile_gateway_auditor;
 
 --
+-- Name: TABLE profile_links; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_links TO profile_gateway_app;
+
+--
+-- Name: TABLE audit_heads; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.audit_heads TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_heads TO profile_gateway_auditor;
+GRANT SELECT ON TABLE public.audit_heads TO profile_gateway_maintenance;
+
+--
 -- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
 --
 
@@ -1676,12 +1597,6 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.gateway_metadata TO profile_ga
 --
 
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO profile_gateway_app;
-
---
--- Name: TABLE profile_links; Type: ACL; Schema: public; Owner: -
---
-
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_links TO profile_gateway_app;
 
 --
 -- Name: TABLE user_assertion_jtis; Type: ACL; Schema: public; Owner: -

@@ -95,6 +95,8 @@ impl Application {
         let pool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
+            // No ping per acquire: a dead connection costs one retried batch (changes::batcher).
+            .test_before_acquire(false)
             .connect_lazy_with(connect_options(settings)?);
         if settings.sandbox {
             crate::store::mode::check_sandbox(&pool)

@@ -374,7 +374,8 @@ pub async fn take(
     // One statement, so one snapshot of every head. Heads moved by transactions still open are
     // left for the next checkpoint.
     let heads = sqlx::query!(
-        r#"select user_id, seq, hash, clock_timestamp() as "now!" from audit_chain_heads where seq > 0"#
+        r#"select user_id as "user_id!", seq as "seq!", hash as "hash!", clock_timestamp() as "now!"
+             from audit_heads where seq > 0"#
     )
     .fetch_all(&mut *tx)
     .await?;

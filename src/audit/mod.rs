@@ -3,6 +3,7 @@
 
 use crate::crypto::PiiHasher;
 use crate::domain::{Field, Origin, ProfilePatch, UserId};
+pub mod chain;
 pub mod checkpoint;
 pub mod cli;
 pub mod merkle;

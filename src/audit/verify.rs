@@ -11,8 +11,11 @@
 //! hmac_key_id, error_code, request_id, trace_id, caller_addr. An event with an actor has version 2
 //! (migration 20261201000700): the tag `pgw-audit-v2`, the same fields in the same order except
 //! that fields is one field, the jsonb text form of the array (`["a", "b"]`), then the actor's
-//! jsonb text form last. `hash` = lowercase hex SHA-256 of that; the first event of a chain has
-//! `prev_hash` = 64 zeros.
+//! jsonb text form last. An event the gateway chained itself (`format` = 3, migration
+//! 20261202000200, written by `audit::chain`) has version 3: the tag `pgw-audit-v3` and the v2
+//! fields without `id` (the database assigns it after the hash is computed; `(user_id, seq)`
+//! names the event), the actor `~` when there is none. `hash` = lowercase hex SHA-256 of that; the
+//! first event of a chain has `prev_hash` = 64 zeros.
 //!
 //! Over 400 lines on purpose: the encodings and the walk that re-hashes with them are one independent
 //! re-implementation of the chain, read and reviewed together so they cannot drift apart.
@@ -141,6 +144,8 @@ pub struct EventRow {
     pub caller_addr: Option<String>,
     /// jsonb's text form of `actor`; `None` for an event without one (encoding v1).
     pub actor_text: Option<String>,
+    /// 3 for an event the gateway chained (encoding v3); `None` for one the database chained.
+    pub format: Option<i16>,
 }
 
 fn put(out: &mut Vec<u8>, v: Option<&str>) {
@@ -174,6 +179,54 @@ fn jsonb_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A JSON value as PostgreSQL's jsonb text form writes it, so that the gateway can hash what the
+/// database will store: object keys shortest first, then bytewise (jsonb's order), `", "` and
+/// `": "` between items. Numbers are written as serde_json writes them: the gateway's events hold
+/// integers only, whose forms agree (tests/it/audit_chain.rs compares both on odd values).
+pub fn jsonb_text(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_jsonb(&mut out, v);
+    out
+}
+
+fn write_jsonb(out: &mut String, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => jsonb_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_jsonb(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| {
+                a.len()
+                    .cmp(&b.len())
+                    .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+            });
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                jsonb_string(out, k);
+                out.push_str(": ");
+                write_jsonb(out, &map[k]);
+            }
+            out.push('}');
+        }
+    }
+}
+
 /// `to_jsonb(fields)::text`: `["a", "b"]`, `[]` for none.
 pub fn jsonb_text_array(items: &[String]) -> String {
     let mut out = String::from("[");
@@ -187,15 +240,21 @@ pub fn jsonb_text_array(items: &[String]) -> String {
     out
 }
 
-/// The canonical encoding of an event (see the module docs): v1 without an actor, v2 with one.
+/// The canonical encoding of an event (see the module docs): v3 when the gateway chained it, else
+/// v1 without an actor, v2 with one.
 pub fn canonical(e: &EventRow) -> Vec<u8> {
-    let v2 = e.actor_text.is_some();
-    let mut out = if v2 {
+    let v3 = e.format == Some(3);
+    let v2 = v3 || e.actor_text.is_some();
+    let mut out = if v3 {
+        b"pgw-audit-v3".to_vec()
+    } else if v2 {
         b"pgw-audit-v2".to_vec()
     } else {
         b"pgw-audit-v1".to_vec()
     };
-    put(&mut out, Some(&e.id.to_string()));
+    if !v3 {
+        put(&mut out, Some(&e.id.to_string()));
+    }
     put(
         &mut out,
         Some(&e.occurred_at.timestamp_micros().to_string()),
@@ -352,7 +411,8 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
         .fetch_all(&mut *conn)
         .await?;
     let heads: HashMap<String, (i64, String)> = sqlx::query!(
-        "select user_id, seq, hash from audit_chain_heads where ($1::text is null or user_id = $1)",
+        r#"select user_id as "user_id!", seq as "seq!", hash as "hash!" from audit_heads
+            where ($1::text is null or user_id = $1)"#,
         filter.user,
     )
     .fetch_all(&mut *conn)
@@ -416,6 +476,7 @@ pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, 
             trace_id: r.trace_id,
             caller_addr: r.caller_addr,
             actor_text: r.actor_text,
+            format: r.format,
         });
     }
     for (user, (from_seq, rows)) in &chains {
@@ -622,6 +683,7 @@ mod tests {
             trace_id: None,
             caller_addr: None,
             actor_text: None,
+            format: None,
         };
         r.hash = event_hash(&r);
         r

@@ -36,6 +36,10 @@ impl std::fmt::Display for BatchError {
 
 type Reply<O> = oneshot::Sender<Result<O, BatchError>>;
 
+/// How often a batch goes again after its connection broke (each dead pooled connection fails at
+/// once; a database that is down fails every try).
+const CONNECTION_RETRIES: usize = 4;
+
 /// An item, where to answer, and the span of the request that wants it written (the write's span
 /// is its child, or links to it when the write carries several requests' items).
 type Item<I, O> = (I, Reply<O>, tracing::Span);
@@ -112,7 +116,20 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                     spans.push(span);
                 }
                 let inputs: Arc<[I]> = inputs.into();
-                match observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await {
+                let mut result =
+                    observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await;
+                // The pool does not ping a connection before handing it out (a round trip per
+                // write): one that died idle (a database restart kills them all) fails its first
+                // statement at once, and the batch goes again on the next. Safe: a write that did
+                // commit answers as a replay. Bounded, so a database that is down answers 503.
+                for _ in 0..CONNECTION_RETRIES {
+                    if !matches!(&result, Err(e) if crate::store::connection_lost(e)) {
+                        break;
+                    }
+                    result =
+                        observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await;
+                }
+                match result {
                     Ok(outputs) if outputs.len() == replies.len() => {
                         for (reply, out) in replies.into_iter().zip(outputs) {
                             let _ = reply.send(Ok(out));

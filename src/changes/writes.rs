@@ -29,21 +29,26 @@ impl Writes {
             statement,
             metrics: Some(Arc::clone(metrics)),
         };
+        // One set of chain slots for the record and the settle (both write a user's chain),
+        // filled by the links read that precedes a record.
+        let heads = Arc::new(crate::audit::chain::ChainHeads::default());
         let p = pool.clone();
+        let offered = Arc::clone(&heads);
         let members: Arc<[crate::domain::LinkMember]> = members.into();
         let links = batcher::Batcher::spawn_observed(
             observe("links"),
             max_batch,
             linger,
             move |users: Arc<[String]>| {
-                let (p, members) = (p.clone(), Arc::clone(&members));
+                let (p, members, heads) = (p.clone(), Arc::clone(&members), Arc::clone(&offered));
                 async move {
-                    let found = batch::read_links(&p, &users, &members).await?;
+                    let found = batch::read_links(&p, &heads, &users, &members).await?;
                     Ok(users.iter().map(|u| found.get(u).cloned()).collect())
                 }
             },
         );
         let p = pool.clone();
+        let chain = Arc::clone(&heads);
         let (owner, lease, in_flight, retention, max_pending) = (
             owner.to_string(),
             limits.lease,
@@ -56,7 +61,7 @@ impl Writes {
             max_batch,
             linger,
             move |items: Arc<[change::NewChange]>| {
-                let (p, owner) = (p.clone(), owner.clone());
+                let (p, owner, chain) = (p.clone(), owner.clone(), Arc::clone(&chain));
                 async move {
                     let params = batch::RecordParams {
                         lease_owner: &owner,
@@ -83,7 +88,7 @@ impl Writes {
                             slot.push(None);
                         }
                     }
-                    let recorded = batch::record_changes(&p, &unique, &params).await?;
+                    let recorded = batch::record_changes(&p, &chain, &unique, &params).await?;
                     Ok(slot
                         .into_iter()
                         .map(|s| match s {
@@ -101,8 +106,8 @@ impl Writes {
             max_batch,
             linger,
             move |items: Arc<[change::Settle]>| {
-                let p = p.clone();
-                async move { batch::settle_changes(&p, &items, keep).await }
+                let (p, heads) = (p.clone(), Arc::clone(&heads));
+                async move { batch::settle_changes(&p, &heads, &items, keep).await }
             },
         );
         Self {

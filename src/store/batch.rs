@@ -2,14 +2,19 @@
 //! (`changes::batcher`) can record the work of many concurrent requests in one round trip and one
 //! WAL flush. A batch of one is the unbatched case: there is a single code path.
 //!
-//! Lock order, the same in every statement so concurrent batches cannot deadlock: `changes` rows,
-//! then `profile_links` rows sorted by user, then the audit chain heads in user order (taken by
-//! `audit_append`, migration 0016, which chains each statement's audit events in one pass).
-//! Every event gets its change's actor (`audit_event_input_v2`, migration 20261201000700): who
-//! acted is part of the hashed event, not only of the updatable `changes` row.
+//! The audit events of a write are chained here (`audit::chain`, encoding v3) and written with the
+//! head they extend; the statement moves each user's head in the `profile_links` row it updates
+//! anyway, by compare-and-set (migration 20261202000200). Every event gets its change's actor:
+//! who acted is part of the hashed event, not only of the updatable `changes` row.
+//!
+//! Lock order, the same in every statement so concurrent batches cannot deadlock: this replica's
+//! chain slots in user order (`ChainHeads::hold`, before the statement), then `changes` rows, then
+//! `profile_links` rows sorted by user.
 
+use crate::audit::chain::{self, ChainHeads, Head};
+use crate::audit::verify::{self, EventRow};
 use crate::domain::StepError;
-use crate::domain::{LinkMember, ProfileLinks, UserId};
+use crate::domain::{LinkMember, Origin, ProfileLinks, UserId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -26,13 +31,17 @@ pub struct LinksRow {
     pub version: DateTime<Utc>,
 }
 
+/// Reads the users' links, and offers their chain heads to `heads`, so that the write that
+/// follows needs no read of its own (a head read here may be stale by then: the write's
+/// compare-and-set catches that).
 pub async fn read_links(
     pool: &PgPool,
+    heads: &ChainHeads,
     users: &[String],
     members: &[LinkMember],
 ) -> Result<HashMap<String, LinksRow>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"select p.user_id, p.updated_at,
+        r#"select p.user_id, p.updated_at, p.chain_seq, p.chain_hash,
                   coalesce(array_agg(l.provider order by l.provider, l.ordinal)
                              filter (where l.provider is not null), '{}') as "providers!",
                   coalesce(array_agg(l.object_id order by l.provider, l.ordinal)
@@ -46,6 +55,13 @@ pub async fn read_links(
     .await?;
     rows.into_iter()
         .map(|r| {
+            heads.offer(
+                &r.user_id,
+                Head {
+                    seq: r.chain_seq,
+                    hash: r.chain_hash,
+                },
+            );
             let links = super::links::links_of(members, &r.providers, r.objects)?;
             Ok((
                 r.user_id,
@@ -84,13 +100,260 @@ pub struct RecordParams<'a> {
     pub max_pending: i64,
 }
 
+/// How often one write chains again a user's events because the head moved under it (another
+/// replica or a links update wrote to the chain). Past it, a record answers `StaleLinks` (the
+/// request reads and plans again) and a settle is left to the completer.
+const CHAIN_ROUNDS: usize = 4;
+
+/// The columns of the audit events a write inserts, one array each (`record_changes.sql`,
+/// `settle_changes.sql`), with the position of the change or settle each belongs to.
+#[derive(Default)]
+struct EventColumns {
+    parent: Vec<i64>,
+    occurred_at: Vec<DateTime<Utc>>,
+    user_id: Vec<String>,
+    seq: Vec<i64>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+    event_type: Vec<String>,
+    caller: Vec<String>,
+    outcome: Vec<String>,
+    change_id: Vec<Option<Uuid>>,
+    step_no: Vec<Option<i32>>,
+    target: Vec<Option<String>>,
+    upstream_ref: Vec<Option<String>>,
+    fields: Vec<String>,
+    values: Vec<String>,
+    hmac_key_id: Vec<Option<String>>,
+    error_code: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    trace_id: Vec<Option<String>>,
+    caller_addr: Vec<Option<String>>,
+    actor: Vec<Option<String>>,
+}
+
+impl EventColumns {
+    fn push(&mut self, parent: usize, e: EventRow) {
+        self.parent.push(parent as i64 + 1);
+        self.occurred_at.push(e.occurred_at);
+        self.user_id.push(e.user_id);
+        self.seq.push(e.seq);
+        self.prev_hash.push(e.prev_hash);
+        self.hash.push(e.hash);
+        self.event_type.push(e.event_type);
+        self.caller.push(e.caller);
+        self.outcome.push(e.outcome);
+        self.change_id.push(e.change_id);
+        self.step_no.push(e.step_no);
+        self.target.push(e.target);
+        self.upstream_ref.push(e.upstream_ref);
+        // Joined because Postgres cannot unnest a ragged two-dimensional array.
+        self.fields.push(e.fields.join(","));
+        self.values.push(e.values_text);
+        self.hmac_key_id.push(e.hmac_key_id);
+        self.error_code.push(e.error_code);
+        self.request_id.push(e.request_id);
+        self.trace_id.push(e.trace_id);
+        self.caller_addr.push(e.caller_addr);
+        self.actor.push(e.actor_text);
+    }
+}
+
+/// An event of `origin`'s change, to be chained: everything but seq, prev_hash and hash.
+fn event(
+    origin: &Origin,
+    user: &UserId,
+    at: DateTime<Utc>,
+    event_type: &str,
+    outcome: &str,
+    change_id: Uuid,
+) -> EventRow {
+    EventRow {
+        id: 0,
+        occurred_at: at,
+        user_id: user.as_str().to_string(),
+        seq: 0,
+        prev_hash: String::new(),
+        hash: String::new(),
+        event_type: event_type.to_string(),
+        caller: origin.caller.clone(),
+        outcome: outcome.to_string(),
+        change_id: Some(change_id),
+        step_no: None,
+        target: None,
+        upstream_ref: None,
+        fields: Vec::new(),
+        fields_malformed: false,
+        values_text: "{}".to_string(),
+        hmac_key_id: None,
+        error_code: None,
+        request_id: Some(origin.request_id.clone()),
+        trace_id: origin.trace_id.clone(),
+        caller_addr: origin.caller_addr.clone(),
+        actor_text: origin.actor_json().as_ref().map(verify::jsonb_text),
+        format: Some(3),
+    }
+}
+
+/// The heads of `held`'s users this replica does not know, read from their rows.
+async fn read_unknown_heads(pool: &PgPool, held: &mut chain::Held) -> Result<(), sqlx::Error> {
+    let unknown = held.unknown();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query!(
+        "select user_id, chain_seq, chain_hash from profile_links where user_id = any($1)",
+        &unknown
+    )
+    .fetch_all(pool)
+    .await?;
+    for r in rows {
+        held.set(
+            &r.user_id,
+            Head {
+                seq: r.chain_seq,
+                hash: r.chain_hash,
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The heads a write extends and the heads it leaves, one element per user (`$heads`).
+#[derive(Default)]
+struct HeadColumns {
+    user_id: Vec<String>,
+    seq: Vec<i64>,
+    hash: Vec<String>,
+    new_seq: Vec<i64>,
+    new_hash: Vec<String>,
+}
+
+/// Chains each item's events (`events_of`), user by user in batch order, from the heads in
+/// `held`. An unknown head (no profile_links row) is chained from genesis: the write then finds
+/// no row and refuses.
+fn chain_items<T>(
+    held: &chain::Held,
+    items: &[&T],
+    user_of: impl Fn(&T) -> &str,
+    events_of: impl Fn(&T) -> Vec<EventRow>,
+) -> (EventColumns, HeadColumns) {
+    let mut next: HashMap<&str, (Head, Head)> = HashMap::new();
+    let mut events = EventColumns::default();
+    for (i, item) in items.iter().enumerate() {
+        let user = user_of(item);
+        let (_, head) = next.entry(user).or_insert_with(|| {
+            let h = held.head(user).cloned().unwrap_or_else(Head::genesis);
+            (h.clone(), h)
+        });
+        for e in events_of(item) {
+            events.push(i, chain::append(head, e));
+        }
+    }
+    let mut heads = HeadColumns::default();
+    for (user, (from, to)) in next {
+        heads.user_id.push(user.to_string());
+        heads.seq.push(from.seq);
+        heads.hash.push(from.hash);
+        heads.new_seq.push(to.seq);
+        heads.new_hash.push(to.hash);
+    }
+    (events, heads)
+}
+
+/// After a write: the head each user now has (what the write left when its events went in, the
+/// row's head when they did not), so the next write chains from it without a read.
+fn note_heads(
+    held: &mut chain::Held,
+    heads: &HeadColumns,
+    written: &HashMap<String, bool>,
+    seen: &HashMap<String, Option<Head>>,
+) {
+    for (i, user) in heads.user_id.iter().enumerate() {
+        if written.get(user).copied().unwrap_or(false) {
+            held.set(
+                user,
+                Head {
+                    seq: heads.new_seq[i],
+                    hash: heads.new_hash[i].clone(),
+                },
+            );
+        } else if let Some(Some(h)) = seen.get(user) {
+            held.set(user, h.clone());
+        }
+    }
+}
+
 /// Records new changes with their steps, idempotency keys and "requested" audit events, and hands
-/// out each change's per-user sequence number, in one statement.
+/// out each change's per-user sequence number, in one statement per chaining round (one, unless
+/// the chain head moved under it).
 pub async fn record_changes(
     pool: &PgPool,
+    heads: &ChainHeads,
     batch: &[&NewChange],
     p: &RecordParams<'_>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
+    let mut out: Vec<Option<Recorded>> = vec![None; batch.len()];
+    let mut todo: Vec<usize> = (0..batch.len()).collect();
+    let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
+    for _ in 0..CHAIN_ROUNDS {
+        if todo.is_empty() {
+            break;
+        }
+        let items: Vec<&NewChange> = todo.iter().map(|&i| batch[i]).collect();
+        let result = record_round(pool, &mut held, &items, p).await;
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                held.forget();
+                return Err(e);
+            }
+        };
+        let mut again = Vec::new();
+        for (&i, r) in todo.iter().zip(rows) {
+            match r {
+                Some(r) => out[i] = Some(r),
+                None => again.push(i),
+            }
+        }
+        todo = again;
+    }
+    // The head kept moving: the request reads its links again and plans anew.
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(Recorded::StaleLinks))
+        .collect())
+}
+
+/// One statement of [`record_changes`]: `None` for a change to chain again (its user's head moved,
+/// or another change of its user could not be written).
+async fn record_round(
+    pool: &PgPool,
+    held: &mut chain::Held,
+    batch: &[&NewChange],
+    p: &RecordParams<'_>,
+) -> Result<Vec<Option<Recorded>>, sqlx::Error> {
+    read_unknown_heads(pool, held).await?;
+    let at = chain::now();
+    let (ev, hd) = chain_items(
+        held,
+        batch,
+        |c| c.user_id.as_str(),
+        |c| {
+            let mut e = event(
+                &c.origin,
+                &c.user_id,
+                at,
+                "change_requested",
+                "accepted",
+                c.id,
+            );
+            e.fields = c.fields.clone();
+            e.values_text = verify::jsonb_text(&c.audit_values);
+            e.hmac_key_id = Some(c.hmac_key_id.clone());
+            vec![e]
+        },
+    );
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
     let users: Vec<String> = batch
         .iter()
@@ -106,8 +369,6 @@ pub async fn record_changes(
     let keys: Vec<String> = batch.iter().map(|c| c.idem_key.clone()).collect();
     let fingerprints: Vec<Vec<u8>> = batch.iter().map(|c| c.fingerprint.clone()).collect();
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
-    let audit_values: Vec<Value> = batch.iter().map(|c| c.audit_values.clone()).collect();
-    let hmac_key_ids: Vec<String> = batch.iter().map(|c| c.hmac_key_id.clone()).collect();
     let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
     let mut step_change = Vec::new();
     let mut step_no = Vec::new();
@@ -120,7 +381,6 @@ pub async fn record_changes(
             step_no.push(s.step_no);
             step_target.push(s.target.as_str().to_string());
             step_ref.push(s.upstream_ref.clone());
-            // Joined because Postgres cannot unnest a ragged two-dimensional array.
             step_fields.push(crate::domain::field::names(&s.fields).join(","));
         }
     }
@@ -138,33 +398,60 @@ pub async fn record_changes(
         &keys,
         &fingerprints,
         &versions,
-        &audit_values,
-        &hmac_key_ids,
-        p.key_in_flight.as_secs_f64(),
-        p.key_retention.as_secs_f64(),
-        p.lease_owner,
-        p.lease.as_secs_f64(),
+        &actors as &[Option<Value>],
         &step_change,
         &step_no,
         &step_target,
         &step_ref,
         &step_fields,
+        &hd.user_id,
+        &hd.seq,
+        &hd.hash,
+        &hd.new_seq,
+        &hd.new_hash,
+        &ev.occurred_at,
+        &ev.user_id,
+        &ev.seq,
+        &ev.prev_hash,
+        &ev.hash,
+        &ev.change_id as &[Option<Uuid>],
+        &ev.fields,
+        &ev.values,
+        &ev.hmac_key_id as &[Option<String>],
+        p.key_in_flight.as_secs_f64(),
+        p.key_retention.as_secs_f64(),
+        p.lease_owner,
+        p.lease.as_secs_f64(),
         p.max_pending,
-        &actors as &[Option<Value>],
     )
     .fetch_all(pool)
     .await?;
+    let mut written = HashMap::new();
+    let mut seen = HashMap::new();
+    for (c, r) in batch.iter().zip(&rows) {
+        let user = c.user_id.as_str().to_string();
+        *written.entry(user.clone()).or_insert(true) &= r.seq.is_some();
+        seen.insert(
+            user,
+            r.chain_seq
+                .zip(r.chain_hash.clone())
+                .map(|(seq, hash)| Head { seq, hash }),
+        );
+    }
+    note_heads(held, &hd, &written, &seen);
     Ok(rows
         .into_iter()
         .map(|r| match (r.seq, r.created_at) {
-            (Some(seq), Some(created_at)) => Recorded::Accepted {
+            (Some(seq), Some(created_at)) => Some(Recorded::Accepted {
                 seq,
                 turn: r.finished_seq.is_some_and(|f| seq <= f + 1),
                 created_at,
-            },
-            _ if r.over_limit => Recorded::TooManyPending,
-            _ if r.fresh => Recorded::DuplicateKey,
-            _ => Recorded::StaleLinks,
+            }),
+            _ if r.known_key => Some(Recorded::DuplicateKey),
+            _ if r.over_limit => Some(Recorded::TooManyPending),
+            // No row for the user (gone), or the links moved on since they were read.
+            _ if r.chain_seq.is_none() || !r.links_ok => Some(Recorded::StaleLinks),
+            _ => None,
         })
         .collect())
 }
@@ -196,34 +483,105 @@ pub async fn would_exceed_pending(
 /// the retry window), advances the user's `finished_seq`, releases the idempotency key, writes the
 /// final audit event after the step events, writes the settle's webhook events to the outbox and
 /// wakes the user's next change (NOTIFY, delivered at commit). Returns, per change, whether it was
-/// recorded: false when the change's lease generation moved on (nothing of it is written then).
+/// recorded: false when the change's lease generation moved on (nothing of it is written then),
+/// or when the user's chain head kept moving under it (the completer settles it later).
 pub async fn settle_changes(
     pool: &PgPool,
+    heads: &ChainHeads,
     batch: &[Settle],
     keep_failed_payload: Duration,
 ) -> Result<Vec<bool>, sqlx::Error> {
+    let mut out: Vec<Option<bool>> = vec![None; batch.len()];
+    let mut todo: Vec<usize> = (0..batch.len()).collect();
+    let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
+    for _ in 0..CHAIN_ROUNDS {
+        if todo.is_empty() {
+            break;
+        }
+        let items: Vec<&Settle> = todo.iter().map(|&i| &batch[i]).collect();
+        let rows = match settle_round(pool, &mut held, &items, keep_failed_payload).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                held.forget();
+                return Err(e);
+            }
+        };
+        let mut again = Vec::new();
+        for (&i, r) in todo.iter().zip(rows) {
+            match r {
+                Some(r) => out[i] = Some(r),
+                None => again.push(i),
+            }
+        }
+        todo = again;
+    }
+    Ok(out.into_iter().map(|r| r.unwrap_or(false)).collect())
+}
+
+/// The events of one settle, unchained: one per attempted step, then the final one.
+fn settle_events(c: &Settle, at: DateTime<Utc>) -> Vec<EventRow> {
+    let mut events = Vec::with_capacity(c.outcomes.len() + 1);
+    for o in &c.outcomes {
+        let mut e = event(
+            &c.origin,
+            &c.user_id,
+            at,
+            "step_attempted",
+            o.status.as_str(),
+            c.change_id,
+        );
+        e.step_no = Some(o.step_no);
+        e.target = Some(o.target.clone());
+        e.upstream_ref = Some(o.upstream_ref.clone());
+        e.fields = o.fields.clone();
+        e.values_text = verify::jsonb_text(&o.audit_values);
+        e.hmac_key_id = Some(o.hmac_key_id.clone());
+        e.error_code = o.error.as_ref().map(|e| e.code.as_str().to_string());
+        events.push(e);
+    }
+    if let Some(f) = &c.finish {
+        let mut e = event(
+            &c.origin,
+            &c.user_id,
+            at,
+            "change_completed",
+            f.status.as_str(),
+            c.change_id,
+        );
+        e.fields = f.fields.clone();
+        events.push(e);
+    }
+    events
+}
+
+/// One statement of [`settle_changes`]: `None` for a settle to chain again.
+async fn settle_round(
+    pool: &PgPool,
+    held: &mut chain::Held,
+    batch: &[&Settle],
+    keep_failed_payload: Duration,
+) -> Result<Vec<Option<bool>>, sqlx::Error> {
+    read_unknown_heads(pool, held).await?;
+    let at = chain::now();
+    let (ev, hd) = chain_items(
+        held,
+        batch,
+        |c| c.user_id.as_str(),
+        |c| settle_events(c, at),
+    );
     let ids: Vec<Uuid> = batch.iter().map(|c| c.change_id).collect();
     let fences: Vec<i64> = batch.iter().map(|c| c.fence).collect();
     let users: Vec<String> = batch
         .iter()
         .map(|c| c.user_id.as_str().to_string())
         .collect();
-    let callers: Vec<String> = batch.iter().map(|c| c.origin.caller.clone()).collect();
-    let request_ids: Vec<String> = batch.iter().map(|c| c.origin.request_id.clone()).collect();
-    let trace_ids: Vec<Option<String>> = batch.iter().map(|c| c.origin.trace_id.clone()).collect();
-    let addrs: Vec<Option<String>> = batch.iter().map(|c| c.origin.caller_addr.clone()).collect();
     let final_statuses: Vec<Option<String>> = batch
         .iter()
         .map(|c| c.finish.as_ref().map(|f| f.status.as_str().to_string()))
         .collect();
-    let final_fields: Vec<String> = batch
+    let finished_at: Vec<Option<DateTime<Utc>>> = batch
         .iter()
-        .map(|c| {
-            c.finish
-                .as_ref()
-                .map(|f| f.fields.join(","))
-                .unwrap_or_default()
-        })
+        .map(|c| c.finish.as_ref().map(|f| f.finished_at))
         .collect();
     // Each outcome names its settle by position, not by change id: one batch may hold a stale
     // drive's settle (its lease was taken over) and the current one for the same change.
@@ -231,46 +589,34 @@ pub async fn settle_changes(
         batch
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| c.outcomes.iter().map(move |o| (i as i64 + 1, o)))
+            .flat_map(|(i, c)| c.outcomes.iter().map(move |o| (i as i64 + 1, c, o)))
     };
-    let o_parent: Vec<i64> = outcomes().map(|(i, _)| i).collect();
-    // The change id too, so the step update looks its rows up by key (the plan is generic).
-    let o_change: Vec<Uuid> = outcomes()
-        .map(|(i, _)| batch[i as usize - 1].change_id)
-        .collect();
-    let o_step: Vec<i32> = outcomes().map(|(_, o)| o.step_no).collect();
+    let o_parent: Vec<i64> = outcomes().map(|(i, _, _)| i).collect();
+    let o_change: Vec<Uuid> = outcomes().map(|(_, c, _)| c.change_id).collect();
+    let o_step: Vec<i32> = outcomes().map(|(_, _, o)| o.step_no).collect();
     let o_status: Vec<String> = outcomes()
-        .map(|(_, o)| o.status.as_str().to_string())
+        .map(|(_, _, o)| o.status.as_str().to_string())
         .collect();
     let err = |f: &dyn Fn(&StepError) -> Option<String>| -> Vec<Option<String>> {
         outcomes()
-            .map(|(_, o)| o.error.as_ref().and_then(f))
+            .map(|(_, _, o)| o.error.as_ref().and_then(f))
             .collect()
     };
     let codes = err(&|e| Some(e.code.as_str().to_string()));
     let upstream_codes = err(&|e| e.upstream_code.clone());
     let messages = err(&|e| Some(e.message.clone()));
     let retryable: Vec<Option<bool>> = outcomes()
-        .map(|(_, o)| o.error.as_ref().map(|e| e.retryable))
+        .map(|(_, _, o)| o.error.as_ref().map(|e| e.retryable))
         .collect();
     let upstream_status: Vec<Option<i32>> = outcomes()
-        .map(|(_, o)| {
+        .map(|(_, _, o)| {
             o.error
                 .as_ref()
                 .and_then(|e| e.upstream_status.map(i32::from))
         })
         .collect();
-    let confirmed: Vec<bool> = outcomes().map(|(_, o)| o.confirmed_by_read_back).collect();
-    let targets: Vec<String> = outcomes().map(|(_, o)| o.target.clone()).collect();
-    let refs: Vec<String> = outcomes().map(|(_, o)| o.upstream_ref.clone()).collect();
-    let o_fields: Vec<String> = outcomes().map(|(_, o)| o.fields.join(",")).collect();
-    let values: Vec<Value> = outcomes().map(|(_, o)| o.audit_values.clone()).collect();
-    let hmac_key_ids: Vec<String> = outcomes().map(|(_, o)| o.hmac_key_id.clone()).collect();
-    let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
-    let keep_secs = keep_failed_payload.as_secs_f64();
-    let finished_at: Vec<Option<DateTime<Utc>>> = batch
-        .iter()
-        .map(|c| c.finish.as_ref().map(|f| f.finished_at))
+    let confirmed: Vec<bool> = outcomes()
+        .map(|(_, _, o)| o.confirmed_by_read_back)
         .collect();
     let hooks = || {
         batch
@@ -288,13 +634,10 @@ pub async fn settle_changes(
         &ids,
         &fences,
         &users,
-        &callers,
-        &request_ids,
-        &trace_ids as &[Option<String>],
-        &addrs as &[Option<String>],
         &final_statuses as &[Option<String>],
-        &final_fields,
+        &finished_at as &[Option<DateTime<Utc>>],
         &o_parent,
+        &o_change,
         &o_step,
         &o_status,
         &codes as &[Option<String>],
@@ -303,23 +646,62 @@ pub async fn settle_changes(
         &upstream_codes as &[Option<String>],
         &messages as &[Option<String>],
         &confirmed,
-        &targets,
-        &refs,
-        &o_fields,
-        &values,
-        &hmac_key_ids,
-        keep_secs,
-        &o_change,
-        &actors as &[Option<Value>],
-        &finished_at as &[Option<DateTime<Utc>>],
         &w_parent,
         &w_id,
         &w_caller,
         &w_type,
         &w_body,
+        &hd.user_id,
+        &hd.seq,
+        &hd.hash,
+        &hd.new_seq,
+        &hd.new_hash,
+        &ev.parent,
+        &ev.occurred_at,
+        &ev.user_id,
+        &ev.seq,
+        &ev.prev_hash,
+        &ev.hash,
+        &ev.event_type,
+        &ev.caller,
+        &ev.outcome,
+        &ev.change_id as &[Option<Uuid>],
+        &ev.step_no as &[Option<i32>],
+        &ev.target as &[Option<String>],
+        &ev.upstream_ref as &[Option<String>],
+        &ev.fields,
+        &ev.values,
+        &ev.hmac_key_id as &[Option<String>],
+        &ev.error_code as &[Option<String>],
+        &ev.request_id as &[Option<String>],
+        &ev.trace_id as &[Option<String>],
+        &ev.caller_addr as &[Option<String>],
+        &ev.actor as &[Option<String>],
+        keep_failed_payload.as_secs_f64(),
         super::changes::FINAL_CHANNEL,
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| r.settled).collect())
+    let mut written = HashMap::new();
+    let mut seen = HashMap::new();
+    for (c, r) in batch.iter().zip(&rows) {
+        let user = c.user_id.as_str().to_string();
+        *written.entry(user.clone()).or_insert(true) &= r.settled;
+        seen.insert(
+            user,
+            r.chain_seq
+                .zip(r.chain_hash.clone())
+                .map(|(seq, hash)| Head { seq, hash }),
+        );
+    }
+    note_heads(held, &hd, &written, &seen);
+    Ok(rows
+        .into_iter()
+        .map(|r| match (r.settled, r.held) {
+            (true, _) => Some(true),
+            // Its lease generation moved on: nothing of it is ever written.
+            (false, false) => Some(false),
+            (false, true) => None,
+        })
+        .collect())
 }

@@ -20,6 +20,16 @@ pub(crate) fn recorded_user(text: &str) -> Result<crate::domain::UserId, sqlx::E
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.
+/// The connection itself broke (not the database refusing or the pool running dry): the same
+/// statement may succeed at once on another connection.
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+        || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+            // 08: connection exceptions; 57P01: the server terminated this backend.
+            c.starts_with("08") || c == "57P01"
+        }))
+}
+
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,

@@ -112,6 +112,14 @@ async fn verify_now(app: &TestApp) -> verify::Report {
     verify::verify(&mut conn, &Filter::default()).await.unwrap()
 }
 
+/// old_value_masked, new_value_masked, old_hmac, new_hmac of `audit_field_changes`.
+type OldAndNew = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 #[tokio::test]
 async fn every_event_kind_is_written_with_its_fields_and_old_values() {
     let app = spawn_app().await;
@@ -215,7 +223,8 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
     }
     assert_eq!(of_change[5].outcome, "applied");
 
-    // A second change: every masked value now carries the old one, with its HMAC.
+    // A second change: every masked value now has an old one, with its HMAC (derived by the
+    // auditor view from the last applied step, at the same object or, for the request, any).
     let second = patch_with_headers(
         &app,
         "alice",
@@ -230,12 +239,26 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
         .filter(|e| e.change_id == Some(second_id))
         .collect();
     assert_eq!(of_second.len(), 1 + 3 + 1, "customer and two wallets");
-    for e in &of_second[..4] {
-        let m = &e.values["mobile_number"];
-        assert_eq!(m["new"], "******0000", "{e:?}");
-        assert_eq!(m["new_hmac"], hmac_hex(&key, "9812340000"));
-        assert_eq!(m["old"], "******5678", "{e:?}");
-        assert_eq!(m["old_hmac"], hmac_hex(&key, "9812345678"));
+    let olds: Vec<OldAndNew> = sqlx::query_as(
+        "select old_value_masked, new_value_masked, old_hmac, new_hmac from audit_field_changes
+          where change_id = $1 and field = 'mobile_number' order by event_id",
+    )
+    .bind(second_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(olds.len(), 4, "{olds:?}");
+    for (old, new, old_hmac, new_hmac) in &olds {
+        assert_eq!(new.as_deref(), Some("******0000"));
+        assert_eq!(
+            new_hmac.as_deref(),
+            Some(hmac_hex(&key, "9812340000").as_str())
+        );
+        assert_eq!(old.as_deref(), Some("******5678"), "{olds:?}");
+        assert_eq!(
+            old_hmac.as_deref(),
+            Some(hmac_hex(&key, "9812345678").as_str())
+        );
     }
 
     // Links: old and new ids, the caller who changed them.
@@ -309,6 +332,12 @@ async fn the_app_role_cannot_update_delete_or_truncate_and_replica_mode_does_not
     assert!(n > 0);
     tx.rollback().await.unwrap();
 
+    // A '_system' event, so that audit_chain_heads has a row for the statements below (users'
+    // heads are in profile_links, which the app role updates by design: docs/auditing.md).
+    sqlx::query("select audit_record_read('probe', null)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let statements = [
         "update audit_events set caller = 'mallory'".to_string(),
         "delete from audit_events".to_string(),
@@ -448,6 +477,7 @@ async fn the_verifier_flags_every_tampering() {
         for t in ["audit_events", "audit_chain_heads", "audit_chain_anchors"] {
             exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
         }
+        exec(&mut tx, DROP_SEQ_INDEXES).await;
         let user = if rng.gen_bool(0.5) { "alice" } else { "bob" };
         let kind = round % 11;
         let (name, digest_only): (&'static str, bool) = match kind {
@@ -573,8 +603,8 @@ async fn the_verifier_flags_every_tampering() {
                 exec(
                     &mut tx,
                     &format!(
-                        "update audit_chain_heads h set hash = e.hash from audit_events e
-                      where h.user_id = '{user}' and e.user_id = h.user_id and e.seq = h.seq"
+                        "update profile_links p set chain_hash = e.hash from audit_events e
+                      where p.user_id = '{user}' and e.user_id = p.user_id and e.seq = p.chain_seq"
                     ),
                 )
                 .await;
@@ -1398,9 +1428,19 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     tx.rollback().await.unwrap();
 }
 
-/// The chaining trigger's old-value rules, event by event: the last applied value per target
-/// object and at any target, its keyed hash, the key id when the HMAC key rotated, an old value
-/// the writer gave itself, and non-masked entries left alone.
+/// seq, field, old, new, old HMAC, old HMAC's key id (`audit_field_changes`).
+type FieldRow = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The old-value rules of the auditor view (`audit_field_changes`), event by event: the last
+/// applied value per target object and at any target, its keyed hash, the key id it was made
+/// with, an old value the writer gave itself, and non-masked entries left alone.
 #[tokio::test]
 async fn old_values_follow_applied_steps_per_scope_and_name_a_rotated_key() {
     let app = spawn_app().await;
@@ -1477,304 +1517,80 @@ async fn old_values_follow_applied_steps_per_scope_and_name_a_rotated_key() {
     for sql in &statements {
         sqlx::query(sql).execute(&app.pool).await.unwrap();
     }
-    let values: Vec<Value> = sqlx::query_scalar(
-        "select \"values\" from audit_events where user_id = 'eve' order by seq",
+    // Events store what was new; the auditor view derives the old value at query time.
+    let rows: Vec<FieldRow> = sqlx::query_as(
+        "select e.seq, f.field, f.old_value_masked, f.new_value_masked, f.old_hmac,
+                    f.old_hmac_key_id
+               from audit_field_changes f join audit_events e on e.id = f.event_id
+              where f.user_id = 'eve' order by e.seq, f.field",
     )
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let expected = [
-        m("******1111", Some("aa")),
-        m("******1111", Some("aa")),
+    let row = |seq: i64,
+               field: &str,
+               old: Option<&str>,
+               new: &str,
+               hmac: Option<&str>,
+               key: Option<&str>| {
+        (
+            seq,
+            field.to_string(),
+            old.map(String::from),
+            Some(new.to_string()),
+            hmac.map(String::from),
+            key.map(String::from),
+        )
+    };
+    let mobile = "mobile_number";
+    let expected = vec![
+        row(1, mobile, None, "******1111", None, None),
+        row(2, mobile, None, "******1111", None, None),
         // Nothing was ever applied at this wallet: no old value, although the customer had one.
-        m("******1111", Some("aa")),
-        json!({"mobile_number": {"new": "******2222", "new_hmac": "cc",
-                                 "old": "******1111", "old_hmac": "aa", "old_hmac_key_id": "k1"},
-               "email_address": {"new": "b***@x.com", "new_hmac": "dd", "old": "given"},
-               "note": "x"}),
-        json!({"mobile_number": {"new": "******2222", "new_hmac": "cc",
-                                 "old": "******1111", "old_hmac": "aa", "old_hmac_key_id": "k1"}}),
-        m("******2222", None),
-        // The last applied value at any target carried no keyed hash: no old_hmac either.
-        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}}),
-        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}}),
-    ];
-    assert_eq!(values, expected);
-}
-
-/// The hot path chains a statement's events with `audit_append` (migration 0016), not one trigger
-/// call per event. Fed the same events, in batches that hold several events of one user (two
-/// applied steps at one wallet among them), it must write what the trigger writes one insert at a
-/// time: the same old values, the same last values in the head, and hashes `audit verify` accepts.
-/// The gateway's role may call it; setting the function's flag does not let that role skip the
-/// trigger on a direct insert.
-#[tokio::test]
-async fn audit_append_chains_a_batch_as_the_trigger_chains_each_event() {
-    let app = spawn_app().await;
-    let m = |new: &str, hmac: Option<&str>| match hmac {
-        Some(h) => json!({"mobile_number": {"new": new, "new_hmac": h}}),
-        None => json!({"mobile_number": {"new": new}}),
-    };
-    // (event type, outcome, step target, upstream ref, values, hmac key id)
-    type Event = (
-        &'static str,
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-        Value,
-        Option<&'static str>,
-    );
-    let batches: Vec<Vec<Event>> = vec![
-        vec![(
-            "change_requested",
-            "accepted",
-            None,
-            None,
-            m("******1111", Some("aa")),
+        row(3, mobile, None, "******1111", None, None),
+        // The writer gave this old value itself; "note" is not a masked value.
+        row(4, "email_address", Some("given"), "b***@x.com", None, None),
+        // The HMAC key rotated: the old hash names the key it was made with.
+        row(
+            4,
+            mobile,
+            Some("******1111"),
+            "******2222",
+            Some("aa"),
             Some("k1"),
-        )],
-        vec![
-            (
-                "step_attempted",
-                "applied",
-                Some("juspay_customer"),
-                Some("cst1"),
-                m("******1111", Some("aa")),
-                Some("k1"),
-            ),
-            (
-                "step_attempted",
-                "failed",
-                Some("juspay_wallet"),
-                Some("w1"),
-                m("******1111", Some("aa")),
-                Some("k1"),
-            ),
-            ("change_completed", "failed", None, None, json!({}), None),
-        ],
-        vec![
-            (
-                "change_requested",
-                "accepted",
-                None,
-                None,
-                json!({"mobile_number": {"new": "******2222", "new_hmac": "cc"},
-                       "email_address": {"new": "b***@x.com", "new_hmac": "dd", "old": "given"},
-                       "note": "x"}),
-                Some("k2"),
-            ),
-            (
-                "step_attempted",
-                "applied",
-                Some("juspay_customer"),
-                Some("cst1"),
-                m("******2222", Some("cc")),
-                Some("k2"),
-            ),
-            (
-                "step_attempted",
-                "applied",
-                Some("juspay_wallet"),
-                Some("w1"),
-                m("******2222", None),
-                Some("k2"),
-            ),
-            (
-                "step_attempted",
-                "applied",
-                Some("juspay_wallet"),
-                Some("w1"),
-                m("******3333", Some("ee")),
-                Some("k2"),
-            ),
-            ("change_completed", "applied", None, None, json!({}), None),
-        ],
-        vec![(
-            "change_requested",
-            "accepted",
-            None,
-            None,
-            m("******4444", Some("ff")),
-            Some("k2"),
-        )],
+        ),
+        row(
+            5,
+            mobile,
+            Some("******1111"),
+            "******2222",
+            Some("aa"),
+            Some("k1"),
+        ),
+        row(6, mobile, None, "******2222", None, None),
+        // The last applied value at any target carried no keyed hash: no old_hmac either.
+        row(7, mobile, Some("******2222"), "******3333", None, None),
+        row(8, mobile, Some("******2222"), "******3333", None, None),
     ];
-
-    // Reference: the trigger, one event per INSERT, as user "audit-ref".
-    for e in batches.iter().flatten() {
-        sqlx::query(
-            "insert into audit_events (user_id, event_type, caller, outcome, target, upstream_ref,
-                                       fields, \"values\", hmac_key_id)
-             values ('audit-ref', $1, 'c', $2, $3, $4, '{mobile_number}', $5, $6)",
-        )
-        .bind(e.0)
-        .bind(e.1)
-        .bind(e.2)
-        .bind(e.3)
-        .bind(&e.4)
-        .bind(e.5)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    }
-    // audit_append, one call per batch, as the gateway's role, for "audit-a" and, in the same calls,
-    // "audit-b" (two chains advancing together).
-    for batch in &batches {
-        let mut tx = app.pool.begin().await.unwrap();
-        exec(&mut tx, "set local role profile_gateway_app").await;
-        let mut users = Vec::new();
-        let mut cols: [Vec<Option<String>>; 5] = Default::default();
-        let mut values = Vec::new();
-        for user in ["audit-a", "audit-b"] {
-            for e in batch {
-                users.push(user.to_string());
-                for (col, v) in cols.iter_mut().zip([Some(e.0), Some(e.1), e.2, e.3, e.5]) {
-                    col.push(v.map(str::to_string));
-                }
-                values.push(e.4.clone());
-            }
-        }
-        let n: i64 = sqlx::query_scalar(
-            "select audit_append(array_agg(row(u, t, 'c', o, null, null, tg, r, '{mobile_number}', v, k,
-                                               null, null, null, null)::audit_event_input order by i))
-               from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[])
-                    with ordinality as x(u, t, o, tg, r, v, k, i)",
-        )
-        .bind(&users)
-        .bind(&cols[0])
-        .bind(&cols[1])
-        .bind(&cols[2])
-        .bind(&cols[3])
-        .bind(&values)
-        .bind(&cols[4])
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        assert_eq!(n, 2 * batch.len() as i64);
-        tx.commit().await.unwrap();
-    }
-
-    let written = |user: &'static str| {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_as::<_, (i64, Value)>(
-                "select seq, \"values\" from audit_events where user_id = $1 order by seq",
-            )
-            .bind(user)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    let reference = written("audit-ref").await;
-    assert_eq!(reference.len(), 10);
-    // Two applied steps at one wallet in one batch: the second sees the first as its old value.
-    assert_eq!(
-        reference[7].1,
-        json!({"mobile_number": {"new": "******3333", "new_hmac": "ee", "old": "******2222"}})
+    assert_eq!(rows, expected);
+    // Nothing is written into the events themselves.
+    let values: Vec<Value> = sqlx::query_scalar(
+        "select \"values\" from audit_events where user_id = 'eve' and event_type <> 'probe' order by seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        values
+            .iter()
+            .all(|v| v["mobile_number"].get("old").is_none()),
+        "{values:?}"
     );
-    assert_eq!(written("audit-a").await, reference);
-    assert_eq!(written("audit-b").await, reference);
-    let heads: Vec<(String, i64, Value)> = sqlx::query_as(
-        "select user_id, seq, last_values from audit_chain_heads where user_id in ('audit-ref', 'audit-a', 'audit-b')
-          order by user_id",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(heads.len(), 3);
-    for h in &heads {
-        assert_eq!((h.1, &h.2), (10, &heads[2].2), "{}", h.0);
-    }
-    let report = verify_now(&app).await;
-    assert!(report.is_ok(), "{:?}", report.problems);
-
-    // The flag is no way around the trigger for the gateway's role: its seq and hash are replaced.
-    let mut tx = app.pool.begin().await.unwrap();
-    exec(&mut tx, "set local role profile_gateway_app").await;
-    exec(&mut tx, "select set_config('pgw.audit_append', 'on', true)").await;
-    exec(
-        &mut tx,
-        "insert into audit_events (user_id, event_type, caller, outcome, seq, prev_hash, hash)
-         values ('audit-a', 'probe', 'c', 'ok', 99, 'forged', 'forged')",
-    )
-    .await;
-    tx.commit().await.unwrap();
-    let last: (i64, String) = sqlx::query_as(
-        "select seq, hash from audit_events where user_id = 'audit-a' order by seq desc limit 1",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert_eq!(last.0, 11);
-    assert_ne!(last.1, "forged");
-    let report = verify_now(&app).await;
-    assert!(report.is_ok(), "{:?}", report.problems);
 }
 
-/// `audit_append` takes the chain heads it needs in user order, creating a first event's head in
-/// the same pass, like the trigger does. Creating the new heads first and locking the others
-/// after would hold a later user's head while waiting for an earlier one: here audit_append
-/// (lo-0, lo-a, lo-b) would hold lo-b's new head while waiting for lo-0, the direct insert
-/// (lo-a, lo-b) would hold lo-a while waiting for lo-b, and one of them would die in a deadlock.
-#[tokio::test]
-async fn audit_append_and_direct_inserts_take_the_heads_in_one_order() {
-    let app = spawn_app().await;
-    let probe = "insert into audit_events (user_id, event_type, caller, outcome) values ";
-    sqlx::query(&format!(
-        "{probe} ('lo-0', 'probe', 'c', 'ok'), ('lo-a', 'probe', 'c', 'ok')"
-    ))
-    .execute(&app.pool)
-    .await
-    .unwrap();
-
-    let mut holder = app.pool.begin().await.unwrap();
-    exec(
-        &mut holder,
-        "select 1 from audit_chain_heads where user_id = 'lo-0' for update",
-    )
-    .await;
-    let pool = app.pool.clone();
-    let batch = tokio::spawn(async move {
-        sqlx::query_scalar::<_, i64>(
-            "select audit_append(array_agg(row(u, 'probe', 'c', 'ok', null, null, null, null, null, null,
-                                               null, null, null, null, null)::audit_event_input order by u))
-               from unnest(array['lo-0', 'lo-a', 'lo-b']) u",
-        )
-        .fetch_one(&pool)
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pool = app.pool.clone();
-    let direct = tokio::spawn(async move {
-        sqlx::query(&format!(
-            "{probe} ('lo-a', 'probe', 'c', 'ok'), ('lo-b', 'probe', 'c', 'ok')"
-        ))
-        .execute(&pool)
-        .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    holder.commit().await.unwrap();
-
-    let wait = Duration::from_secs(20);
-    let batch = tokio::time::timeout(wait, batch).await.unwrap().unwrap();
-    let direct = tokio::time::timeout(wait, direct).await.unwrap().unwrap();
-    assert_eq!(batch.expect("audit_append"), 3);
-    direct.expect("direct insert");
-    let seqs: Vec<(String, i64)> = sqlx::query_as(
-        "select user_id, max(seq) from audit_events where user_id like 'lo-%' group by 1 order by 1",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
-    let expected = [("lo-0", 2), ("lo-a", 3), ("lo-b", 2)].map(|(u, n)| (u.to_string(), n));
-    assert_eq!(seqs, expected);
-    let report = verify_now(&app).await;
-    assert!(report.is_ok(), "{:?}", report.problems);
-}
-
-/// A chain that an older gateway began (events without an actor, hashed with v1: its direct
-/// inserts and its calls of `audit_append(audit_event_input[])`) and this one continues (events
-/// with an actor, v2) verifies as a whole; the old-value rules carry across the versions; the SQL
+/// A chain that an older gateway began (events without an actor, hashed with v1 by the database)
+/// and this one continues (events with an actor, v3 from the gateway, v2 from the database)
+/// verifies as a whole; the old-value rules carry across the versions; the SQL
 /// hash functions agree with the verifier on every row, strange text included; and `audit_log`
 /// takes who acted from each event's own record where it has one.
 #[tokio::test]
@@ -1804,22 +1620,43 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
                    '{"old": null, "new": {}, "actor": {"auth": "token", "gateway_request_id": "gw-links"}}')"#,
     )
     .await;
-    // Its hot path: the 15-member input, no actor.
-    let n: i64 = sqlx::query_scalar(&format!(
-        r#"select audit_append(array[
-             row('alice', 'change_requested', 'old-app', 'accepted', '{old_change}', null, null, null,
-                 '{{mobile_number}}', '{{"mobile_number": {{"new": "******1111", "new_hmac": "aa"}}}}', 'k1',
-                 null, 'r-old', null, null)::audit_event_input,
-             row('alice', 'step_attempted', 'old-app', 'applied', '{old_change}', 0, 'juspay_customer',
-                 'cst_demo_alice', '{{mobile_number}}', '{{"mobile_number": {{"new": "******1111", "new_hmac": "aa"}}}}',
-                 'k1', null, 'r-old', null, null)::audit_event_input,
-             row('alice', 'change_completed', 'old-app', 'applied', '{old_change}', null, null, null,
-                 '{{mobile_number}}', '{{}}', null, null, 'r-old', null, null)::audit_event_input])"#
-    ))
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!(n, 3);
+    // Its hot path's events, without an actor (the database chains them: audit_append, which
+    // the older gateway called, is retired by migration 20261202000200).
+    for (event_type, outcome, step, target, vals, key) in [
+        (
+            "change_requested",
+            "accepted",
+            "null",
+            "null",
+            r#"{"mobile_number": {"new": "******1111", "new_hmac": "aa"}}"#,
+            "'k1'",
+        ),
+        (
+            "step_attempted",
+            "applied",
+            "0",
+            "'juspay_customer'",
+            r#"{"mobile_number": {"new": "******1111", "new_hmac": "aa"}}"#,
+            "'k1'",
+        ),
+        ("change_completed", "applied", "null", "null", "{}", "null"),
+    ] {
+        let reference = if step == "0" {
+            "'cst_demo_alice'"
+        } else {
+            "null"
+        };
+        exec(
+            &mut tx,
+            &format!(
+                r#"insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no,
+                                             target, upstream_ref, fields, "values", hmac_key_id, request_id)
+                   values ('alice', '{event_type}', 'old-app', '{outcome}', '{old_change}', {step},
+                           {target}, {reference}, '{{mobile_number}}', '{vals}', {key}, 'r-old')"#
+            ),
+        )
+        .await;
+    }
     tx.commit().await.unwrap();
 
     // This gateway continues the chain.
@@ -1831,7 +1668,8 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
     )
     .await;
     let new_change: uuid::Uuid = body["change_id"].as_str().unwrap().parse().unwrap();
-    // Text that every encoding must escape, through both writers of v2.
+    // Text that every encoding must escape, through the database's writer of v2 (the gateway's
+    // v3 writer meets it in audit_chain.rs).
     let mut tx = app.pool.begin().await.unwrap();
     exec(&mut tx, "set local role profile_gateway_app").await;
     let odd = r#"array['a"b\c' || chr(10) || chr(1) || 'é€', '']"#;
@@ -1845,19 +1683,17 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
         ),
     )
     .await;
-    exec(
-        &mut tx,
-        &format!(
-            "select audit_append(array[row('alice', 'probe', 'c', 'ok', null, null, null, null, {odd},
-                                           null, null, null, null, null, null, {odd_actor})::audit_event_input_v2])"
-        ),
-    )
-    .await;
     tx.commit().await.unwrap();
 
     let rows: Vec<(i64, String, Option<uuid::Uuid>, bool, Value, bool)> = sqlx::query_as(
         r#"select seq, event_type, change_id, actor is not null, "values",
-                  hash = audit_event_row_hash(e) and hash = case when actor is null
+                  hash = audit_event_row_hash(e) and hash = case
+                      when format = 3
+                      then audit_event_hash_v3(occurred_at, user_id, seq, prev_hash, event_type, caller,
+                                               outcome, change_id, step_no, target, upstream_ref, fields,
+                                               "values", hmac_key_id, error_code, request_id, trace_id,
+                                               caller_addr, actor)
+                      when actor is null
                       then audit_event_hash(id, occurred_at, user_id, seq, prev_hash, event_type, caller,
                                             outcome, change_id, step_no, target, upstream_ref, fields,
                                             "values", hmac_key_id, error_code, request_id, trace_id, caller_addr)
@@ -1881,21 +1717,24 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
     ];
     expected.extend(std::iter::repeat_n(
         ("step_attempted", true),
-        rows.len() - 9,
+        rows.len() - 8,
     ));
-    expected.extend([("change_completed", true), ("probe", true), ("probe", true)]);
+    expected.extend([("change_completed", true), ("probe", true)]);
     assert_eq!(shape, expected);
     assert!(
         rows.iter().all(|r| r.5),
         "the SQL hash of every row is its stored hash"
     );
-    // The v2 request sees the v1 step's value as its old one.
-    let request = rows.iter().find(|r| r.2 == Some(new_change)).unwrap();
-    assert_eq!(
-        request.4["mobile_number"]["old"], "******1111",
-        "{:?}",
-        request.4
-    );
+    // The new request's old value is the v1 step's (derived by the auditor view).
+    let old: Option<String> = sqlx::query_scalar(
+        "select old_value_masked from audit_field_changes
+          where change_id = $1 and event_type = 'change_requested' and field = 'mobile_number'",
+    )
+    .bind(new_change)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(old.as_deref(), Some("******1111"));
 
     let report = verify_now(&app).await;
     assert!(report.is_ok(), "{:?}", report.problems);
@@ -1960,7 +1799,6 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
                 s("event")
             ),
             ("probe".into(), s("token"), s("gw-odd"), s("event")),
-            ("probe".into(), s("token"), s("gw-odd"), s("event")),
         ]
     );
 }
@@ -2021,9 +1859,10 @@ async fn a_change_recorded_without_an_actor_is_finished_without_one() {
         exec(
             &mut tx,
             &format!(
-                "select audit_append(array[row('{user}', 'change_requested', 'old-app', 'accepted', '{id}',
-                     null, null, null, '{{first_name}}', '{{}}', 'k1', null, 'r-old', null,
-                     null)::audit_event_input])"
+                r#"insert into audit_events (user_id, event_type, caller, outcome, change_id, fields,
+                                             "values", hmac_key_id, request_id)
+                   values ('{user}', 'change_requested', 'old-app', 'accepted', '{id}',
+                           '{{first_name}}', '{{}}', 'k1', 'r-old')"#
             ),
         )
         .await;
@@ -2225,8 +2064,8 @@ async fn an_event_whose_fields_are_not_a_flat_list_is_refused_and_named() {
                 exec(
                     &mut tx,
                     &format!(
-                        "update audit_chain_heads h set hash = e.hash from audit_events e
-                      where h.user_id = 'alice' and e.user_id = 'alice' and e.seq = {last}"
+                        "update profile_links p set chain_hash = e.hash from audit_events e
+                      where p.user_id = 'alice' and e.user_id = 'alice' and e.seq = {last}"
                     ),
                 )
                 .await;

@@ -230,12 +230,23 @@ async fn rehash(conn: &mut sqlx::PgConnection, user: &str, from_seq: i64) {
         ),
     )
     .await;
+    exec(
+        conn,
+        &format!(
+            "update profile_links p set chain_seq = coalesce(x.seq, 0), chain_hash = coalesce(x.hash, repeat('0', 64))
+               from (select max(seq) as seq, (array_agg(hash order by seq desc))[1] as hash
+                       from audit_events where user_id = '{user}') x
+              where p.user_id = '{user}'"
+        ),
+    )
+    .await;
 }
 
 async fn disable_guards(conn: &mut sqlx::PgConnection) {
     for t in ["audit_events", "audit_chain_heads", "audit_chain_anchors"] {
         exec(conn, &format!("alter table {t} disable trigger user")).await;
     }
+    exec(conn, DROP_SEQ_INDEXES).await;
 }
 
 /// A copy of the history's database with `tamper` applied by a superuser.

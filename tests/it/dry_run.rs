@@ -122,7 +122,7 @@ async fn snapshot(app: &TestApp) -> Snapshot {
         .unwrap();
         tables.insert(t, row);
     }
-    let heads = sqlx::query_as("select user_id, seq, hash from audit_chain_heads order by user_id")
+    let heads = sqlx::query_as("select user_id, seq, hash from audit_heads order by user_id")
         .fetch_all(&app.pool)
         .await
         .unwrap();

@@ -1040,8 +1040,10 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
             body: format!("{{\"fence\":{fence}}}"),
         }],
     };
+    // This replica has not written alice's chain yet: the settle reads its head first.
     let written = settle_changes(
         &app.pool,
+        &profile_gateway::audit::chain::ChainHeads::default(),
         &[
             settle(1, StepStatus::Failed, ChangeStatus::Failed),
             settle(2, StepStatus::Applied, ChangeStatus::Applied),
@@ -1086,5 +1088,41 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     assert_eq!(
         outbox,
         vec![(uuid::Uuid::from_u128(2), r#"{"fence":2}"#.to_string())]
+    );
+}
+
+/// The pool hands out connections without a ping (changes::batcher): when every idle connection
+/// of the gateway dies (a database restart, a proxy that drops them), the next changes still
+/// succeed, each batch going again on the next connection, and nothing is written twice.
+#[tokio::test]
+async fn connections_that_died_idle_cost_no_request() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        let resp = app
+            .patch("alice", &json!({"first_name": format!("Warm{i}")}))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let killed: i64 = sqlx::query_scalar(
+        "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+          where datname = current_database() and usename = $1 and state = 'idle') t",
+    )
+    .bind(APP_LOGIN)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the gateway had idle connections");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..3 {
+        let resp = app
+            .patch("alice", &json!({"first_name": format!("After{i}")}))
+            .await;
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    assert_eq!(app.count("select count(*) from changes").await, 6);
+    assert_eq!(
+        app.count("select count(*) from changes where status = 'applied'")
+            .await,
+        6
     );
 }

@@ -13,6 +13,15 @@ use upstream_sandbox::{self as sandbox, JournalEntry, SandboxConfig, SandboxHand
 pub const TOKEN: &str = "test-token-writer";
 pub const READ_ONLY_TOKEN: &str = "test-token-reader";
 
+/// What a superuser who rewrites the audit trail does besides disabling its triggers: drops the
+/// per-partition unique indexes on (user_id, seq) (migration 20261202000200), which would refuse
+/// a renumbered or inserted event outright.
+pub const DROP_SEQ_INDEXES: &str = "do $$ declare i text; begin
+    for i in select c.relname from pg_class c join pg_index x on x.indexrelid = c.oid
+               join pg_inherits h on h.inhrelid = x.indrelid
+              where h.inhparent = 'public.audit_events'::regclass and c.relname like '%user_seq'
+    loop execute format('drop index %I', i); end loop; end $$";
+
 pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_ADMIN_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())

@@ -9,6 +9,7 @@ mod helpers;
 
 mod api_errors;
 mod audit;
+mod audit_chain;
 mod audit_roles;
 mod change_answers;
 mod checkpoints;

@@ -805,7 +805,7 @@ async fn who_acted_is_in_every_event_of_a_change_and_covered_by_its_hash() {
         ),
         (
             format!(
-                "update audit_events e set actor = null, hash = audit_event_hash(id, occurred_at, user_id, seq,
+                "update audit_events e set actor = null, format = null, hash = audit_event_hash(id, occurred_at, user_id, seq,
                         prev_hash, event_type, caller, outcome, change_id, step_no, target, upstream_ref, fields,
                         \"values\", hmac_key_id, error_code, request_id, trace_id, caller_addr)
                   where change_id = '{change_id}' and seq = {mid_seq}"

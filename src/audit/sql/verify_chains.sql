@@ -12,7 +12,7 @@ select e.id, e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, e.event_type,
             when array_position(e.fields, null) is not null then null
             else e.fields end as "fields?",
        e."values"::text as "values_text!", e.hmac_key_id, e.error_code, e.request_id,
-       e.trace_id, e.caller_addr, e.actor::text as actor_text, s.from_seq as "from_seq!"
+       e.trace_id, e.caller_addr, e.actor::text as actor_text, e.format, s.from_seq as "from_seq!"
   from audit_events e
   join starts s on s.user_id = e.user_id and e.seq >= s.from_seq
  order by e.user_id, e.seq, e.id

@@ -1,110 +1,137 @@
--- record_changes (src/store/batch.rs): new changes with their steps, idempotency keys and
--- "requested" audit events, and each change's per-user sequence number, in one statement.
--- Parameters: one array per column of a row kind, element i of each array is row i. These
--- parallel arrays cost PostgreSQL no more CPU than one array of a composite row type per row
--- kind, and less at 16 changes a batch (bench/README.md, "SQL shape"); they need no row types.
+-- record_changes (src/store/batch.rs): new changes with their steps, idempotency keys and the
+-- "requested" audit events the gateway chained (audit::chain), each change's per-user sequence
+-- number, and each user's chain head moved by compare-and-set, in one statement.
+-- A user's changes are written all or none: the events were chained one after the other, so if
+-- one of them cannot be written (a known key, the pending bound, stale links) or the head moved,
+-- none is, and the result says why per change (the gateway chains the rest again).
+-- Parameters: one array per column of a row kind, element i of each array is row i (parallel
+-- arrays: bench/README.md, "SQL shape").
 --   changes, one element per new change, in batch order (the order of the result):
 --     $1 id uuid[]               $2 user_id text[]          $3 caller text[]
 --     $4 request_id text[]       $5 trace_id text[] (null)  $6 caller_addr text[] (null)
---     $7 fields text[]: the change's field names joined with ',' (a ragged text[][] cannot be
---        unnested)
+--     $7 fields text[]: the change's field names joined with ','
 --     $8 payload_key_id text[]   $9 payload_enc bytea[]: the sealed values
 --     $10 idem_key text[]        $11 fingerprint bytea[]: of the request, for replays
 --     $12 links_version timestamptz[]: profile_links.updated_at the change was planned against
---     $13 audit_values jsonb[]: the masked values of the "requested" event
---     $14 hmac_key_id text[]     $25 actor jsonb[] (null): who acted, hashed into every event
+--     $13 actor jsonb[] (null)
 --   steps, one element per planned step of any change of the batch:
---     $19 change_id uuid[]  $20 step_no int[]  $21 target text[]  $22 upstream_ref text[]
---     $23 fields text[] (joined with ',', as $7)
+--     $14 change_id uuid[]  $15 step_no int[]  $16 target text[]  $17 upstream_ref text[]
+--     $18 fields text[] (joined with ',', as $7)
+--   heads, one element per user of the batch:
+--     $19 user_id text[]  $20 seq bigint[]  $21 hash text[]: the head the events extend
+--     $22 new_seq bigint[]  $23 new_hash text[]: the head after them
+--   events, one per change (see audit_events; fields joined with ','):
+--     $24 occurred_at  $25 user_id  $26 seq  $27 prev_hash  $28 hash  $29 change_id
+--     $30 fields  $31 values (jsonb text)  $32 hmac_key_id
 --   scalars:
---     $15 seconds the idempotency key stays in flight   $16 seconds it is remembered
---     $17 lease owner (this replica)                     $18 lease seconds
---     $24 max_pending: unfinished changes a user may have
+--     $33 seconds the idempotency key stays in flight   $34 seconds it is remembered
+--     $35 lease owner (this replica)                     $36 lease seconds
+--     $37 max_pending: unfinished changes a user may have
 with input as (
   select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
-                       $12::timestamptz[], $13::jsonb[], $14::text[], $25::jsonb[])
+                       $12::timestamptz[], $13::jsonb[])
       with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
                            payload_key_id, payload_enc, idem_key, fingerprint, links_version,
-                           audit_values, hmac_key_id, actor, ord)
+                           actor, ord)
+),
+heads as (
+  select * from unnest($19::text[], $20::bigint[], $21::text[], $22::bigint[], $23::text[])
+      as t(user_id, seq, hash, new_seq, new_hash)
 ),
 locked as (
-  select p.user_id, p.updated_at, p.last_change_seq - p.finished_seq as pending
+  select p.user_id, p.updated_at, p.last_change_seq, p.finished_seq, p.chain_seq, p.chain_hash
     from profile_links p
-   where p.user_id in (select user_id from input)
+   where p.user_id = any($19::text[])
    order by p.user_id
-     for update
+     for no key update
 ),
 ranked as (
-  select i.*,
-         l.pending + row_number() over (partition by i.user_id order by i.ord) > $24 as over_limit,
+  select i.id, i.user_id, i.links_version = l.updated_at as links_ok,
+         l.last_change_seq - l.finished_seq
+           + row_number() over (partition by i.user_id order by i.ord) > $37 as over_limit,
          exists (select 1 from idempotency_keys k
                   where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
                     and k.expires_at > now()) as known_key
-    from input i join locked l on l.user_id = i.user_id and l.updated_at = i.links_version
+    from input i join locked l on l.user_id = i.user_id
 ),
-fresh as (
-  select * from ranked where not over_limit or known_key
+ok as (
+  select l.user_id, l.last_change_seq, l.finished_seq, h.new_seq, h.new_hash
+    from heads h join locked l on l.user_id = h.user_id
+   where l.chain_seq = h.seq and l.chain_hash = h.hash
+     and not exists (select 1 from ranked r
+                      where r.user_id = h.user_id
+                        and (r.known_key or r.over_limit or not r.links_ok))
+),
+numbered as (
+  select i.*, o.last_change_seq + row_number() over (partition by i.user_id order by i.ord) as seq,
+         o.finished_seq
+    from input i join ok o on o.user_id = i.user_id
 ),
 keys as (
   insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
                                 in_flight_until, expires_at)
   select caller, user_id, idem_key, fingerprint, id,
-         now() + make_interval(secs => $15), now() + make_interval(secs => $16)
-    from fresh
+         now() + make_interval(secs => $33), now() + make_interval(secs => $34)
+    from numbered
   on conflict (caller, user_id, idem_key) do update
      set fingerprint = excluded.fingerprint, change_id = excluded.change_id,
          in_flight_until = excluded.in_flight_until, created_at = now(),
          expires_at = excluded.expires_at
    where idempotency_keys.expires_at <= now()
-  returning change_id
+  returning 1
 ),
-counts as (
-  select f.user_id, count(*) as n from fresh f join keys k on k.change_id = f.id group by f.user_id
-),
-seqs as (
-  update profile_links p set last_change_seq = p.last_change_seq + c.n
-    from counts c
-   where p.user_id = c.user_id
-returning p.user_id, p.last_change_seq as last, p.finished_seq, c.n
-),
-numbered as (
-  select f.*, s.last - s.n + row_number() over (partition by f.user_id order by f.ord) as seq,
-         s.finished_seq
-    from fresh f join keys k on k.change_id = f.id join seqs s on s.user_id = f.user_id
+users as (
+  update profile_links p
+     set last_change_seq = p.last_change_seq + n.n, chain_seq = o.new_seq, chain_hash = o.new_hash
+    from ok o join (select user_id, count(*) as n from numbered group by user_id) n
+         on n.user_id = o.user_id
+   where p.user_id = o.user_id
+  returning 1
 ),
 ch as (
   insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
                        payload_key_id, payload_enc, lease_owner, lease_expires_at, actor)
   select id, user_id, seq, caller, request_id, trace_id, caller_addr,
-         string_to_array(fields, ','), payload_key_id, payload_enc, $17,
-         now() + make_interval(secs => $18), actor
+         string_to_array(fields, ','), payload_key_id, payload_enc, $35,
+         now() + make_interval(secs => $36), actor
     from numbered
   returning id, created_at
 ),
 st as (
   insert into change_steps (change_id, step_no, target, upstream_ref, fields)
   select s.change_id, s.step_no, s.target, s.upstream_ref, string_to_array(s.fields, ',')
-    from unnest($19::uuid[], $20::int[], $21::text[], $22::text[], $23::text[])
+    from unnest($14::uuid[], $15::int[], $16::text[], $17::text[], $18::text[])
          as s(change_id, step_no, target, upstream_ref, fields)
-    join ch on ch.id = s.change_id
-  returning change_id
+   where s.change_id in (select id from numbered)
+  returning 1
 ),
-au as (
-  select audit_append(array_agg(row(n.user_id, 'change_requested', n.caller, 'accepted', n.id,
-                                    null, null, null, string_to_array(n.fields, ','), n.audit_values,
-                                    n.hmac_key_id, null, n.request_id, n.trace_id,
-                                    n.caller_addr, n.actor)::audit_event_input_v2
-                                order by n.user_id, n.ord)) as n
-    from numbered n join ch on ch.id = n.id
+ev as (
+  insert into audit_events (occurred_at, user_id, seq, prev_hash, hash, format, event_type, caller,
+                            outcome, change_id, fields, "values", hmac_key_id, request_id,
+                            trace_id, caller_addr, actor)
+  select e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, 3, 'change_requested', n.caller,
+         'accepted', e.change_id, string_to_array(e.fields, ','), e.vals::jsonb, e.hmac_key_id,
+         n.request_id, n.trace_id, n.caller_addr, n.actor
+    from unnest($24::timestamptz[], $25::text[], $26::bigint[], $27::text[], $28::text[],
+                $29::uuid[], $30::text[], $31::text[], $32::text[])
+         as e(occurred_at, user_id, seq, prev_hash, hash, change_id, fields, vals, hmac_key_id)
+    join numbered n on n.id = e.change_id
+  returning 1
 )
 select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
-       ch.created_at as "created_at?", (f.id is not null) as "fresh!",
-       coalesce(r.over_limit and not r.known_key, false) as "over_limit!",
-       (select n from au) + (select count(*) from st) as "written!"
+       ch.created_at as "created_at?", coalesce(r.known_key, false) as "known_key!",
+       coalesce(r.over_limit, false) as "over_limit!", coalesce(r.links_ok, false) as "links_ok!",
+       l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
+       -- Every key the events were chained for was inserted, or nothing of the batch commits.
+       case when (select count(*) from keys) <> (select count(*) from numbered)
+            then pgw_abort('an idempotency key of this batch was recorded concurrently')
+       end as "aborted?",
+       (select count(*) from st) + (select count(*) from ev) + (select count(*) from users)
+         as "written!"
   from input i
   left join ranked r on r.id = i.id
-  left join fresh f on f.id = i.id
+  left join locked l on l.user_id = i.user_id
   left join numbered n on n.id = i.id
   left join ch on ch.id = i.id
  order by i.ord

@@ -1,46 +1,38 @@
--- settle_changes (src/store/batch.rs): step outcomes with their audit events and, for changes
--- that are final, the final state, the user's turn, the idempotency key's release, the final audit
--- event, the outbox's webhook events and the NOTIFY, in one statement.
--- Parameters: one array per column of a row kind, element i of each array is row i (see
--- record_changes.sql for why not composite rows).
+-- settle_changes (src/store/batch.rs): step outcomes with the audit events the gateway chained
+-- (audit::chain) and, for changes that are final, the final state, the user's turn and chain
+-- head, the idempotency key's release, the outbox's webhook events and the NOTIFY, in one
+-- statement. A user's settles are written all or none (as record_changes.sql's changes): if one
+-- is stale (its lease generation moved on) or the head moved, none is, and the result says which.
+-- Parameters: one array per column of a row kind, element i of each array is row i.
 --   settles, one element per settle in batch order (the order of the result):
 --     $1 change id uuid[]        $2 fence bigint[]: the lease generation it was made under
---     $3 user_id text[]          $4 caller text[]           $5 request_id text[]
---     $6 trace_id text[] (null)  $7 caller_addr text[] (null)
---     $8 final_status text[] (null: the change is not final yet)
---     $9 final_fields text[]: joined with ',' ('' when not final)
---     $26 actor jsonb[] (null)   $27 finished_at timestamptz[] (null when not final)
+--     $3 user_id text[]
+--     $4 final_status text[] (null: the change is not final yet)
+--     $5 finished_at timestamptz[] (null when not final)
 --   outcomes, one element per attempted step:
---     $10 parent bigint[]: the 1-based position of its settle (a batch may hold a stale and a
---         current settle of the same change)
---     $25 change_id uuid[]       $11 step_no int[]          $12 status text[]
---     $13 error_code text[] (null)   $14 error_retryable bool[] (null)
---     $15 upstream_status int[] (null)   $16 upstream_code text[] (null)
---     $17 error_message text[] (null)    $18 confirmed_by_read_back bool[]
---     $19 target text[]          $20 upstream_ref text[]    $21 fields text[] (joined with ',')
---     $22 audit_values jsonb[]   $23 hmac_key_id text[]
+--     $6 parent bigint[]: the 1-based position of its settle (a batch may hold a stale and a
+--        current settle of the same change)
+--     $7 change_id uuid[]        $8 step_no int[]           $9 status text[]
+--     $10 error_code text[] (null)   $11 error_retryable bool[] (null)
+--     $12 upstream_status int[] (null)   $13 upstream_code text[] (null)
+--     $14 error_message text[] (null)    $15 confirmed_by_read_back bool[]
 --   webhook events, one element per outbox event:
---     $28 parent bigint[] (as $10)  $29 id uuid[]  $30 caller text[]  $31 event_type text[]
---     $32 body text[]
+--     $16 parent bigint[] (as $6)  $17 id uuid[]  $18 caller text[]  $19 event_type text[]
+--     $20 body text[]
+--   heads, one element per user of the batch:
+--     $21 user_id text[]  $22 seq bigint[]  $23 hash text[]  $24 new_seq bigint[]
+--     $25 new_hash text[]
+--   events (see audit_events; fields joined with ','):
+--     $26 parent bigint[] (as $6)  $27 occurred_at  $28 user_id  $29 seq  $30 prev_hash
+--     $31 hash  $32 event_type  $33 caller  $34 outcome  $35 change_id  $36 step_no  $37 target
+--     $38 upstream_ref  $39 fields  $40 values (jsonb text)  $41 hmac_key_id  $42 error_code
+--     $43 request_id  $44 trace_id  $45 caller_addr  $46 actor (jsonb text)
 --   scalars:
---     $24 seconds a failed change's payload is kept for a retry (0: erased at once)
---     $33 the NOTIFY channel (store::changes::FINAL_CHANNEL)
+--     $47 seconds a failed change's payload is kept for a retry (0: erased at once)
+--     $48 the NOTIFY channel (store::changes::FINAL_CHANNEL)
 with c as (
-  select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                       $7::text[], $8::text[], $9::text[], $26::jsonb[])
-      with ordinality as t(id, fence, user_id, caller, request_id, trace_id, caller_addr,
-                           final_status, final_fields, actor, ord)
-),
-o as (
-  select * from unnest($10::bigint[], $11::int[], $12::text[], $13::text[], $14::bool[],
-                       $15::int[], $16::text[], $17::text[], $18::bool[], $19::text[],
-                       $20::text[], $21::text[], $22::jsonb[], $23::text[], $25::uuid[])
-      with ordinality as t(parent, step_no, status, error_code, error_retryable,
-                           upstream_status, upstream_code, error_message, confirmed, target,
-                           upstream_ref, fields, audit_values, hmac_key_id, change_id, ord)
-),
-done as (
-  select * from unnest($27::timestamptz[]) with ordinality as t(finished_at, ord)
+  select * from unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[])
+      with ordinality as t(id, fence, user_id, final_status, finished_at, ord)
 ),
 held as (
   select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
@@ -48,80 +40,103 @@ held as (
    order by ch.id
      for no key update of ch
 ),
+heads as (
+  select * from unnest($21::text[], $22::bigint[], $23::text[], $24::bigint[], $25::text[])
+      as t(user_id, seq, hash, new_seq, new_hash)
+),
+locked as (
+  select p.user_id, p.chain_seq, p.chain_hash
+    from profile_links p
+   where p.user_id = any($21::text[])
+   order by p.user_id
+     for no key update
+),
+ok as (
+  select h.user_id, h.new_seq, h.new_hash
+    from heads h join locked l on l.user_id = h.user_id
+   where l.chain_seq = h.seq and l.chain_hash = h.hash
+     and not exists (select 1 from c left join held d on d.ord = c.ord
+                      where c.user_id = h.user_id and d.id is null)
+),
+go as (
+  select c.* from c join ok on ok.user_id = c.user_id
+),
 upd as (
   update change_steps s
      set status = o.status, attempts = s.attempts + 1, error_code = o.error_code,
          error_retryable = o.error_retryable, upstream_status = o.upstream_status,
          upstream_code = o.upstream_code, error_message = o.error_message,
          confirmed_by_read_back = o.confirmed, updated_at = now()
-    from o join held h on h.ord = o.parent
+    from unnest($6::bigint[], $7::uuid[], $8::int[], $9::text[], $10::text[], $11::bool[],
+                $12::int[], $13::text[], $14::text[], $15::bool[])
+         as o(parent, change_id, step_no, status, error_code, error_retryable, upstream_status,
+              upstream_code, error_message, confirmed)
+    join go on go.ord = o.parent
    where s.change_id = o.change_id and s.step_no = o.step_no
-returning o.parent, s.step_no
+returning 1
 ),
 fin as (
   update changes ch
-     set status = c.final_status, finished_at = coalesce(d.finished_at, now()), updated_at = now(),
-         payload_enc = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_enc end,
-         payload_key_id = case when c.final_status <> 'applied' and $24::float8 > 0 then ch.payload_key_id end,
-         payload_expires_at = case when c.final_status <> 'applied' and $24::float8 > 0
-                                   then now() + make_interval(secs => $24::float8) end,
+     set status = go.final_status, finished_at = go.finished_at, updated_at = now(),
+         payload_enc = case when go.final_status <> 'applied' and $47::float8 > 0 then ch.payload_enc end,
+         payload_key_id = case when go.final_status <> 'applied' and $47::float8 > 0 then ch.payload_key_id end,
+         payload_expires_at = case when go.final_status <> 'applied' and $47::float8 > 0
+                                   then now() + make_interval(secs => $47::float8) end,
          lease_owner = null, lease_expires_at = null
-    from c join held h on h.ord = c.ord left join done d on d.ord = c.ord
-   where ch.id = c.id and c.final_status is not null
-returning ch.id, ch.user_id, ch.user_seq, c.ord
+    from go
+   where ch.id = go.id and go.final_status is not null
+returning ch.id, ch.user_id, ch.user_seq
 ),
-locked as (
-  select p.user_id from profile_links p
-   where p.user_id in (select user_id from fin)
-   order by p.user_id
-     for update
-),
-turns as (
-  update profile_links p set finished_seq = greatest(p.finished_seq, x.seq)
-    from (select f.user_id, max(f.user_seq) as seq from fin f join locked l using (user_id)
-           group by f.user_id) x
-   where p.user_id = x.user_id
-returning p.user_id
+users as (
+  update profile_links p
+     set finished_seq = greatest(p.finished_seq, coalesce(x.seq, 0)),
+         chain_seq = ok.new_seq, chain_hash = ok.new_hash
+    from ok left join (select user_id, max(user_seq) as seq from fin group by user_id) x
+         on x.user_id = ok.user_id
+   where p.user_id = ok.user_id
+returning 1
 ),
 keys as (
   update idempotency_keys k set in_flight_until = null
     from fin where k.change_id = fin.id and k.in_flight_until is not null
 returning 1
 ),
-events as (
-  select c.user_id, 'step_attempted' as event_type, c.caller, o.status as outcome, c.id as change_id,
-         o.step_no, o.target, o.upstream_ref, string_to_array(o.fields, ',') as fields,
-         o.audit_values as "values", o.hmac_key_id, o.error_code, c.request_id, c.trace_id,
-         c.caller_addr, c.actor, 0 as phase, o.ord
-    from o join c on c.ord = o.parent
-    join upd u on u.parent = o.parent and u.step_no = o.step_no
-  union all
-  select c.user_id, 'change_completed', c.caller, c.final_status, c.id, null, null, null,
-         string_to_array(c.final_fields, ','), '{}'::jsonb, null, null, c.request_id, c.trace_id,
-         c.caller_addr, c.actor, 1, c.ord
-    from c join fin f on f.ord = c.ord join turns t on t.user_id = f.user_id
-),
-au as (
-  select audit_append(array_agg(row(user_id, event_type, caller, outcome, change_id, step_no, target,
-                                    upstream_ref, fields, "values", hmac_key_id, error_code,
-                                    request_id, trace_id, caller_addr, actor)::audit_event_input_v2
-                                order by user_id, phase, ord)) as n
-    from events
+ev as (
+  insert into audit_events (occurred_at, user_id, seq, prev_hash, hash, format, event_type, caller,
+                            outcome, change_id, step_no, target, upstream_ref, fields, "values",
+                            hmac_key_id, error_code, request_id, trace_id, caller_addr, actor)
+  select e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, 3, e.event_type, e.caller,
+         e.outcome, e.change_id, e.step_no, e.target, e.upstream_ref,
+         string_to_array(e.fields, ','), e.vals::jsonb, e.hmac_key_id, e.error_code,
+         e.request_id, e.trace_id, e.caller_addr, e.actor::jsonb
+    from unnest($26::bigint[], $27::timestamptz[], $28::text[], $29::bigint[], $30::text[],
+                $31::text[], $32::text[], $33::text[], $34::text[], $35::uuid[], $36::int[],
+                $37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::text[],
+                $43::text[], $44::text[], $45::text[], $46::text[])
+         as e(parent, occurred_at, user_id, seq, prev_hash, hash, event_type, caller, outcome,
+              change_id, step_no, target, upstream_ref, fields, vals, hmac_key_id, error_code,
+              request_id, trace_id, caller_addr, actor)
+    join go on go.ord = e.parent
+  returning 1
 ),
 notes as (
-  select pg_notify($33, f.user_seq::text || ' ' || f.user_id) from fin f
-),
-hooks as (
-  select * from unnest($28::bigint[], $29::uuid[], $30::text[], $31::text[], $32::text[])
-      as t(parent, id, caller, event_type, body)
+  select pg_notify($48, f.user_seq::text || ' ' || f.user_id) from fin f
 ),
 outbox as (
   insert into webhook_events (id, change_id, caller, event_type, body)
-  select w.id, c.id, w.caller, w.event_type, w.body
-    from hooks w join c on c.ord = w.parent join held h on h.ord = w.parent
+  select w.id, go.id, w.caller, w.event_type, w.body
+    from unnest($16::bigint[], $17::uuid[], $18::text[], $19::text[], $20::text[])
+         as w(parent, id, caller, event_type, body)
+    join go on go.ord = w.parent
   returning 1
 )
-select c.id as "id!", (h.id is not null) as "settled!",
-       (select n from au) + (select count(*) from notes) + (select count(*) from keys) as "n!"
-  from c left join held h on h.ord = c.ord
+select c.id as "id!", (h.id is not null) as "held!", (g.ord is not null) as "settled!",
+       l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
+       (select count(*) from ev) + (select count(*) from notes) + (select count(*) from keys)
+         + (select count(*) from upd) + (select count(*) from users)
+         + (select count(*) from outbox) as "n!"
+  from c
+  left join held h on h.ord = c.ord
+  left join go g on g.ord = c.ord
+  left join locked l on l.user_id = c.user_id
  order by c.ord
