@@ -21,9 +21,13 @@ def line_wrk(w):
 
 
 def line_loadgen(j):
-    return (f"{j['achieved_rps']:.0f} req/s, ok {j['ok']}, errors {j['errors']} {j['status_counts']}, "
+    line = (f"{j['achieved_rps']:.0f} req/s, ok {j['ok']}, errors {j['errors']} {j['status_counts']}, "
             f"p50 {j['p50_ms']:.2f} ms, p90 {j['p90_ms']:.2f} ms, p99 {j['p99_ms']:.2f} ms, "
             f"max {j['max_ms']:.1f} ms, max send lag {j['max_send_lag_ms']:.1f} ms")
+    if j.get("calls"):
+        line += "; per call p50/p99: " + ", ".join(
+            f"{c['name']} {c['p50_ms']:.2f}/{c['p99_ms']:.2f} ms" for c in j["calls"])
+    return line
 
 
 def core_busy(stat0, stat1):
@@ -123,12 +127,23 @@ def report(runs_path, meta_path, results_path):
                       key=lambda r: r["round"])
 
     gw, ng = pick("throughput", "gateway"), pick("throughput", "nginx")
+    # Two baselines for the added latency: "direct" is one wallet call per request (the single-call
+    # figure), "fanout" the three calls the gateway makes, issued at once (the slowest counts).
     lat_gw, lat_direct = pick("latency", "gateway"), pick("latency", "direct")
+    lat_fanout = pick("latency", "fanout")
     cap5 = pick("capacity5", "gateway")
     pairs = list(zip(gw, ng))
     lat_pairs = list(zip(lat_gw, lat_direct))
+    lat_fanout_pairs = list(zip(lat_gw, lat_fanout))
     low_gw, low_direct = pick("latency_low", "gateway"), pick("latency_low", "direct")
+    low_fanout = pick("latency_low", "fanout")
     low_pairs = list(zip(low_gw, low_direct))
+    low_fanout_pairs = list(zip(low_gw, low_fanout))
+
+    def added(pairs, q):
+        """Gateway minus baseline at percentile q, per round (a gateway round and the baseline round
+        of the same round)."""
+        return summary([g["facts"][q] - b["facts"][q] for g, b in pairs])
 
     fig = {}
     fig["throughput_ratio"] = summary([g["facts"]["rps"] / n["facts"]["rps"] for g, n in pairs
@@ -136,8 +151,11 @@ def report(runs_path, meta_path, results_path):
     fig["cpu_per_request_ratio"] = summary([g["cpu_us_per_request"] / n["cpu_us_per_request"]
                                             for g, n in pairs
                                             if g["cpu_us_per_request"] and n["cpu_us_per_request"]])
-    fig["added_latency_p50_ms"] = summary([g["facts"]["p50_ms"] - d["facts"]["p50_ms"] for g, d in lat_pairs])
-    fig["added_latency_p99_ms"] = summary([g["facts"]["p99_ms"] - d["facts"]["p99_ms"] for g, d in lat_pairs])
+    fig["added_latency_p50_ms_over_fanout"] = added(lat_fanout_pairs, "p50_ms")
+    fig["added_latency_p99_ms_over_fanout"] = added(lat_fanout_pairs, "p99_ms")
+    # Over one wallet call: kept beside it, comparable with the figures before the fan-out existed.
+    fig["added_latency_p50_ms"] = added(lat_pairs, "p50_ms")
+    fig["added_latency_p99_ms"] = added(lat_pairs, "p99_ms")
     fig["db_statements_per_change"] = summary([g["db"]["statements"] / g["db"]["changes"] for g in gw
                                                if g.get("db") and g["db"]["changes"]])
     fig["db_transactions_per_change"] = summary([g["db"]["transactions"] / g["db"]["changes"] for g in gw
@@ -154,10 +172,20 @@ def report(runs_path, meta_path, results_path):
         "gateway_p99_ms_5ms": summary([g["facts"]["p99_ms"] for g in lat_gw]),
         "direct_p50_ms_5ms": summary([d["facts"]["p50_ms"] for d in lat_direct]),
         "direct_p99_ms_5ms": summary([d["facts"]["p99_ms"] for d in lat_direct]),
+        "fanout_p50_ms_5ms": summary([f["facts"]["p50_ms"] for f in lat_fanout]),
+        "fanout_p99_ms_5ms": summary([f["facts"]["p99_ms"] for f in lat_fanout]),
         "gateway_wrk_p50_ms_0ms": summary([g["facts"]["p50_ms"] for g in gw]),
         "low_rate_rps": meta.get("settings", {}).get("low_rate_rps"),
-        "added_latency_p50_ms_low_rate": summary([g["facts"]["p50_ms"] - d["facts"]["p50_ms"] for g, d in low_pairs]),
-        "added_latency_p99_ms_low_rate": summary([g["facts"]["p99_ms"] - d["facts"]["p99_ms"] for g, d in low_pairs]),
+        "added_latency_p50_ms_low_rate": added(low_pairs, "p50_ms"),
+        "added_latency_p99_ms_low_rate": added(low_pairs, "p99_ms"),
+        "added_latency_p50_ms_low_rate_over_fanout": added(low_fanout_pairs, "p50_ms"),
+        "added_latency_p99_ms_low_rate_over_fanout": added(low_fanout_pairs, "p99_ms"),
+        "gateway_p50_ms_low_rate": summary([g["facts"]["p50_ms"] for g in low_gw]),
+        "gateway_p99_ms_low_rate": summary([g["facts"]["p99_ms"] for g in low_gw]),
+        "direct_p50_ms_low_rate": summary([d["facts"]["p50_ms"] for d in low_direct]),
+        "direct_p99_ms_low_rate": summary([d["facts"]["p99_ms"] for d in low_direct]),
+        "fanout_p50_ms_low_rate": summary([f["facts"]["p50_ms"] for f in low_fanout]),
+        "fanout_p99_ms_low_rate": summary([f["facts"]["p99_ms"] for f in low_fanout]),
         "postgres_cpu_us_per_change": summary([g["postgres_cpu_ticks"] / g["tick_hz"] * 1e6 / g["db"]["changes"]
                                                for g in gw if g.get("db") and g["db"]["changes"]
                                                and g.get("postgres_cpu_ticks") is not None]),
@@ -179,12 +207,16 @@ def report(runs_path, meta_path, results_path):
         "capacity5_gateway": cores(cap5),
         "latency_gateway": cores(lat_gw),
         "latency_direct": cores(lat_direct),
+        "latency_fanout": cores(lat_fanout),
         "latency_low_gateway": cores(low_gw),
+        "latency_low_fanout": cores(low_fanout),
     }
 
     targets = {
         "throughput_ratio": (">= 0.15", lambda m: m >= 0.15),
         "cpu_per_request_ratio": ("<= 5x", lambda m: m <= 5.0),
+        "added_latency_p50_ms_over_fanout": ("<= +0.6 ms", lambda m: m <= 0.6),
+        "added_latency_p99_ms_over_fanout": ("<= +2 ms", lambda m: m <= 2.0),
         "added_latency_p50_ms": ("<= +0.6 ms", lambda m: m <= 0.6),
         "added_latency_p99_ms": ("<= +2 ms", lambda m: m <= 2.0),
         "db_statements_per_change": ("<= 2 (amortized)", lambda m: m <= 2.0),
@@ -192,8 +224,10 @@ def report(runs_path, meta_path, results_path):
     rows = [
         ("gateway req/s / nginx proxy req/s (0 ms upstream)", "throughput_ratio", 3, ""),
         ("gateway CPU per request / nginx CPU per request", "cpu_per_request_ratio", 1, "x"),
-        ("added latency p50 over direct upstream (5 ms, 50% cap)", "added_latency_p50_ms", 2, " ms"),
-        ("added latency p99 over direct upstream (5 ms, 50% cap)", "added_latency_p99_ms", 2, " ms"),
+        ("added latency p50 over the direct fan-out, 3 calls (5 ms, 50% cap)", "added_latency_p50_ms_over_fanout", 2, " ms"),
+        ("added latency p99 over the direct fan-out, 3 calls (5 ms, 50% cap)", "added_latency_p99_ms_over_fanout", 2, " ms"),
+        ("added latency p50 over one direct wallet call (5 ms, 50% cap)", "added_latency_p50_ms", 2, " ms"),
+        ("added latency p99 over one direct wallet call (5 ms, 50% cap)", "added_latency_p99_ms", 2, " ms"),
         ("database round trips (statements) per change", "db_statements_per_change", 2, ""),
     ]
 
@@ -251,12 +285,22 @@ def report(runs_path, meta_path, results_path):
     p(f"  gateway {fmt(absolute['gateway_rps_0ms'], 0)} req/s vs nginx proxy {fmt(absolute['nginx_rps_0ms'], 0)} req/s (0 ms upstream)")
     p(f"  CPU per request: gateway {fmt(absolute['gateway_cpu_us_per_request'], 0)} us, nginx {fmt(absolute['nginx_cpu_us_per_request'], 0)} us")
     p(f"  gateway capacity with the 5 ms upstream: {fmt(absolute['gateway_capacity_rps_5ms'], 0)} req/s -> open loop at {absolute['latency_rate_rps']} req/s")
-    p(f"  p50: gateway {fmt(absolute['gateway_p50_ms_5ms'])} ms, direct upstream {fmt(absolute['direct_p50_ms_5ms'])} ms")
-    p(f"  p99: gateway {fmt(absolute['gateway_p99_ms_5ms'])} ms, direct upstream {fmt(absolute['direct_p99_ms_5ms'])} ms")
+    p(f"  p50: gateway {fmt(absolute['gateway_p50_ms_5ms'])} ms, direct fan-out {fmt(absolute['fanout_p50_ms_5ms'])} ms, "
+      f"one direct wallet call {fmt(absolute['direct_p50_ms_5ms'])} ms")
+    p(f"  p99: gateway {fmt(absolute['gateway_p99_ms_5ms'])} ms, direct fan-out {fmt(absolute['fanout_p99_ms_5ms'])} ms, "
+      f"one direct wallet call {fmt(absolute['direct_p99_ms_5ms'])} ms")
     if absolute.get("added_latency_p50_ms_low_rate"):
-        p(f"  at a low rate ({absolute['low_rate_rps']} req/s, core 1 far from saturated; not a figure of the issue): "
-          f"added p50 {fmt(absolute['added_latency_p50_ms_low_rate'])} ms, "
+        p(f"  at a low rate ({absolute['low_rate_rps']} req/s, core 1 far from saturated; not a figure of the issue):")
+        p(f"    p50: gateway {fmt(absolute['gateway_p50_ms_low_rate'])} ms, direct fan-out "
+          f"{fmt(absolute['fanout_p50_ms_low_rate'])} ms, one direct wallet call {fmt(absolute['direct_p50_ms_low_rate'])} ms")
+        p(f"    p99: gateway {fmt(absolute['gateway_p99_ms_low_rate'])} ms, direct fan-out "
+          f"{fmt(absolute['fanout_p99_ms_low_rate'])} ms, one direct wallet call {fmt(absolute['direct_p99_ms_low_rate'])} ms")
+        p(f"    added over the direct fan-out (3 calls): p50 {fmt(absolute['added_latency_p50_ms_low_rate_over_fanout'])} ms, "
+          f"p99 {fmt(absolute['added_latency_p99_ms_low_rate_over_fanout'])} ms")
+        p(f"    added over one direct wallet call: p50 {fmt(absolute['added_latency_p50_ms_low_rate'])} ms, "
           f"p99 {fmt(absolute['added_latency_p99_ms_low_rate'])} ms")
+    if s.get("fanout_check") and s["fanout_check"] != "same":
+        p(f"  WARNING: the direct fan-out is not what the gateway sent: {s['fanout_check']}")
     p(f"  database transactions per change: {fmt(fig['db_transactions_per_change'])}; "
       f"PostgreSQL CPU per change: {fmt(absolute['postgres_cpu_us_per_change'], 0)} us (on core 1)")
     p()
@@ -300,7 +344,8 @@ def report(runs_path, meta_path, results_path):
         p()
     p("core 1 CPU by process, % of one core (median over rounds; the rest of core 1 is the load generator):")
     for name, rs in (("throughput_gateway", gw), ("throughput_nginx", ng), ("capacity5_gateway", cap5),
-                     ("latency_gateway", lat_gw), ("latency_direct", lat_direct)):
+                     ("latency_gateway", lat_gw), ("latency_direct", lat_direct),
+                     ("latency_fanout", lat_fanout)):
         def pct(key):
             vals = []
             for r in rs:
