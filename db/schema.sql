@@ -381,8 +381,7 @@ CREATE TABLE public.audit_events (
     prev_hash text NOT NULL,
     hash text NOT NULL,
     actor jsonb,
-    format smallint,
-    CONSTRAINT audit_events_format CHECK (((format IS NULL) OR (format = 3)))
+    format smallint
 )
 PARTITION BY RANGE (occurred_at);
 
@@ -422,6 +421,7 @@ declare
     head_seq bigint;
     head_hash text;
     in_links boolean;
+    moved boolean;
     enc_fields text;
     f text;
 begin
@@ -438,17 +438,22 @@ begin
 
     -- Callers lock profile_links / changes first; the head is the last lock taken.
     select p.chain_seq, p.chain_hash into head_seq, head_hash
-      from profile_links p where p.user_id = new.user_id for update;
+      from profile_links p where p.user_id = new.user_id for no key update;
     in_links := found;
     if not in_links then
-        select h.seq, h.hash into head_seq, head_hash
+        insert into audit_chain_heads (user_id, seq, hash)
+        values (new.user_id, 0, repeat('0', 64))
+        on conflict (user_id) do nothing;
+        select h.seq, h.hash, h.moved into head_seq, head_hash, moved
           from audit_chain_heads h where h.user_id = new.user_id for update;
-        if not found then
-            insert into audit_chain_heads (user_id, seq, hash)
-            values (new.user_id, 0, repeat('0', 64))
-            on conflict (user_id) do nothing;
-            select h.seq, h.hash into head_seq, head_hash
-              from audit_chain_heads h where h.user_id = new.user_id for update;
+        -- The user's row was created (and took this head over) while we waited for the lock.
+        if moved then
+            select p.chain_seq, p.chain_hash into head_seq, head_hash
+              from profile_links p where p.user_id = new.user_id for no key update;
+            if not found then
+                raise exception 'the chain head of % moved to profile_links, which has no row', new.user_id;
+            end if;
+            in_links := true;
         end if;
     end if;
 
@@ -611,6 +616,27 @@ begin
 end
 $$;
 
+--
+-- Name: profile_links_take_chain_head(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.profile_links_take_chain_head() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    h record;
+begin
+    insert into audit_chain_heads (user_id, seq, hash, moved)
+    values (new.user_id, 0, repeat('0', 64), true)
+    on conflict (user_id) do update set moved = true
+    returning seq, hash into h;
+    new.chain_seq := h.seq;
+    new.chain_hash := h.hash;
+    return new;
+end
+$$;
+
 SET default_table_access_method = heap;
 
 --
@@ -635,7 +661,8 @@ CREATE TABLE public.audit_chain_heads (
     seq bigint NOT NULL,
     hash text NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_values jsonb DEFAULT '{}'::jsonb NOT NULL
+    last_values jsonb DEFAULT '{}'::jsonb NOT NULL,
+    moved boolean DEFAULT false NOT NULL
 )
 WITH (fillfactor='50');
 
@@ -707,7 +734,7 @@ CREATE VIEW public.audit_field_changes AS
      LEFT JOIN LATERAL ( SELECT (p."values" -> f.key) AS v,
             p.hmac_key_id AS k
            FROM public.audit_events p
-          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = 'step_attempted'::text) AND (p.outcome = 'applied'::text) AND (p."values" ? f.key) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
+          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = 'step_attempted'::text) AND (p.outcome = 'applied'::text) AND ((p."values" -> f.key) ? 'new'::text) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
           ORDER BY p.seq DESC
          LIMIT 1) prev ON (true))
   WHERE ((e.event_type = ANY (ARRAY['change_requested'::text, 'step_attempted'::text])) AND (jsonb_typeof(f.value) = 'object'::text))
@@ -771,9 +798,7 @@ UNION ALL
     h.seq,
     h.hash
    FROM public.audit_chain_heads h
-  WHERE (NOT (EXISTS ( SELECT 1
-           FROM public.profile_links p
-          WHERE (p.user_id = h.user_id))));
+  WHERE ((NOT h.moved) AND (h.seq > 0));
 
 --
 -- Name: change_steps; Type: TABLE; Schema: public; Owner: -
@@ -1084,6 +1109,13 @@ CASE
 END) NOT VALID;
 
 --
+-- Name: audit_events audit_events_format; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_events
+    ADD CONSTRAINT audit_events_format CHECK (((format IS NULL) OR (format = 3))) NOT VALID;
+
+--
 -- Name: audit_events audit_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1095,7 +1127,7 @@ ALTER TABLE ONLY public.audit_events
 --
 
 ALTER TABLE public.audit_events
-    ADD CONSTRAINT audit_events_plausible_time CHECK (((format IS NULL) OR ((occurred_at >= (now() - '00:05:00'::interval)) AND (occurred_at <= (now() + '00:05:00'::interval))))) NOT VALID;
+    ADD CONSTRAINT audit_events_plausible_time CHECK (((format IS NULL) OR ((occurred_at >= (now() - '00:00:05'::interval)) AND (occurred_at <= (now() + '00:00:05'::interval))))) NOT VALID;
 
 --
 -- Name: change_steps change_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1323,7 +1355,7 @@ ALTER TABLE public.audit_checkpoints ENABLE ALWAYS TRIGGER audit_checkpoints_no_
 -- Name: audit_events audit_events_chain; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events FOR EACH ROW WHEN (((new.format IS NULL) AND ((current_setting('pgw.audit_append'::text, true) IS DISTINCT FROM 'on'::text) OR (CURRENT_USER <> 'profile_gateway_audit_writer'::name)))) EXECUTE FUNCTION public.audit_events_chain();
+CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events FOR EACH ROW WHEN ((new.format IS NULL)) EXECUTE FUNCTION public.audit_events_chain();
 
 ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_chain;
 
@@ -1342,6 +1374,12 @@ ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_no_truncate;
 CREATE TRIGGER audit_events_no_update BEFORE DELETE OR UPDATE ON public.audit_events FOR EACH ROW EXECUTE FUNCTION public.audit_reject_change();
 
 ALTER TABLE public.audit_events ENABLE ALWAYS TRIGGER audit_events_no_update;
+
+--
+-- Name: profile_links profile_links_take_chain_head; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER profile_links_take_chain_head BEFORE INSERT ON public.profile_links FOR EACH ROW EXECUTE FUNCTION public.profile_links_take_chain_head();
 
 --
 -- Name: audit_checkpoint_witnessed audit_checkpoint_witnessed_seq_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

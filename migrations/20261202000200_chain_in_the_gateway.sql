@@ -10,26 +10,65 @@
 -- this migration it refuses (503 to the caller, nothing written), so two chains for one user
 -- cannot fork. This migration is therefore not expand-only: roll the gateway forward with it.
 
--- 1. The chain head moves into the user's row. Later events of '_system' (audit reads,
---    maintenance), which has no profile_links row, keep their head in audit_chain_heads.
+-- No event may be chained while the heads move (an older replica still writes through the
+-- trigger until it stops). Held until the migration's transaction commits (a DO block, so that a
+-- file applied outside a transaction, as scripts/schema.sh does, runs too).
+do $$ begin lock table audit_events, audit_chain_heads, profile_links in exclusive mode; end $$;
+
+-- 1. The chain head moves into the user's row. Chains without one ('_system': audit reads,
+--    maintenance; a user whose first event, e.g. a refused links update, came before the row)
+--    keep their head in audit_chain_heads until the row is created (step 1b); `moved` marks a
+--    head that lives in profile_links now.
 alter table profile_links
     add column chain_seq  bigint not null default 0,
     add column chain_hash text   not null default repeat('0', 64);
+alter table audit_chain_heads add column moved boolean not null default false;
 
 update profile_links p
    set chain_seq = h.seq, chain_hash = h.hash
   from audit_chain_heads h
  where h.user_id = p.user_id;
+alter table audit_chain_heads disable trigger audit_chain_heads_guard;
+update audit_chain_heads h set moved = true
+ where exists (select 1 from profile_links p where p.user_id = h.user_id);
+alter table audit_chain_heads enable always trigger audit_chain_heads_guard;
+
+-- 1b. A new profile_links row takes over the head its user may already have. An upsert, so that
+--     a first event chained concurrently either comes first (its head is copied once it commits)
+--     or finds the head marked moved and follows it here (audit_events_chain).
+create function profile_links_take_chain_head() returns trigger
+language plpgsql security definer set search_path = public, pg_temp
+as $$
+declare
+    h record;
+begin
+    insert into audit_chain_heads (user_id, seq, hash, moved)
+    values (new.user_id, 0, repeat('0', 64), true)
+    on conflict (user_id) do update set moved = true
+    returning seq, hash into h;
+    new.chain_seq := h.seq;
+    new.chain_hash := h.hash;
+    return new;
+end
+$$;
+create trigger profile_links_take_chain_head before insert on profile_links
+    for each row execute function profile_links_take_chain_head();
 
 -- 2. Events the gateway chains carry their encoding's version. NULL: the database chained the
 --    event (v1 without an actor, v2 with one, as before).
 alter table audit_events add column format smallint;
-alter table audit_events add constraint audit_events_format check (format is null or format = 3);
--- The gateway dates its events; the database accepts a date only near its own clock. NOT VALID:
--- a restore or re-attached partition holds old events, which were plausible when written.
+-- NOT VALID: every existing row has format NULL; checking them would hold the table locked for a
+-- time that grows with the trail.
+alter table audit_events add constraint audit_events_format check (format is null or format = 3)
+    not valid;
+-- The gateway dates its events; the database accepts a date only within 5 seconds of its own
+-- clock, no more than `audit verify`'s digest leaves out (verify::DIGEST_SETTLE_SECS), so a
+-- digest taken earlier cannot be changed by an event dated before it. NOT VALID: a pg_dump
+-- restore adds it after the data; a logical replica or a COPY of old rows must load the rows
+-- before adding it (docs/auditing.md).
 alter table audit_events add constraint audit_events_plausible_time
     check (format is null
-           or occurred_at between now() - interval '5 minutes' and now() + interval '5 minutes')
+           or occurred_at between now() - interval '5 seconds' and now() + interval '5 seconds')
     not valid;
 
 -- 3. A user's seq is unique: per partition (a unique index on a partitioned table must contain
@@ -90,6 +129,7 @@ declare
     head_seq bigint;
     head_hash text;
     in_links boolean;
+    moved boolean;
     enc_fields text;
     f text;
 begin
@@ -106,17 +146,22 @@ begin
 
     -- Callers lock profile_links / changes first; the head is the last lock taken.
     select p.chain_seq, p.chain_hash into head_seq, head_hash
-      from profile_links p where p.user_id = new.user_id for update;
+      from profile_links p where p.user_id = new.user_id for no key update;
     in_links := found;
     if not in_links then
-        select h.seq, h.hash into head_seq, head_hash
+        insert into audit_chain_heads (user_id, seq, hash)
+        values (new.user_id, 0, repeat('0', 64))
+        on conflict (user_id) do nothing;
+        select h.seq, h.hash, h.moved into head_seq, head_hash, moved
           from audit_chain_heads h where h.user_id = new.user_id for update;
-        if not found then
-            insert into audit_chain_heads (user_id, seq, hash)
-            values (new.user_id, 0, repeat('0', 64))
-            on conflict (user_id) do nothing;
-            select h.seq, h.hash into head_seq, head_hash
-              from audit_chain_heads h where h.user_id = new.user_id for update;
+        -- The user's row was created (and took this head over) while we waited for the lock.
+        if moved then
+            select p.chain_seq, p.chain_hash into head_seq, head_hash
+              from profile_links p where p.user_id = new.user_id for no key update;
+            if not found then
+                raise exception 'the chain head of % moved to profile_links, which has no row', new.user_id;
+            end if;
+            in_links := true;
         end if;
     end if;
 
@@ -175,10 +220,9 @@ $$;
 -- The gateway's own events (format 3) arrive chained: the trigger leaves them alone (a WHEN
 -- clause, so they pay no function call).
 drop trigger audit_events_chain on audit_events;
+-- audit_append's flag no longer skips it either: the function that set it is retired.
 create trigger audit_events_chain before insert on audit_events for each row
-    when (new.format is null
-          and (current_setting('pgw.audit_append', true) is distinct from 'on'
-               or current_user <> 'profile_gateway_audit_writer'))
+    when (new.format is null)
     execute function audit_events_chain();
 alter table audit_events enable always trigger audit_events_chain;
 do $migration$
@@ -224,7 +268,7 @@ select p.user_id, p.chain_seq as seq, p.chain_hash as hash
 union all
 select h.user_id, h.seq, h.hash
   from audit_chain_heads h
- where not exists (select 1 from profile_links p where p.user_id = h.user_id);
+ where not h.moved and h.seq > 0;
 grant select on audit_heads
     to profile_gateway_app, profile_gateway_auditor, profile_gateway_maintenance;
 
@@ -251,7 +295,7 @@ select e.id as event_id, e.occurred_at, e.user_id, e.event_type, e.outcome, e.ca
        where not (f.value ? 'old')
          and p.user_id = e.user_id and p.seq < e.seq
          and p.event_type = 'step_attempted' and p.outcome = 'applied'
-         and p."values" ? f.key
+         and p."values" -> f.key ? 'new'
          and (e.event_type = 'change_requested'
               or (p.target is not distinct from e.target
                   and p.upstream_ref is not distinct from e.upstream_ref))

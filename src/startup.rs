@@ -95,9 +95,24 @@ impl Application {
         let pool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(Duration::from_millis(settings.database.acquire_timeout_ms))
-            // No ping per acquire: a dead connection costs one retried batch (changes::batcher).
+            // A ping only for a connection idle for a second or more (a round trip per write
+            // under load otherwise); one that died sooner costs one retried batch
+            // (changes::batcher).
             .test_before_acquire(false)
-            .connect_lazy_with(connect_options(settings)?);
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= Duration::from_secs(1) {
+                        use sqlx::Connection;
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            // Generic plans (db.rs) are built on the statistics of the moment; on a young or
+            // unanalyzed table they chose sequential scans of tables that then grow (seen in the
+            // benchmark: the settle scanned `changes` and `change_steps`). Every lookup of the
+            // hot path has its index, so the pool's sessions never choose a sequential scan.
+            .connect_lazy_with(connect_options(settings)?.options([("enable_seqscan", "off")]));
         if settings.sandbox {
             crate::store::mode::check_sandbox(&pool)
                 .await

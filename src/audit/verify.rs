@@ -181,8 +181,8 @@ fn jsonb_string(out: &mut String, s: &str) {
 
 /// A JSON value as PostgreSQL's jsonb text form writes it, so that the gateway can hash what the
 /// database will store: object keys shortest first, then bytewise (jsonb's order), `", "` and
-/// `": "` between items. Numbers are written as serde_json writes them: the gateway's events hold
-/// integers only, whose forms agree (tests/it/audit_chain.rs compares both on odd values).
+/// `": "` between items. Numbers as `numeric` writes the shortest form that reads back the same
+/// (tests/it/audit_chain.rs compares both on odd values).
 pub fn jsonb_text(v: &serde_json::Value) -> String {
     let mut out = String::new();
     write_jsonb(&mut out, v);
@@ -194,7 +194,14 @@ fn write_jsonb(out: &mut String, v: &serde_json::Value) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => out.push_str(&i.to_string()),
+            (_, Some(u), _) => out.push_str(&u.to_string()),
+            // numeric's text form: plain digits, no exponent (Rust's Display), no negative zero.
+            (_, _, Some(0.0)) => out.push('0'),
+            (_, _, Some(f)) => out.push_str(&f.to_string()),
+            _ => out.push_str(&n.to_string()),
+        },
         Value::String(s) => jsonb_string(out, s),
         Value::Array(items) => {
             out.push('[');

@@ -36,10 +36,6 @@ impl std::fmt::Display for BatchError {
 
 type Reply<O> = oneshot::Sender<Result<O, BatchError>>;
 
-/// How often a batch goes again after its connection broke (each dead pooled connection fails at
-/// once; a database that is down fails every try).
-const CONNECTION_RETRIES: usize = 4;
-
 /// An item, where to answer, and the span of the request that wants it written (the write's span
 /// is its child, or links to it when the write carries several requests' items).
 type Item<I, O> = (I, Reply<O>, tracing::Span);
@@ -49,6 +45,10 @@ type Item<I, O> = (I, Reply<O>, tracing::Span);
 #[derive(Clone, Default)]
 pub struct Observe {
     pub statement: &'static str,
+    /// A batch whose connection broke goes once more: only for writes that may (a read, or a
+    /// record, whose idempotency keys make a second try answer as a replay; never a settle,
+    /// which would count an attempt twice if the first try committed unseen).
+    pub retry_lost_connection: bool,
     pub metrics: Option<Arc<crate::telemetry::metrics::Metrics>>,
 }
 
@@ -118,14 +118,12 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                 let inputs: Arc<[I]> = inputs.into();
                 let mut result =
                     observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await;
-                // The pool does not ping a connection before handing it out (a round trip per
-                // write): one that died idle (a database restart kills them all) fails its first
-                // statement at once, and the batch goes again on the next. Safe: a write that did
-                // commit answers as a replay. Bounded, so a database that is down answers 503.
-                for _ in 0..CONNECTION_RETRIES {
-                    if !matches!(&result, Err(e) if crate::store::connection_lost(e)) {
-                        break;
-                    }
+                // The pool pings only a connection idle for a while (startup.rs): one that died
+                // since fails its first statement, and a write that may go twice goes once more,
+                // on another connection.
+                if observe.retry_lost_connection
+                    && matches!(&result, Err(e) if crate::store::connection_lost(e))
+                {
                     result =
                         observed(&observe, &spans, exec(Arc::clone(&inputs)), inputs.len()).await;
                 }

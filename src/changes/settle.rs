@@ -5,6 +5,7 @@ use super::running::{Halt, Running};
 use super::{ChangeService, Submitted};
 use crate::domain::change;
 use crate::domain::{ChangeStatus, StepStatus};
+use crate::store::batch::Settled;
 use uuid::Uuid;
 
 impl ChangeService {
@@ -17,13 +18,17 @@ impl ChangeService {
         let settlement = self.settlement(ch, outcomes, None);
         let wake = !settlement.webhooks.is_empty();
         match self.writes.settle.submit(settlement).await {
-            Ok(true) => {
+            Ok(Settled::Written) => {
                 if wake {
                     self.webhooks.wake();
                 }
                 Ok(())
             }
-            Ok(false) => Err(Halt::LostLease),
+            Ok(Settled::Stale) => Err(Halt::LostLease),
+            Ok(Settled::NotWritten) => {
+                tracing::warn!(change_id = %ch.id, "step outcomes not recorded this time; a completer will resolve them");
+                Err(Halt::DbDown)
+            }
             Err(e) => {
                 tracing::warn!(change_id = %ch.id, error = %e, "could not record step outcomes; a completer will resolve them");
                 Err(Halt::DbDown)
@@ -113,7 +118,7 @@ impl ChangeService {
         let wake = !settlement.webhooks.is_empty();
         let finished = self.writes.settle.submit(settlement).await;
         match finished {
-            Ok(true) => {
+            Ok(Settled::Written) => {
                 if wake {
                     crate::failpoint::hit("after_webhook_outbox_commit");
                     self.webhooks.wake();
@@ -126,7 +131,11 @@ impl ChangeService {
                 self.metrics.change_finished(status, &steps);
                 Submitted::Final(ch.view(status, Some(finished_at)))
             }
-            Ok(false) => self.halted(&ch, Halt::LostLease).await,
+            Ok(Settled::Stale) => self.halted(&ch, Halt::LostLease).await,
+            Ok(Settled::NotWritten) => {
+                tracing::warn!(change_id = %ch.id, "the final state was not recorded this time; a completer will");
+                self.halted(&ch, Halt::DbDown).await
+            }
             Err(e) => {
                 tracing::warn!(change_id = %ch.id, error = %e, "could not record the final state; a completer will");
                 self.halted(&ch, Halt::DbDown).await

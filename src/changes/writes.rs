@@ -12,7 +12,7 @@ pub struct Writes {
     pub links: batcher::Batcher<String, Option<batch::LinksRow>>,
     pub links_cache: links_cache::LinksCache,
     pub record: batcher::Batcher<change::NewChange, batch::Recorded>,
-    pub settle: batcher::Batcher<change::Settle, bool>,
+    pub settle: batcher::Batcher<change::Settle, batch::Settled>,
 }
 
 impl Writes {
@@ -27,6 +27,7 @@ impl Writes {
     ) -> Self {
         let observe = |statement| batcher::Observe {
             statement,
+            retry_lost_connection: statement != "settle",
             metrics: Some(Arc::clone(metrics)),
         };
         // One set of chain slots for the record and the settle (both write a user's chain),

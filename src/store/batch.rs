@@ -100,6 +100,17 @@ pub struct RecordParams<'a> {
     pub max_pending: i64,
 }
 
+/// What became of one settle in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Written,
+    /// Its lease generation moved on: nothing of it is ever written.
+    Stale,
+    /// Not written this time (the user's chain head kept moving, or the batch's later statement
+    /// failed after an earlier one committed): the change stays as it was, for a completer.
+    NotWritten,
+}
+
 /// How often one write chains again a user's events because the head moved under it (another
 /// replica or a links update wrote to the chain). Past it, a record answers `StaleLinks` (the
 /// request reads and plans again) and a settle is left to the completer.
@@ -296,7 +307,7 @@ pub async fn record_changes(
     let mut out: Vec<Option<Recorded>> = vec![None; batch.len()];
     let mut todo: Vec<usize> = (0..batch.len()).collect();
     let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
-    for _ in 0..CHAIN_ROUNDS {
+    for round in 0..CHAIN_ROUNDS {
         if todo.is_empty() {
             break;
         }
@@ -304,9 +315,16 @@ pub async fn record_changes(
         let result = record_round(pool, &mut held, &items, p).await;
         let rows = match result {
             Ok(rows) => rows,
-            Err(e) => {
+            // Nothing of this batch committed yet: the caller may write it again.
+            Err(e) if round == 0 => {
                 held.forget();
                 return Err(e);
+            }
+            // An earlier round committed: those answers stand, the rest read and plan again.
+            Err(e) => {
+                held.forget();
+                tracing::warn!(error = %e, "a record statement failed after the batch's first");
+                break;
             }
         };
         let mut again = Vec::new();
@@ -483,27 +501,32 @@ pub async fn would_exceed_pending(
 /// the retry window), advances the user's `finished_seq`, releases the idempotency key, writes the
 /// final audit event after the step events, writes the settle's webhook events to the outbox and
 /// wakes the user's next change (NOTIFY, delivered at commit). Returns, per change, whether it was
-/// recorded: false when the change's lease generation moved on (nothing of it is written then),
-/// or when the user's chain head kept moving under it (the completer settles it later).
+/// recorded ([`Settled`]).
 pub async fn settle_changes(
     pool: &PgPool,
     heads: &ChainHeads,
     batch: &[Settle],
     keep_failed_payload: Duration,
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut out: Vec<Option<bool>> = vec![None; batch.len()];
+) -> Result<Vec<Settled>, sqlx::Error> {
+    let mut out: Vec<Option<Settled>> = vec![None; batch.len()];
     let mut todo: Vec<usize> = (0..batch.len()).collect();
     let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
-    for _ in 0..CHAIN_ROUNDS {
+    for round in 0..CHAIN_ROUNDS {
         if todo.is_empty() {
             break;
         }
         let items: Vec<&Settle> = todo.iter().map(|&i| &batch[i]).collect();
         let rows = match settle_round(pool, &mut held, &items, keep_failed_payload).await {
             Ok(rows) => rows,
-            Err(e) => {
+            Err(e) if round == 0 => {
                 held.forget();
                 return Err(e);
+            }
+            // An earlier round committed: never write those settles twice.
+            Err(e) => {
+                held.forget();
+                tracing::warn!(error = %e, "a settle statement failed after the batch's first");
+                break;
             }
         };
         let mut again = Vec::new();
@@ -515,7 +538,10 @@ pub async fn settle_changes(
         }
         todo = again;
     }
-    Ok(out.into_iter().map(|r| r.unwrap_or(false)).collect())
+    Ok(out
+        .into_iter()
+        .map(|r| r.unwrap_or(Settled::NotWritten))
+        .collect())
 }
 
 /// The events of one settle, unchained: one per attempted step, then the final one.
@@ -560,7 +586,7 @@ async fn settle_round(
     held: &mut chain::Held,
     batch: &[&Settle],
     keep_failed_payload: Duration,
-) -> Result<Vec<Option<bool>>, sqlx::Error> {
+) -> Result<Vec<Option<Settled>>, sqlx::Error> {
     read_unknown_heads(pool, held).await?;
     let at = chain::now();
     let (ev, hd) = chain_items(
@@ -698,9 +724,8 @@ async fn settle_round(
     Ok(rows
         .into_iter()
         .map(|r| match (r.settled, r.held) {
-            (true, _) => Some(true),
-            // Its lease generation moved on: nothing of it is ever written.
-            (false, false) => Some(false),
+            (true, _) => Some(Settled::Written),
+            (false, false) => Some(Settled::Stale),
             (false, true) => None,
         })
         .collect())

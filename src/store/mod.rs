@@ -20,16 +20,6 @@ pub(crate) fn recorded_user(text: &str) -> Result<crate::domain::UserId, sqlx::E
 
 /// Errors that mean "the database cannot be reached or is overloaded" rather than a bug: the
 /// caller gets 503 and may retry.
-/// The connection itself broke (not the database refusing or the pool running dry): the same
-/// statement may succeed at once on another connection.
-pub fn connection_lost(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
-        || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
-            // 08: connection exceptions; 57P01: the server terminated this backend.
-            c.starts_with("08") || c == "57P01"
-        }))
-}
-
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
@@ -43,4 +33,15 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         // 08: connection exceptions; 53: insufficient resources; 57P: shutdown / cannot connect now.
         c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
     }))
+}
+
+/// The connection itself broke (not the database refusing or the pool running dry): the same
+/// statement may succeed at once on another connection.
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+        || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| {
+            // 08: connection exceptions; 57P01/02/05: the server ended this backend (terminated,
+            // crash shutdown, idle session timeout).
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P05")
+        }))
 }

@@ -49,14 +49,19 @@ async fn the_gateways_jsonb_text_is_what_postgres_stores() {
         json!({"auth": "jwt:https://kubernetes.default.svc", "subject": "system:serviceaccount:a:b",
                "gateway_request_id": "1b4e28ba-2fa1-11d2-883f-0016d3cca427"}),
         json!([{"k": [[], {}]}, "x", 1, null]),
+        json!({"f": [1.5, 0.1, -2.25, 1e21, 1e-7, 123456.789]}),
     ];
     for v in values {
+        // The gateway sends the text it hashed; what PostgreSQL stores must read back the same.
+        let sent = verify::jsonb_text(&v);
         let stored: String = sqlx::query_scalar("select $1::jsonb::text")
-            .bind(v.to_string())
+            .bind(&sent)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        assert_eq!(verify::jsonb_text(&v), stored, "{v}");
+        assert_eq!(sent, stored, "{v}");
+        // ...and it is the value given.
+        assert_eq!(serde_json::from_str::<Value>(&sent).unwrap(), v);
     }
 }
 
@@ -216,6 +221,37 @@ type FieldRow = (
     Option<String>,
     Option<String>,
 );
+
+/// A user's first event can come before the user's row (a refused links update): the row, once
+/// created, takes that chain's head over, and later events continue the one chain.
+#[tokio::test]
+async fn a_chain_begun_before_the_users_row_continues_in_it() {
+    let app = spawn_app().await;
+    let gateway = PgPool::connect(&app_role_url(&db_url(&app)).await)
+        .await
+        .unwrap();
+    let event = "insert into audit_events (user_id, event_type, caller, outcome)
+                 values ('carol', 'links_refused', 'test-writer', 'link_conflict')";
+    sqlx::query(event).execute(&gateway).await.unwrap();
+    sqlx::query("insert into profile_links (user_id) values ('carol')")
+        .execute(&gateway)
+        .await
+        .unwrap();
+    sqlx::query(event).execute(&gateway).await.unwrap();
+    let chain = chain_of(&app.pool, "carol").await;
+    assert_eq!(
+        chain.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [1, 2],
+        "{chain:?}"
+    );
+    let heads: Vec<(String, i64)> =
+        sqlx::query_as("select user_id, seq from audit_heads where user_id = 'carol'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(heads, [("carol".to_string(), 2)]);
+    verify_ok(&app.pool).await;
+}
 
 #[tokio::test]
 async fn the_auditor_view_derives_old_values_from_the_last_applied_step() {

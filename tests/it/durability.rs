@@ -1052,7 +1052,8 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     )
     .await
     .unwrap();
-    assert_eq!(written, vec![false, true]);
+    use profile_gateway::store::batch::Settled;
+    assert_eq!(written, vec![Settled::Stale, Settled::Written]);
     let (status, step, attempts): (String, String, i32) = sqlx::query_as(
         "select c.status, s.status, s.attempts from changes c join change_steps s on s.change_id = c.id
           where c.id = $1",
@@ -1089,6 +1090,11 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
         outbox,
         vec![(uuid::Uuid::from_u128(2), r#"{"fence":2}"#.to_string())]
     );
+    let mut conn = app.pool.acquire().await.unwrap();
+    let report = profile_gateway::audit::verify::verify(&mut conn, &Default::default())
+        .await
+        .unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
 }
 
 /// The pool hands out connections without a ping (changes::batcher): when every idle connection
@@ -1112,7 +1118,8 @@ async fn connections_that_died_idle_cost_no_request() {
     .await
     .unwrap();
     assert!(killed >= 1, "the gateway had idle connections");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle long enough to be pinged (and replaced) before use.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..3 {
         let resp = app
             .patch("alice", &json!({"first_name": format!("After{i}")}))

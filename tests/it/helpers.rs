@@ -14,13 +14,14 @@ pub const TOKEN: &str = "test-token-writer";
 pub const READ_ONLY_TOKEN: &str = "test-token-reader";
 
 /// What a superuser who rewrites the audit trail does besides disabling its triggers: drops the
-/// per-partition unique indexes on (user_id, seq) (migration 20261202000200), which would refuse
-/// a renumbered or inserted event outright.
+/// per-partition unique indexes on (user_id, seq) and the plausible-time check (migration
+/// 20261202000200), which would refuse a renumbered, re-dated or inserted event outright.
 pub const DROP_SEQ_INDEXES: &str = "do $$ declare i text; begin
     for i in select c.relname from pg_class c join pg_index x on x.indexrelid = c.oid
                join pg_inherits h on h.inhrelid = x.indrelid
               where h.inhparent = 'public.audit_events'::regclass and c.relname like '%user_seq'
-    loop execute format('drop index %I', i); end loop; end $$";
+    loop execute format('drop index %I', i); end loop;
+    alter table audit_events drop constraint if exists audit_events_plausible_time; end $$";
 
 pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_ADMIN_URL")

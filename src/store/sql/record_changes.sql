@@ -50,9 +50,11 @@ ranked as (
   select i.id, i.user_id, i.links_version = l.updated_at as links_ok,
          l.last_change_seq - l.finished_seq
            + row_number() over (partition by i.user_id order by i.ord) > $37 as over_limit,
-         exists (select 1 from idempotency_keys k
-                  where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
-                    and k.expires_at > now()) as known_key
+         -- The key's primary key only (the expiry is read, not searched): no plan can take the
+         -- expiry index and scan every live key.
+         coalesce((select k.expires_at > now() from idempotency_keys k
+                    where k.caller = i.caller and k.user_id = i.user_id
+                      and k.idem_key = i.idem_key), false) as known_key
     from input i join locked l on l.user_id = i.user_id
 ),
 ok as (
