@@ -436,7 +436,8 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
 
-    -- Callers lock profile_links / changes first; the head is the last lock taken.
+    -- Callers lock profile_links / changes first. A user without a row: audit_chain_heads, then
+    -- (if it moved) profile_links, the order profile_links_take_chain_head takes them in.
     select p.chain_seq, p.chain_hash into head_seq, head_hash
       from profile_links p where p.user_id = new.user_id for no key update;
     in_links := found;

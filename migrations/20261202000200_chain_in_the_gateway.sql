@@ -12,8 +12,11 @@
 
 -- No event may be chained while the heads move (an older replica still writes through the
 -- trigger until it stops). Held until the migration's transaction commits (a DO block, so that a
--- file applied outside a transaction, as scripts/schema.sh does, runs too).
-do $$ begin lock table audit_events, audit_chain_heads, profile_links in exclusive mode; end $$;
+-- file applied outside a transaction, as scripts/schema.sh does, runs too). In the order the
+-- older replicas' statements take them (profile_links rows first, then the audit tables), so the
+-- two cannot deadlock; bounded, so the Job fails and retries rather than queue every write.
+set local lock_timeout = '10s';
+do $$ begin lock table profile_links, audit_events, audit_chain_heads in exclusive mode; end $$;
 
 -- 1. The chain head moves into the user's row. Chains without one ('_system': audit reads,
 --    maintenance; a user whose first event, e.g. a refused links update, came before the row)
@@ -144,7 +147,8 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
 
-    -- Callers lock profile_links / changes first; the head is the last lock taken.
+    -- Callers lock profile_links / changes first. A user without a row: audit_chain_heads, then
+    -- (if it moved) profile_links, the order profile_links_take_chain_head takes them in.
     select p.chain_seq, p.chain_hash into head_seq, head_hash
       from profile_links p where p.user_id = new.user_id for no key update;
     in_links := found;

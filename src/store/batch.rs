@@ -352,6 +352,9 @@ async fn record_round(
     p: &RecordParams<'_>,
 ) -> Result<Vec<Option<Recorded>>, sqlx::Error> {
     read_unknown_heads(pool, held).await?;
+    // The events are dated once a connection is at hand: the database accepts a date within
+    // seconds of its clock, and a wait for the pool must not use them up.
+    let mut conn = pool.acquire().await?;
     let at = chain::now();
     let (ev, hd) = chain_items(
         held,
@@ -442,7 +445,7 @@ async fn record_round(
         p.lease.as_secs_f64(),
         p.max_pending,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut written = HashMap::new();
     let mut seen = HashMap::new();
@@ -588,6 +591,9 @@ async fn settle_round(
     keep_failed_payload: Duration,
 ) -> Result<Vec<Option<Settled>>, sqlx::Error> {
     read_unknown_heads(pool, held).await?;
+    // The events are dated once a connection is at hand: the database accepts a date within
+    // seconds of its clock, and a wait for the pool must not use them up.
+    let mut conn = pool.acquire().await?;
     let at = chain::now();
     let (ev, hd) = chain_items(
         held,
@@ -706,7 +712,7 @@ async fn settle_round(
         keep_failed_payload.as_secs_f64(),
         super::changes::FINAL_CHANNEL,
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut written = HashMap::new();
     let mut seen = HashMap::new();

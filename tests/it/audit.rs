@@ -633,6 +633,7 @@ async fn the_verifier_flags_every_tampering() {
     // Each kind of problem is named.
     let mut tx = app.pool.begin().await.unwrap();
     exec(&mut tx, "alter table audit_events disable trigger user").await;
+    exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
         &mut tx,
         "update audit_events set caller = 'mallory' where user_id = 'alice' and seq = 2",
@@ -950,6 +951,7 @@ async fn audit_verify_cli_reports_tampering_and_compares_digests() {
     // A superuser edits a row, for real this time.
     let mut tx = app.pool.begin().await.unwrap();
     exec(&mut tx, "alter table audit_events disable trigger user").await;
+    exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
         &mut tx,
         "update audit_events set outcome = 'failed' where user_id = 'alice' and seq = 3",
@@ -2045,6 +2047,7 @@ async fn an_event_whose_fields_are_not_a_flat_list_is_refused_and_named() {
             for t in ["audit_events", "audit_chain_heads"] {
                 exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
             }
+            exec(&mut tx, DROP_SEQ_INDEXES).await;
             exec(
                 &mut tx,
                 "alter table audit_events drop constraint audit_events_fields_flat",
