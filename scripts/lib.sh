@@ -42,7 +42,7 @@ drop_stale_test_databases() {
           from pg_database d
          where d.datname like 'pgw\_test\_%'
            and not exists (select 1 from pg_stat_activity a where a.datname = d.datname)
-           and (pg_stat_file('base/' || d.oid || '/PG_VERSION')).modification
+           and (pg_stat_file('base/' || d.oid || '/PG_VERSION', true)).modification
                < now() - interval '2 minutes'")
     for db in $stale; do
         # Without FORCE: a database someone connected to in the meantime is kept.
