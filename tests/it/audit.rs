@@ -474,6 +474,7 @@ async fn the_verifier_flags_every_tampering() {
     for round in 0..ROUNDS {
         let mut tx = app.pool.begin().await.unwrap();
         // What an attacker with superuser rights does first.
+        exec(&mut tx, LOCK_THE_TRAIL).await;
         for t in ["audit_events", "audit_chain_heads", "audit_chain_anchors"] {
             exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
         }
@@ -632,6 +633,7 @@ async fn the_verifier_flags_every_tampering() {
 
     // Each kind of problem is named.
     let mut tx = app.pool.begin().await.unwrap();
+    exec(&mut tx, LOCK_THE_TRAIL).await;
     exec(&mut tx, "alter table audit_events disable trigger user").await;
     exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
@@ -950,6 +952,7 @@ async fn audit_verify_cli_reports_tampering_and_compares_digests() {
 
     // A superuser edits a row, for real this time.
     let mut tx = app.pool.begin().await.unwrap();
+    exec(&mut tx, LOCK_THE_TRAIL).await;
     exec(&mut tx, "alter table audit_events disable trigger user").await;
     exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
@@ -2044,6 +2047,7 @@ async fn an_event_whose_fields_are_not_a_flat_list_is_refused_and_named() {
     for fields in odd {
         for rehash in [false, true] {
             let mut tx = app.pool.begin().await.unwrap();
+            exec(&mut tx, LOCK_THE_TRAIL).await;
             for t in ["audit_events", "audit_chain_heads"] {
                 exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
             }

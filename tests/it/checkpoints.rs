@@ -243,6 +243,7 @@ async fn rehash(conn: &mut sqlx::PgConnection, user: &str, from_seq: i64) {
 }
 
 async fn disable_guards(conn: &mut sqlx::PgConnection) {
+    exec(conn, LOCK_THE_TRAIL).await;
     for t in ["audit_events", "audit_chain_heads", "audit_chain_anchors"] {
         exec(conn, &format!("alter table {t} disable trigger user")).await;
     }

@@ -16,6 +16,11 @@ pub const READ_ONLY_TOKEN: &str = "test-token-reader";
 /// What a superuser who rewrites the audit trail does besides disabling its triggers: drops the
 /// per-partition unique indexes on (user_id, seq) and the plausible-time check (migration
 /// 20261202000200), which would refuse a renumbered, re-dated or inserted event outright.
+/// Taken first by a test that rewrites the audit trail, in the order the gateway's statements take
+/// them (the user's row, then the audit tables), so the gateway's background work waits for the
+/// test instead of deadlocking with it.
+pub const LOCK_THE_TRAIL: &str = "lock table profile_links, audit_events, audit_chain_heads, audit_chain_anchors in access exclusive mode";
+
 pub const DROP_SEQ_INDEXES: &str = "do $$ declare i text; begin
     for i in select c.relname from pg_class c join pg_index x on x.indexrelid = c.oid
                join pg_inherits h on h.inhrelid = x.indrelid

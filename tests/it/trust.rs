@@ -833,6 +833,7 @@ async fn who_acted_is_in_every_event_of_a_change_and_covered_by_its_hash() {
     ];
     for (sql, kind, seq) in tamperings {
         let mut tx = app.pool.begin().await.unwrap();
+        sqlx::query(LOCK_THE_TRAIL).execute(&mut *tx).await.unwrap();
         sqlx::query("alter table audit_events disable trigger user")
             .execute(&mut *tx)
             .await
