@@ -22,7 +22,7 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
@@ -413,7 +413,23 @@ fn walk(user: &str, rows: &[EventRow], start: Start<'_>) -> Option<Problem> {
 
 /// Verifies the chains selected by `filter` and computes the digest of all chain heads.
 /// Works on any connection, including an open transaction.
+/// Checks every chain (or `filter.user`'s) and computes the digest, reading the events, the heads
+/// and the anchors in one snapshot: read one by one, a change written between two reads would show
+/// as a head that does not match its chain. On a connection already in a transaction, that
+/// transaction's snapshot is used (REPEATABLE READ, or locks that keep writers out, make it one).
 pub async fn verify(conn: &mut PgConnection, filter: &Filter) -> Result<Report, sqlx::Error> {
+    if conn.is_in_transaction() {
+        return verify_in(conn, filter).await;
+    }
+    let mut tx = conn
+        .begin_with("start transaction isolation level repeatable read read only")
+        .await?;
+    let report = verify_in(&mut tx, filter).await;
+    tx.rollback().await?;
+    report
+}
+
+async fn verify_in(conn: &mut PgConnection, filter: &Filter) -> Result<Report, sqlx::Error> {
     let rows = sqlx::query_file!("src/audit/sql/verify_chains.sql", filter.user, filter.since,)
         .fetch_all(&mut *conn)
         .await?;
