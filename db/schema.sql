@@ -848,7 +848,12 @@ CREATE TABLE public.changes (
     finished_at timestamp with time zone,
     payload_expires_at timestamp with time zone,
     actor jsonb,
+    idem_key text,
+    idem_fingerprint bytea,
+    idem_in_flight_until timestamp with time zone,
+    idem_expires_at timestamp with time zone,
     CONSTRAINT changes_check CHECK (((status = 'pending'::text) = (finished_at IS NULL))),
+    CONSTRAINT changes_idem_key_whole CHECK ((((idem_key IS NULL) = (idem_fingerprint IS NULL)) AND ((idem_key IS NULL) = (idem_expires_at IS NULL)))),
     CONSTRAINT changes_payload_only_while_needed CHECK (((payload_enc IS NULL) OR (status <> 'applied'::text))),
     CONSTRAINT changes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'partially_applied'::text, 'failed'::text])))
 );
@@ -957,20 +962,26 @@ CREATE TABLE public.gateway_metadata (
 );
 
 --
--- Name: idempotency_keys; Type: TABLE; Schema: public; Owner: -
+-- Name: idempotency_keys; Type: VIEW; Schema: public; Owner: -
 --
 
-CREATE TABLE public.idempotency_keys (
-    caller text NOT NULL,
-    user_id text NOT NULL,
-    idem_key text NOT NULL,
-    fingerprint bytea NOT NULL,
-    change_id uuid NOT NULL,
-    in_flight_until timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    expires_at timestamp with time zone NOT NULL
-)
-WITH (fillfactor='90');
+CREATE VIEW public.idempotency_keys AS
+ SELECT changes.caller,
+    changes.user_id,
+    changes.idem_key,
+    changes.idem_fingerprint AS fingerprint,
+    changes.id AS change_id,
+    changes.idem_in_flight_until AS in_flight_until,
+    changes.created_at,
+    changes.idem_expires_at AS expires_at
+   FROM public.changes
+  WHERE (changes.idem_key IS NOT NULL);
+
+--
+-- Name: VIEW idempotency_keys; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON VIEW public.idempotency_keys IS 'The idempotency keys, which live in changes since migration 20261202000300.';
 
 --
 -- Name: user_assertion_jtis; Type: TABLE; Schema: public; Owner: -
@@ -1159,13 +1170,6 @@ ALTER TABLE ONLY public.gateway_metadata
     ADD CONSTRAINT gateway_metadata_pkey PRIMARY KEY (key);
 
 --
--- Name: idempotency_keys idempotency_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (caller, user_id, idem_key);
-
---
 -- Name: profile_links profile_links_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1227,6 +1231,18 @@ CREATE INDEX audit_events_by_change ON ONLY public.audit_events USING btree (cha
 CREATE INDEX audit_events_by_time ON ONLY public.audit_events USING btree (occurred_at);
 
 --
+-- Name: changes_idem_expiry; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX changes_idem_expiry ON public.changes USING btree (idem_expires_at) WHERE (idem_key IS NOT NULL);
+
+--
+-- Name: changes_idem_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX changes_idem_key ON public.changes USING btree (caller, user_id, idem_key) WHERE (idem_key IS NOT NULL);
+
+--
 -- Name: changes_pending_by_user; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1237,18 +1253,6 @@ CREATE INDEX changes_pending_by_user ON public.changes USING btree (user_id, use
 --
 
 CREATE INDEX changes_unfinished ON public.changes USING btree (lease_expires_at) WHERE (status = 'pending'::text);
-
---
--- Name: idempotency_keys_by_change; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX idempotency_keys_by_change ON public.idempotency_keys USING btree (change_id);
-
---
--- Name: idempotency_keys_expiry; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX idempotency_keys_expiry ON public.idempotency_keys USING btree (expires_at);
 
 --
 -- Name: user_assertion_jtis_expiry; Type: INDEX; Schema: public; Owner: -
@@ -1402,13 +1406,6 @@ ALTER TABLE ONLY public.change_steps
 
 ALTER TABLE ONLY public.changes
     ADD CONSTRAINT changes_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.profile_links(user_id);
-
---
--- Name: idempotency_keys idempotency_keys_change_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id) DEFERRABLE INITIALLY DEFERRED;
 
 --
 -- Name: user_links user_links_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

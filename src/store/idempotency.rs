@@ -1,5 +1,6 @@
-//! `idempotency_keys`: which change a caller's key created, and whether its first request is still
-//! being answered.
+//! Idempotency keys: which change a caller's key created, and whether its first request is still
+//! being answered. A key lives in the row of its change (`changes.idem_*`, unique per caller and
+//! user while it is live); record_changes.sql writes it with the change.
 
 use crate::domain::UserId;
 use sqlx::PgPool;
@@ -19,10 +20,11 @@ pub async fn find(
     key: &str,
 ) -> Result<Option<Existing>, sqlx::Error> {
     let row = sqlx::query!(
-        r#"select k.fingerprint, k.change_id,
-                  coalesce(k.in_flight_until > now() and c.status = 'pending', false) as "in_flight!"
-             from idempotency_keys k join changes c on c.id = k.change_id
-            where k.caller = $1 and k.user_id = $2 and k.idem_key = $3 and k.expires_at > now()"#,
+        r#"select c.idem_fingerprint as "fingerprint!", c.id as change_id,
+                  coalesce(c.idem_in_flight_until > now() and c.status = 'pending', false) as "in_flight!"
+             from changes c
+            where c.caller = $1 and c.user_id = $2 and c.idem_key = $3
+              and (c.idem_expires_at > now() or c.status = 'pending')"#,
         caller,
         user.as_str(),
         key
@@ -39,7 +41,8 @@ pub async fn find(
 /// The first request answered: duplicates now get the change's state instead of 409.
 pub async fn answered(pool: &PgPool, change_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "update idempotency_keys set in_flight_until = null where change_id = $1",
+        "update changes set idem_in_flight_until = null
+          where id = $1 and idem_in_flight_until is not null",
         change_id
     )
     .execute(pool)
@@ -47,13 +50,19 @@ pub async fn answered(pool: &PgPool, change_id: Uuid) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// Deletes keys past their retention, 1,000 at a time (short transactions) until none is left.
+/// Releases the keys past their retention whose change is finished (an unfinished change keeps its
+/// key: the record treats it as live), 1,000 at a time (short transactions) until none is left.
 pub async fn reap(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let mut total = 0;
     loop {
         let n = sqlx::query!(
-            "delete from idempotency_keys
-              where ctid in (select ctid from idempotency_keys where expires_at < now() limit 1000)"
+            "update changes
+                set idem_key = null, idem_fingerprint = null, idem_in_flight_until = null,
+                    idem_expires_at = null
+              where id in (select id from changes
+                            where idem_key is not null and idem_expires_at < now()
+                              and status <> 'pending'
+                            limit 1000)"
         )
         .execute(pool)
         .await?

@@ -173,6 +173,87 @@ async fn expired_keys_are_reaped_and_then_start_a_new_change() {
 }
 
 #[tokio::test]
+async fn an_expired_key_not_yet_reaped_starts_a_new_change_and_the_old_one_lets_it_go() {
+    let app = spawn_app().await;
+    let body = json!({"first_name": "Expired"});
+    let first = app
+        .patch_with_key("alice", &body, "expired-key-000000001")
+        .await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    sqlx::query("update changes set idem_expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // No reap ran: the record itself releases the expired key of the finished change.
+    let again = app
+        .patch_with_key("alice", &body, "expired-key-000000001")
+        .await;
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    let again: Value = again.json().await.unwrap();
+    assert_ne!(again["change_id"], first["change_id"]);
+    let keys: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("select id, idem_key from changes order by user_seq")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        [
+            (first["change_id"].as_str().unwrap().parse().unwrap(), None),
+            (
+                again["change_id"].as_str().unwrap().parse().unwrap(),
+                Some("expired-key-000000001".to_string())
+            ),
+        ]
+    );
+    // The same request now replays the new change.
+    let replay = app
+        .patch_with_key("alice", &body, "expired-key-000000001")
+        .await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay["change_id"], again["change_id"]);
+}
+
+#[tokio::test]
+async fn the_key_of_an_unfinished_change_outlives_its_expiry() {
+    let app = spawn_app().await;
+    // The wallet keeps failing with a retryable error: the change stays pending.
+    app.sandbox.add_fault(FaultSpec::status(
+        "juspay_wallet_update",
+        503,
+        "<html>busy</html>",
+        Some("text/html"),
+    ));
+    let body = json!({"mobile_number": "9811111122"});
+    let first = app
+        .patch_with_key("bob", &body, "pending-key-000000001")
+        .await;
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "pending", "{first}");
+    sqlx::query("update changes set idem_expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        profile_gateway::store::idempotency::reap(&app.pool)
+            .await
+            .unwrap(),
+        0,
+        "an unfinished change keeps its key"
+    );
+    let again = app
+        .patch_with_key("bob", &body, "pending-key-000000001")
+        .await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["change_id"], first["change_id"]);
+    assert_eq!(app.count("select count(*) from changes").await, 1);
+}
+
+#[tokio::test]
 async fn fifty_concurrent_duplicates_make_one_upstream_call_per_step() {
     let app = spawn_app().await;
     // Slow upstreams keep the first request in flight while the duplicates arrive.

@@ -1,4 +1,4 @@
--- record_changes (src/store/batch.rs): new changes with their steps, idempotency keys and the
+-- record_changes (src/store/batch.rs): new changes (each with its idempotency key) and steps, the
 -- "requested" audit events the gateway chained (audit::chain), each change's per-user sequence
 -- number, and each user's chain head moved by compare-and-set, in one statement.
 -- A user's changes are written all or none: the events were chained one after the other, so if
@@ -50,12 +50,23 @@ ranked as (
   select i.id, i.user_id, i.links_version = l.updated_at as links_ok,
          l.last_change_seq - l.finished_seq
            + row_number() over (partition by i.user_id order by i.ord) > $37 as over_limit,
-         -- The key's primary key only (the expiry is read, not searched): no plan can take the
-         -- expiry index and scan every live key.
-         coalesce((select k.expires_at > now() from idempotency_keys k
+         -- The key's unique index only (the expiry is read, not searched): no plan can take the
+         -- expiry index and scan every live key. A key is live until its expiry and while its
+         -- change is unfinished.
+         coalesce((select k.idem_expires_at > now() or k.status = 'pending' from changes k
                     where k.caller = i.caller and k.user_id = i.user_id
                       and k.idem_key = i.idem_key), false) as known_key
     from input i join locked l on l.user_id = i.user_id
+),
+-- An expired key is released from its finished change, so that the insert below can take it.
+released as (
+  update changes k
+     set idem_key = null, idem_fingerprint = null, idem_in_flight_until = null,
+         idem_expires_at = null
+    from input i
+   where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
+     and k.idem_expires_at <= now() and k.status <> 'pending'
+  returning 1
 ),
 ok as (
   select l.user_id, l.last_change_seq, l.finished_seq, h.new_seq, h.new_hash
@@ -64,24 +75,13 @@ ok as (
      and not exists (select 1 from ranked r
                       where r.user_id = h.user_id
                         and (r.known_key or r.over_limit or not r.links_ok))
+     -- Every release is done before a change is inserted: its key must be free by then.
+     and (select count(*) from released) >= 0
 ),
 numbered as (
   select i.*, o.last_change_seq + row_number() over (partition by i.user_id order by i.ord) as seq,
          o.finished_seq
     from input i join ok o on o.user_id = i.user_id
-),
-keys as (
-  insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
-                                in_flight_until, expires_at)
-  select caller, user_id, idem_key, fingerprint, id,
-         now() + make_interval(secs => $33), now() + make_interval(secs => $34)
-    from numbered
-  on conflict (caller, user_id, idem_key) do update
-     set fingerprint = excluded.fingerprint, change_id = excluded.change_id,
-         in_flight_until = excluded.in_flight_until, created_at = now(),
-         expires_at = excluded.expires_at
-   where idempotency_keys.expires_at <= now()
-  returning 1
 ),
 users as (
   update profile_links p
@@ -93,11 +93,15 @@ users as (
 ),
 ch as (
   insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
-                       payload_key_id, payload_enc, lease_owner, lease_expires_at, actor)
+                       payload_key_id, payload_enc, lease_owner, lease_expires_at, actor,
+                       idem_key, idem_fingerprint, idem_in_flight_until, idem_expires_at)
   select id, user_id, seq, caller, request_id, trace_id, caller_addr,
          string_to_array(fields, ','), payload_key_id, payload_enc, $35,
-         now() + make_interval(secs => $36), actor
+         now() + make_interval(secs => $36), actor,
+         idem_key, fingerprint, now() + make_interval(secs => $33),
+         now() + make_interval(secs => $34)
     from numbered
+  on conflict (caller, user_id, idem_key) where idem_key is not null do nothing
   returning id, created_at
 ),
 st as (
@@ -125,8 +129,10 @@ select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
        ch.created_at as "created_at?", coalesce(r.known_key, false) as "known_key!",
        coalesce(r.over_limit, false) as "over_limit!", coalesce(r.links_ok, false) as "links_ok!",
        l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
-       -- Every key the events were chained for was inserted, or nothing of the batch commits.
-       case when (select count(*) from keys) <> (select count(*) from numbered)
+       -- Every change the events were chained for was inserted (another replica may have
+       -- recorded one of the keys since this statement's snapshot), or nothing of the batch
+       -- commits.
+       case when (select count(*) from ch) <> (select count(*) from numbered)
             then pgw_abort('an idempotency key of this batch was recorded concurrently')
        end as "aborted?",
        (select count(*) from st) + (select count(*) from ev) + (select count(*) from users)

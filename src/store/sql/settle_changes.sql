@@ -82,7 +82,7 @@ fin as (
          payload_key_id = case when go.final_status <> 'applied' and $47::float8 > 0 then ch.payload_key_id end,
          payload_expires_at = case when go.final_status <> 'applied' and $47::float8 > 0
                                    then now() + make_interval(secs => $47::float8) end,
-         lease_owner = null, lease_expires_at = null
+         lease_owner = null, lease_expires_at = null, idem_in_flight_until = null
     from go
    where ch.id = go.id and go.final_status is not null
 returning ch.id, ch.user_id, ch.user_seq
@@ -94,11 +94,6 @@ users as (
     from ok left join (select user_id, max(user_seq) as seq from fin group by user_id) x
          on x.user_id = ok.user_id
    where p.user_id = ok.user_id
-returning 1
-),
-keys as (
-  update idempotency_keys k set in_flight_until = null
-    from fin where k.change_id = fin.id and k.in_flight_until is not null
 returning 1
 ),
 ev as (
@@ -132,7 +127,7 @@ outbox as (
 )
 select c.id as "id!", (h.id is not null) as "held!", (g.ord is not null) as "settled!",
        l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
-       (select count(*) from ev) + (select count(*) from notes) + (select count(*) from keys)
+       (select count(*) from ev) + (select count(*) from notes)
          + (select count(*) from upd) + (select count(*) from users)
          + (select count(*) from outbox) as "n!"
   from c
