@@ -1632,7 +1632,7 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.gateway_metadata TO profile_ga
 -- Name: TABLE idempotency_keys; Type: ACL; Schema: public; Owner: -
 --
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.idempotency_keys TO profile_gateway_app;
+GRANT SELECT ON TABLE public.idempotency_keys TO profile_gateway_app;
 
 --
 -- Name: TABLE user_assertion_jtis; Type: ACL; Schema: public; Owner: -

@@ -6,12 +6,16 @@
 -- Not expand-only, as 20261202000200 (which an older build already cannot pass): roll the
 -- gateway forward with it.
 
--- No key may be written while they move. In the order the older builds' statements take these
--- tables (the settle takes changes first, the record idempotency_keys before changes), so none of
--- them can deadlock with this migration; bounded, so the Job fails and retries rather than queue
--- every write. A DO block, so that a file applied outside a transaction (scripts/schema.sh) runs.
+-- No key may be read or written while they move. ACCESS EXCLUSIVE at once, so that no later
+-- statement of this migration has to upgrade a lock while an older build's record, which reads
+-- the keys before it inserts one, waits for it (that would deadlock, and abort this migration).
+-- The older builds take these tables in different orders (the settle changes first, the record
+-- idempotency_keys first), so a deadlock can still happen here, at the LOCK, before any work: the
+-- statement aborted is retried (the Job, or the caller with the same key). Bounded, so the Job
+-- fails and retries rather than queue every write. A DO block, so that a file applied outside a
+-- transaction (scripts/schema.sh) runs too.
 set local lock_timeout = '10s';
-do $$ begin lock table changes, idempotency_keys in exclusive mode; end $$;
+do $$ begin lock table idempotency_keys, changes in access exclusive mode; end $$;
 
 alter table changes
     add column idem_key             text,
@@ -31,8 +35,8 @@ update changes c
   from idempotency_keys k
  where k.change_id = c.id;
 
--- The record's lookup and its conflict target. Only live keys' rows are in it: a key released
--- (reaped, or expired and reused) leaves it.
+-- The record's lookup and its conflict target. A key stays in it until it is released (reaped,
+-- or expired and reused by a new change), live or not.
 create unique index changes_idem_key on changes (caller, user_id, idem_key)
     where idem_key is not null;
 -- The reaper's scan.
@@ -40,13 +44,15 @@ create index changes_idem_expiry on changes (idem_expires_at) where idem_key is 
 
 drop table idempotency_keys;
 
--- Queries written against the old table still read it (and an operator's update of a key's
--- expiry still works: the view is simple enough for PostgreSQL to update through).
+-- Queries written against the old table still read it. `created_at` is the change's. The view is
+-- simple enough for PostgreSQL to write through, so only reading is granted: a DELETE through it
+-- would delete the change.
 create view idempotency_keys as
 select caller, user_id, idem_key, idem_fingerprint as fingerprint, id as change_id,
        idem_in_flight_until as in_flight_until, created_at, idem_expires_at as expires_at
   from changes
  where idem_key is not null;
-revoke all on idempotency_keys from public;
+revoke all on idempotency_keys from public, profile_gateway_app;
+grant select on idempotency_keys to profile_gateway_app;
 comment on view idempotency_keys is
     'The idempotency keys, which live in changes since migration 20261202000300.';

@@ -62,7 +62,9 @@ pub async fn reap(pool: &PgPool) -> Result<u64, sqlx::Error> {
               where id in (select id from changes
                             where idem_key is not null and idem_expires_at < now()
                               and status <> 'pending'
-                            limit 1000)"
+                            limit 1000)
+                -- Again on the row the update locks: a change reopened meanwhile keeps its key.
+                and idem_key is not null and idem_expires_at < now() and status <> 'pending'"
         )
         .execute(pool)
         .await?

@@ -220,13 +220,9 @@ async fn an_expired_key_not_yet_reaped_starts_a_new_change_and_the_old_one_lets_
 #[tokio::test]
 async fn the_key_of_an_unfinished_change_outlives_its_expiry() {
     let app = spawn_app().await;
-    // The wallet keeps failing with a retryable error: the change stays pending.
-    app.sandbox.add_fault(FaultSpec::status(
-        "juspay_wallet_update",
-        503,
-        "<html>busy</html>",
-        Some("text/html"),
-    ));
+    // The customer update hangs: 202, the change stays pending.
+    app.sandbox
+        .add_fault(FaultSpec::hang("juspay_customer_update"));
     let body = json!({"mobile_number": "9811111122"});
     let first = app
         .patch_with_key("bob", &body, "pending-key-000000001")

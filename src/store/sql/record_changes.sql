@@ -59,11 +59,13 @@ ranked as (
     from input i join locked l on l.user_id = i.user_id
 ),
 -- An expired key is released from its finished change, so that the insert below can take it.
+-- Through `locked`, so that the user's row is locked before the change's, whatever the plan (the
+-- order every other writer takes them in).
 released as (
   update changes k
      set idem_key = null, idem_fingerprint = null, idem_in_flight_until = null,
          idem_expires_at = null
-    from input i
+    from input i join locked l on l.user_id = i.user_id
    where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
      and k.idem_expires_at <= now() and k.status <> 'pending'
   returning 1
