@@ -116,6 +116,69 @@ pub enum Settled {
 /// request reads and plans again) and a settle is left to the completer.
 const CHAIN_ROUNDS: usize = 4;
 
+/// The chaining rounds of one write: each round's statement writes what it can of the items still
+/// to write and answers `None` for an item to chain again, up to [`CHAIN_ROUNDS`] statements. A
+/// first statement that fails is the batch's error (nothing committed, the caller may write it
+/// again); a later one ends the rounds, the earlier answers stand.
+struct Rounds<R> {
+    out: Vec<Option<R>>,
+    todo: Vec<usize>,
+    done: usize,
+}
+
+impl<R> Rounds<R> {
+    fn new(len: usize) -> Self {
+        Rounds {
+            out: (0..len).map(|_| None).collect(),
+            todo: (0..len).collect(),
+            done: 0,
+        }
+    }
+
+    /// The positions in the batch the next round writes, if there is one.
+    fn next(&self) -> Option<&[usize]> {
+        (!self.todo.is_empty() && self.done < CHAIN_ROUNDS).then_some(&self.todo[..])
+    }
+
+    fn took(&mut self, rows: Vec<Option<R>>) {
+        let mut again = Vec::new();
+        for (&i, r) in self.todo.iter().zip(rows) {
+            match r {
+                Some(r) => self.out[i] = Some(r),
+                None => again.push(i),
+            }
+        }
+        self.todo = again;
+        self.done += 1;
+    }
+
+    fn failed(
+        &mut self,
+        e: sqlx::Error,
+        held: &mut chain::Held,
+        what: &str,
+    ) -> Result<(), sqlx::Error> {
+        held.forget();
+        if self.done == 0 {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "a {what} statement failed after the batch's first");
+        self.done = CHAIN_ROUNDS;
+        Ok(())
+    }
+
+    /// Every item's answer, `leftover` for those no round wrote.
+    fn finish(self, leftover: R) -> Vec<R>
+    where
+        R: Clone,
+    {
+        self.out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| leftover.clone()))
+            .collect()
+    }
+}
+
 /// The columns of the audit events a write inserts, one array each (`record_changes.sql`,
 /// `settle_changes.sql`), with the position of the change or settle each belongs to.
 #[derive(Default)]
@@ -304,43 +367,18 @@ pub async fn record_changes(
     batch: &[&NewChange],
     p: &RecordParams<'_>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
-    let mut out: Vec<Option<Recorded>> = vec![None; batch.len()];
-    let mut todo: Vec<usize> = (0..batch.len()).collect();
     let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
-    for round in 0..CHAIN_ROUNDS {
-        if todo.is_empty() {
-            break;
-        }
+    let mut rounds = Rounds::new(batch.len());
+    while let Some(todo) = rounds.next() {
         let items: Vec<&NewChange> = todo.iter().map(|&i| batch[i]).collect();
-        let result = record_round(pool, &mut held, &items, p).await;
-        let rows = match result {
-            Ok(rows) => rows,
-            // Nothing of this batch committed yet: the caller may write it again.
-            Err(e) if round == 0 => {
-                held.forget();
-                return Err(e);
-            }
-            // An earlier round committed: those answers stand, the rest read and plan again.
-            Err(e) => {
-                held.forget();
-                tracing::warn!(error = %e, "a record statement failed after the batch's first");
-                break;
-            }
-        };
-        let mut again = Vec::new();
-        for (&i, r) in todo.iter().zip(rows) {
-            match r {
-                Some(r) => out[i] = Some(r),
-                None => again.push(i),
-            }
+        match record_round(pool, &mut held, &items, p).await {
+            Ok(rows) => rounds.took(rows),
+            // Those of a later round read and plan again.
+            Err(e) => rounds.failed(e, &mut held, "record")?,
         }
-        todo = again;
     }
     // The head kept moving: the request reads its links again and plans anew.
-    Ok(out
-        .into_iter()
-        .map(|r| r.unwrap_or(Recorded::StaleLinks))
-        .collect())
+    Ok(rounds.finish(Recorded::StaleLinks))
 }
 
 /// One statement of [`record_changes`]: `None` for a change to chain again (its user's head moved,
@@ -511,40 +549,18 @@ pub async fn settle_changes(
     batch: &[Settle],
     keep_failed_payload: Duration,
 ) -> Result<Vec<Settled>, sqlx::Error> {
-    let mut out: Vec<Option<Settled>> = vec![None; batch.len()];
-    let mut todo: Vec<usize> = (0..batch.len()).collect();
     let mut held = heads.hold(batch.iter().map(|c| c.user_id.as_str())).await;
-    for round in 0..CHAIN_ROUNDS {
-        if todo.is_empty() {
-            break;
-        }
+    let mut rounds = Rounds::new(batch.len());
+    while let Some(todo) = rounds.next() {
         let items: Vec<&Settle> = todo.iter().map(|&i| &batch[i]).collect();
-        let rows = match settle_round(pool, &mut held, &items, keep_failed_payload).await {
-            Ok(rows) => rows,
-            Err(e) if round == 0 => {
-                held.forget();
-                return Err(e);
-            }
-            // An earlier round committed: never write those settles twice.
-            Err(e) => {
-                held.forget();
-                tracing::warn!(error = %e, "a settle statement failed after the batch's first");
-                break;
-            }
-        };
-        let mut again = Vec::new();
-        for (&i, r) in todo.iter().zip(rows) {
-            match r {
-                Some(r) => out[i] = Some(r),
-                None => again.push(i),
-            }
+        match settle_round(pool, &mut held, &items, keep_failed_payload).await {
+            Ok(rows) => rounds.took(rows),
+            // Never written twice by this call (it could count an attempt twice): a completer
+            // settles those of a later round.
+            Err(e) => rounds.failed(e, &mut held, "settle")?,
         }
-        todo = again;
     }
-    Ok(out
-        .into_iter()
-        .map(|r| r.unwrap_or(Settled::NotWritten))
-        .collect())
+    Ok(rounds.finish(Settled::NotWritten))
 }
 
 /// The events of one settle, unchained: one per attempted step, then the final one.
@@ -735,4 +751,48 @@ async fn settle_round(
             (false, true) => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> sqlx::Error {
+        sqlx::Error::PoolTimedOut
+    }
+
+    #[test]
+    fn rounds_chain_again_what_a_round_left_and_stop_after_the_last() {
+        let mut rounds = Rounds::new(3);
+        let mut seen = Vec::new();
+        while let Some(todo) = rounds.next() {
+            seen.push(todo.to_vec());
+            // Item 1 is written in the second round, item 2 never.
+            let rows = todo
+                .iter()
+                .map(|&i| (i == 0 || (i == 1 && seen.len() == 2)).then_some(i))
+                .collect();
+            rounds.took(rows);
+        }
+        assert_eq!(seen.len(), CHAIN_ROUNDS);
+        assert_eq!(seen[0], [0, 1, 2]);
+        assert_eq!(seen[1], [1, 2]);
+        assert_eq!(seen[2], [2]);
+        assert_eq!(rounds.finish(9), [0, 1, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_first_round_that_fails_is_the_error_a_later_one_keeps_the_earlier_answers() {
+        let heads = ChainHeads::default();
+        let mut held = heads.hold(["u"]).await;
+        let mut first: Rounds<usize> = Rounds::new(2);
+        assert!(first.next().is_some());
+        assert!(first.failed(lost(), &mut held, "test").is_err());
+
+        let mut later: Rounds<usize> = Rounds::new(2);
+        later.took(vec![Some(7), None]);
+        assert!(later.failed(lost(), &mut held, "test").is_ok());
+        assert!(later.next().is_none(), "no round after a failed later one");
+        assert_eq!(later.finish(0), [7, 0]);
+    }
 }
