@@ -142,6 +142,17 @@ async fn idempotency_key_is_required_and_replays_the_change() {
     );
 }
 
+/// Puts every key past its retention and runs the reaper once: how many keys it released.
+async fn expire_every_key_and_reap(app: &TestApp) -> u64 {
+    sqlx::query("update idempotency_keys set expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    profile_gateway::store::idempotency::reap(&app.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn expired_keys_are_reaped_and_then_start_a_new_change() {
     let app = spawn_app().await;
@@ -152,16 +163,7 @@ async fn expired_keys_are_reaped_and_then_start_a_new_change() {
             .status(),
         200
     );
-    sqlx::query("update idempotency_keys set expires_at = now() - interval '1 second'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        profile_gateway::store::idempotency::reap(&app.pool)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(expire_every_key_and_reap(&app).await, 1);
     assert_eq!(app.count("select count(*) from idempotency_keys").await, 0);
     // Past its retention the key is a new key: a new change, not a replay.
     let again = app
@@ -229,14 +231,8 @@ async fn the_key_of_an_unfinished_change_outlives_its_expiry() {
         .await;
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["status"], "pending", "{first}");
-    sqlx::query("update changes set idem_expires_at = now() - interval '1 second'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
     assert_eq!(
-        profile_gateway::store::idempotency::reap(&app.pool)
-            .await
-            .unwrap(),
+        expire_every_key_and_reap(&app).await,
         0,
         "an unfinished change keeps its key"
     );
