@@ -1206,3 +1206,69 @@ async fn connections_that_died_idle_cost_no_request() {
         6
     );
 }
+
+#[tokio::test]
+async fn keys_recorded_before_the_move_are_found_in_their_change_row() {
+    // A database at migration 20261202000200, with a key in the old table, then migrated.
+    let (_name, url) = fresh_database().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut old = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations"
+    )))
+    .await
+    .unwrap();
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 20261202000200)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    old.run(&pool).await.unwrap();
+    let change = uuid::Uuid::new_v4();
+    for sql in [
+        "insert into profile_links (user_id, last_change_seq, finished_seq)
+         select 'alice', 1, 1 where $1::uuid is not null",
+        "insert into changes (id, user_id, user_seq, caller, request_id, fields, status, finished_at)
+         values ($1, 'alice', 1, 'app', 'req-1', '{first_name}', 'applied', now())",
+        "insert into idempotency_keys (caller, user_id, idem_key, fingerprint, change_id,
+                                       in_flight_until, expires_at)
+         values ('app', 'alice', 'key-before-the-move-01', '\\x0102', $1, null,
+                 now() + interval '1 day')",
+    ] {
+        sqlx::query(sql).bind(change).execute(&pool).await.unwrap();
+    }
+    let before: (String, Vec<u8>, uuid::Uuid) =
+        sqlx::query_as("select idem_key, fingerprint, change_id from idempotency_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    profile_gateway::db::migrate(&pool).await.unwrap();
+    let moved: (Option<String>, Option<Vec<u8>>, bool) = sqlx::query_as(
+        "select idem_key, idem_fingerprint, idem_expires_at > now() + interval '23 hours'
+           from changes where id = $1",
+    )
+    .bind(change)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved,
+        (Some(before.0.clone()), Some(before.1.clone()), true)
+    );
+    let through_the_view: (String, Vec<u8>, uuid::Uuid) =
+        sqlx::query_as("select idem_key, fingerprint, change_id from idempotency_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(through_the_view, before);
+    // The gateway finds it where the record looks.
+    let user = profile_gateway::domain::UserId::parse("alice").expect("a valid user id");
+    let found = profile_gateway::store::idempotency::find(&pool, "app", &user, &before.0)
+        .await
+        .unwrap()
+        .expect("the moved key is found");
+    assert_eq!((found.change_id, found.fingerprint), (change, before.1));
+}
