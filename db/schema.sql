@@ -703,6 +703,133 @@ ALTER TABLE public.audit_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
 );
 
 --
+-- Name: change_steps; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.change_steps (
+    change_id uuid NOT NULL,
+    step_no integer NOT NULL,
+    target text NOT NULL,
+    upstream_ref text NOT NULL,
+    fields text[] NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    error_code text,
+    error_retryable boolean,
+    upstream_status integer,
+    upstream_code text,
+    error_message text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    confirmed_by_read_back boolean DEFAULT false NOT NULL,
+    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text])))
+)
+WITH (fillfactor='80');
+
+--
+-- Name: audit_step_attempts; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.audit_step_attempts AS
+ SELECT a.event_id,
+    a.event_type,
+    a.occurred_at,
+    a.user_id,
+    a.seq,
+    a.caller,
+    a.caller_addr,
+    a.request_id,
+    a.trace_id,
+    a.change_id,
+    a.step_no,
+    a.target,
+    a.upstream_ref,
+    a.fields,
+    a.status,
+    a.attempt,
+    a.error_code,
+    a.confirmed_by_read_back,
+        CASE
+            WHEN d.diag THEN s.error_retryable
+            ELSE NULL::boolean
+        END AS error_retryable,
+        CASE
+            WHEN d.diag THEN s.upstream_status
+            ELSE NULL::integer
+        END AS upstream_status,
+        CASE
+            WHEN d.diag THEN s.upstream_code
+            ELSE NULL::text
+        END AS upstream_code,
+        CASE
+            WHEN d.diag THEN s.error_message
+            ELSE NULL::text
+        END AS error_message,
+    a."values" AS masked_values,
+    a.hmac_key_id
+   FROM ((( SELECT e.id AS event_id,
+            e.event_type,
+            e.occurred_at,
+            e.user_id,
+            e.seq,
+            e.caller,
+            e.caller_addr,
+            e.request_id,
+            e.trace_id,
+            e.change_id,
+            e.step_no,
+            e.target,
+            e.upstream_ref,
+            e.fields,
+            e.outcome AS status,
+            (( SELECT count(*) AS count
+                   FROM public.audit_events p
+                  WHERE ((p.user_id = e.user_id) AND (p.change_id = e.change_id) AND (p.event_type = 'step_attempted'::text) AND (p.step_no = e.step_no) AND (p.seq <= e.seq))))::integer AS attempt,
+            e.error_code,
+            NULL::boolean AS confirmed_by_read_back,
+            e."values",
+            e.hmac_key_id
+           FROM public.audit_events e
+          WHERE (e.event_type = 'step_attempted'::text)
+        UNION ALL
+         SELECT e.id,
+            e.event_type,
+            e.occurred_at,
+            e.user_id,
+            e.seq,
+            e.caller,
+            e.caller_addr,
+            e.request_id,
+            e.trace_id,
+            e.change_id,
+            ((s_1.v ->> 'step_no'::text))::integer AS int4,
+            (s_1.v ->> 'target'::text),
+            (s_1.v ->> 'upstream_ref'::text),
+            ARRAY( SELECT jsonb_array_elements_text((s_1.v -> 'fields'::text)) AS jsonb_array_elements_text) AS "array",
+            (s_1.v ->> 'status'::text),
+            ((s_1.v ->> 'attempt'::text))::integer AS int4,
+            (s_1.v ->> 'error_code'::text),
+            ((s_1.v ->> 'confirmed_by_read_back'::text))::boolean AS bool,
+            COALESCE(( SELECT jsonb_object_agg(k.k, (r."values" -> k.k)) AS jsonb_object_agg
+                   FROM jsonb_array_elements_text((s_1.v -> 'fields'::text)) k(k)
+                  WHERE (r."values" ? k.k)), '{}'::jsonb) AS "coalesce",
+            r.hmac_key_id
+           FROM ((public.audit_events e
+             CROSS JOIN LATERAL jsonb_array_elements(
+                CASE
+                    WHEN (jsonb_typeof((e."values" -> 'steps'::text)) = 'array'::text) THEN (e."values" -> 'steps'::text)
+                    ELSE '[]'::jsonb
+                END) s_1(v))
+             LEFT JOIN LATERAL ( SELECT q."values",
+                    q.hmac_key_id
+                   FROM public.audit_events q
+                  WHERE ((q.user_id = e.user_id) AND (q.change_id = e.change_id) AND (q.event_type = 'change_requested'::text))
+                  ORDER BY q.seq
+                 LIMIT 1) r ON (true))
+          WHERE (e.event_type = ANY (ARRAY['round'::text, 'change_completed'::text]))) a
+     LEFT JOIN public.change_steps s ON (((s.change_id = a.change_id) AND (s.step_no = a.step_no))))
+     CROSS JOIN LATERAL ( SELECT ((a.status = ANY (ARRAY['failed'::text, 'unknown'::text])) AND (s.attempts = a.attempt)) AS diag) d);
+
+--
 -- Name: audit_field_changes; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -730,15 +857,48 @@ CREATE VIEW public.audit_field_changes AS
             WHEN (prev.v ? 'new_hmac'::text) THEN prev.k
             ELSE NULL::text
         END AS old_hmac_key_id
-   FROM ((public.audit_events e
+   FROM ((( SELECT e_1.id,
+            e_1.occurred_at,
+            e_1.user_id,
+            e_1.seq,
+            e_1.event_type,
+            e_1.outcome,
+            e_1.caller,
+            e_1.caller_addr,
+            e_1.request_id,
+            e_1.change_id,
+            e_1.step_no,
+            e_1.target,
+            e_1.upstream_ref,
+            e_1."values",
+            e_1.hmac_key_id
+           FROM public.audit_events e_1
+          WHERE (e_1.event_type = 'change_requested'::text)
+        UNION ALL
+         SELECT a.event_id,
+            a.occurred_at,
+            a.user_id,
+            a.seq,
+            a.event_type,
+            a.status,
+            a.caller,
+            a.caller_addr,
+            a.request_id,
+            a.change_id,
+            a.step_no,
+            a.target,
+            a.upstream_ref,
+            a.masked_values,
+            a.hmac_key_id
+           FROM public.audit_step_attempts a) e
      CROSS JOIN LATERAL jsonb_each(e."values") f(key, value))
-     LEFT JOIN LATERAL ( SELECT (p."values" -> f.key) AS v,
+     LEFT JOIN LATERAL ( SELECT (p.masked_values -> f.key) AS v,
             p.hmac_key_id AS k
-           FROM public.audit_events p
-          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = 'step_attempted'::text) AND (p.outcome = 'applied'::text) AND ((p."values" -> f.key) ? 'new'::text) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
+           FROM public.audit_step_attempts p
+          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.status = 'applied'::text) AND ((p.masked_values -> f.key) ? 'new'::text) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
           ORDER BY p.seq DESC
          LIMIT 1) prev ON (true))
-  WHERE ((e.event_type = ANY (ARRAY['change_requested'::text, 'step_attempted'::text])) AND (jsonb_typeof(f.value) = 'object'::text))
+  WHERE (jsonb_typeof(f.value) = 'object'::text)
 UNION ALL
  SELECT e.id AS event_id,
     e.occurred_at,
@@ -800,29 +960,6 @@ UNION ALL
     h.hash
    FROM public.audit_chain_heads h
   WHERE ((NOT h.moved) AND (h.seq > 0));
-
---
--- Name: change_steps; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.change_steps (
-    change_id uuid NOT NULL,
-    step_no integer NOT NULL,
-    target text NOT NULL,
-    upstream_ref text NOT NULL,
-    fields text[] NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    error_code text,
-    error_retryable boolean,
-    upstream_status integer,
-    upstream_code text,
-    error_message text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    confirmed_by_read_back boolean DEFAULT false NOT NULL,
-    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text])))
-)
-WITH (fillfactor='80');
 
 --
 -- Name: changes; Type: TABLE; Schema: public; Owner: -
@@ -1583,6 +1720,19 @@ GRANT SELECT ON TABLE public.audit_checkpoints TO profile_gateway_maintenance;
 GRANT USAGE ON SEQUENCE public.audit_events_id_seq TO profile_gateway_audit_writer;
 
 --
+-- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.change_steps TO profile_gateway_app;
+
+--
+-- Name: TABLE audit_step_attempts; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.audit_step_attempts TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_step_attempts TO profile_gateway_auditor;
+
+--
 -- Name: TABLE audit_field_changes; Type: ACL; Schema: public; Owner: -
 --
 
@@ -1602,12 +1752,6 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.profile_links TO profile_gatew
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.audit_heads TO profile_gateway_app;
 GRANT SELECT ON TABLE public.audit_heads TO profile_gateway_auditor;
 GRANT SELECT ON TABLE public.audit_heads TO profile_gateway_maintenance;
-
---
--- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
---
-
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.change_steps TO profile_gateway_app;
 
 --
 -- Name: TABLE changes; Type: ACL; Schema: public; Owner: -

@@ -5,7 +5,6 @@ use super::ChangeService;
 use super::policy;
 use super::resilience::{self, Admission};
 use super::running::{Running, StepState};
-use crate::audit;
 use crate::domain::StepErrorView;
 use crate::domain::change;
 use crate::domain::{PlannedStep, ProfilePatch};
@@ -44,14 +43,13 @@ impl ChangeService {
         let step_fields = crate::domain::field::names(&step.planned.fields);
         let outcome = change::StepOutcome {
             step_no: step.planned.step_no,
+            attempt: attempts,
             status,
             error: result.err(),
             confirmed_by_read_back: confirmed,
             target: target.as_str().to_string(),
             upstream_ref: step.planned.upstream_ref.clone(),
-            audit_values: audit::masked_values(&ch.patch, &self.hasher, Some(&step.planned.fields)),
             fields: step_fields,
-            hmac_key_id: self.hasher.key_id().to_string(),
         };
         (new_state, outcome)
     }

@@ -174,18 +174,19 @@ pub struct NewChange {
     pub hmac_key_id: String,
 }
 
-/// One step attempt's outcome, as a settle records it.
+/// One step attempt's outcome, as a settle records it. Its audit record names the step and the
+/// attempt, not the values: those are the change's, in its `change_requested` event.
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
     pub step_no: i32,
+    /// Which attempt of the step this is (1 for the first).
+    pub attempt: u32,
     pub status: StepStatus,
     pub error: Option<StepError>,
     pub confirmed_by_read_back: bool,
     pub target: String,
     pub upstream_ref: String,
     pub fields: Vec<String>,
-    pub audit_values: Value,
-    pub hmac_key_id: String,
 }
 
 /// What one change's round of attempts came to: the outcomes of the steps it attempted and, when

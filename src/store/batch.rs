@@ -563,40 +563,47 @@ pub async fn settle_changes(
     Ok(rounds.finish(Settled::NotWritten))
 }
 
-/// The events of one settle, unchained: one per attempted step, then the final one.
+/// A settle's audit event, unchained: one per settle, `change_completed` (outcome: the final
+/// state) when it makes the change final, else `round` (outcome `pending`). Its `values` hold the
+/// round's step attempts (`steps`: step, target, object, fields, status, attempt number, error
+/// code, read-back flag), not the values: those are in the change's `change_requested` event, and
+/// the auditor views join them (docs/auditing.md). A settle with neither writes no event.
 fn settle_events(c: &Settle, at: DateTime<Utc>) -> Vec<EventRow> {
-    let mut events = Vec::with_capacity(c.outcomes.len() + 1);
-    for o in &c.outcomes {
-        let mut e = event(
-            &c.origin,
-            &c.user_id,
-            at,
-            "step_attempted",
-            o.status.as_str(),
-            c.change_id,
-        );
-        e.step_no = Some(o.step_no);
-        e.target = Some(o.target.clone());
-        e.upstream_ref = Some(o.upstream_ref.clone());
-        e.fields = o.fields.clone();
-        e.values_text = verify::jsonb_text(&o.audit_values);
-        e.hmac_key_id = Some(o.hmac_key_id.clone());
-        e.error_code = o.error.as_ref().map(|e| e.code.as_str().to_string());
-        events.push(e);
+    if c.outcomes.is_empty() && c.finish.is_none() {
+        return Vec::new();
     }
-    if let Some(f) = &c.finish {
-        let mut e = event(
-            &c.origin,
-            &c.user_id,
-            at,
-            "change_completed",
-            f.status.as_str(),
-            c.change_id,
-        );
-        e.fields = f.fields.clone();
-        events.push(e);
-    }
-    events
+    let steps: Vec<Value> = c
+        .outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "step_no": o.step_no,
+                "target": o.target,
+                "upstream_ref": o.upstream_ref,
+                "fields": o.fields,
+                "status": o.status.as_str(),
+                "attempt": o.attempt,
+                "error_code": o.error.as_ref().map(|e| e.code.as_str()),
+                "confirmed_by_read_back": o.confirmed_by_read_back,
+            })
+        })
+        .collect();
+    let (event_type, outcome, fields) = match &c.finish {
+        Some(f) => ("change_completed", f.status.as_str(), f.fields.clone()),
+        None => {
+            let mut fields: Vec<String> = Vec::new();
+            for f in c.outcomes.iter().flat_map(|o| &o.fields) {
+                if !fields.contains(f) {
+                    fields.push(f.clone());
+                }
+            }
+            ("round", "pending", fields)
+        }
+    };
+    let mut e = event(&c.origin, &c.user_id, at, event_type, outcome, c.change_id);
+    e.fields = fields;
+    e.values_text = verify::jsonb_text(&serde_json::json!({ "steps": steps }));
+    vec![e]
 }
 
 /// One statement of [`settle_changes`]: `None` for a settle to chain again.

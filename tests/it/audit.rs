@@ -141,17 +141,8 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
         .filter(|e| e.change_id == Some(change_id))
         .collect();
     let kinds: Vec<&str> = of_change.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "change_requested",
-            "step_attempted",
-            "step_attempted",
-            "step_attempted",
-            "step_attempted",
-            "change_completed"
-        ]
-    );
+    // One event for the request, one for the settle that made it final.
+    assert_eq!(kinds, ["change_requested", "change_completed"]);
     for e in &of_change {
         assert_eq!(e.user_id, "alice");
         assert_eq!(e.caller, "test-writer");
@@ -184,44 +175,77 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
     assert_eq!(v["first_name"]["new"], "A***");
     assert_eq!(v["mobile_country_code"]["new"], "91");
 
-    let steps: Vec<(&str, &str, &str)> = of_change[1..5]
+    // The final event carries the round's attempts: step, object, fields, outcome, attempt
+    // number, no error, no read-back; no values (they are the request's, above).
+    let done = of_change[1];
+    assert_eq!(done.outcome, "applied");
+    assert_eq!(
+        (
+            done.step_no,
+            done.target.as_deref(),
+            done.upstream_ref.as_deref()
+        ),
+        (None, None, None)
+    );
+    assert!(done.error_code.is_none());
+    assert_eq!(done.values.as_object().unwrap().len(), 1, "{}", done.values);
+    let mut steps: Vec<(String, String, String, i64, bool)> = done.values["steps"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|e| {
+        .map(|s| {
+            assert!(s["error_code"].is_null(), "{s}");
+            assert!(s.get("new").is_none() && s.get("values").is_none(), "{s}");
+            let step_fields: BTreeSet<&str> = s["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert!(!step_fields.is_empty(), "{s}");
+            if s["target"] == "juspay_wallet" {
+                assert_eq!(step_fields, BTreeSet::from(["mobile_number"]));
+            }
             (
-                e.target.as_deref().unwrap(),
-                e.upstream_ref.as_deref().unwrap(),
-                e.outcome.as_str(),
+                s["target"].as_str().unwrap().to_string(),
+                s["upstream_ref"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["attempt"].as_i64().unwrap(),
+                s["confirmed_by_read_back"].as_bool().unwrap(),
             )
         })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect();
+    steps.sort();
+    let step = |t: &str, r: &str| {
+        (
+            t.to_string(),
+            r.to_string(),
+            "applied".to_string(),
+            1,
+            false,
+        )
+    };
     assert_eq!(
         steps,
         [
-            ("juspay_customer", "cst_demo_alice", "applied"),
-            ("juspay_wallet", "wlt_demo_alice_mobikwik", "applied"),
-            ("juspay_wallet", "wlt_demo_alice_paytm", "applied"),
-            ("razorpay_upi", "cref_demo_alice", "applied"),
+            step("juspay_customer", "cst_demo_alice"),
+            step("juspay_wallet", "wlt_demo_alice_mobikwik"),
+            step("juspay_wallet", "wlt_demo_alice_paytm"),
+            step("razorpay_upi", "cref_demo_alice"),
         ]
     );
-    for e in &of_change[1..5] {
-        assert!(e.step_no.is_some());
-        assert!(e.error_code.is_none());
-        let keys: BTreeSet<&str> = e
-            .values
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let fields: BTreeSet<&str> = e.fields.iter().map(String::as_str).collect();
-        assert!(keys.is_subset(&fields), "{keys:?} vs {fields:?}");
-        if e.target.as_deref() == Some("juspay_wallet") {
-            assert_eq!(keys, BTreeSet::from(["mobile_number"]));
-        }
-    }
-    assert_eq!(of_change[5].outcome, "applied");
+    // The auditor view gives each attempt the masked values of its fields, from the request.
+    let wallet_values: Vec<Value> = sqlx::query_scalar(
+        "select masked_values from audit_step_attempts where change_id = $1 and target = 'juspay_wallet'",
+    )
+    .bind(change_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        wallet_values,
+        vec![json!({"mobile_number": v["mobile_number"]}); 2]
+    );
 
     // A second change: every masked value now has an old one, with its HMAC (derived by the
     // auditor view from the last applied step, at the same object or, for the request, any).
@@ -238,7 +262,7 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
         .iter()
         .filter(|e| e.change_id == Some(second_id))
         .collect();
-    assert_eq!(of_second.len(), 1 + 3 + 1, "customer and two wallets");
+    assert_eq!(of_second.len(), 2, "requested, completed");
     let olds: Vec<OldAndNew> = sqlx::query_as(
         "select old_value_masked, new_value_masked, old_hmac, new_hmac from audit_field_changes
           where change_id = $1 and field = 'mobile_number' order by event_id",
@@ -298,7 +322,8 @@ async fn every_event_kind_is_written_with_its_fields_and_old_values() {
     }
     let report = verify_now(&app).await;
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert!(report.events >= 13);
+    // alice's seed, two requests and two completions; bob's seed and links update.
+    assert!(report.events >= 7, "{}", report.events);
 }
 
 #[tokio::test]
@@ -690,7 +715,8 @@ async fn concurrent_changes_of_one_user_chain_without_gaps() {
         assert!(t.await.unwrap().is_success());
     }
     let evs = events(&app, "alice").await;
-    assert_eq!(evs.len(), 1 + 6 * (1 + 3 + 1));
+    // The seed's links event, then per change its request and its completion.
+    assert_eq!(evs.len(), 1 + 6 * 2);
     let report = verify_now(&app).await;
     assert!(report.is_ok(), "{:?}", report.problems);
 }
@@ -1314,12 +1340,7 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     let kinds: BTreeSet<&str> = rows.iter().map(|r| r["event_type"].as_str()).collect();
     assert_eq!(
         kinds,
-        BTreeSet::from([
-            "links_updated",
-            "change_requested",
-            "step_attempted",
-            "change_completed"
-        ])
+        BTreeSet::from(["links_updated", "change_requested", "change_completed"])
     );
     assert!(rows.iter().any(|r| r["request_id"] == "req-doc-2"));
 
@@ -1419,7 +1440,9 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["user_id"], "bob");
     assert_eq!(rows[0]["error_code"], "upstream_not_found");
-    assert_eq!(rows[0]["step_upstream_status"], "404");
+    assert_eq!(rows[0]["status"], "failed");
+    assert_eq!(rows[0]["attempt"], "1");
+    assert_eq!(rows[0]["upstream_status"], "404");
     assert_eq!(rows[0]["upstream_ref"], "wlt_demo_bob_paytm");
 
     let rows = run("changes_by_caller");
@@ -1459,6 +1482,7 @@ async fn every_documented_query_runs_and_returns_the_expected_rows() {
     for v in [
         "audit_log",
         "audit_field_changes",
+        "audit_step_attempts",
         "audit_events",
         "audit_chain_heads",
     ] {
@@ -1756,19 +1780,16 @@ async fn a_chain_begun_without_actors_continues_with_them_and_verifies() {
     .await
     .unwrap();
     let shape: Vec<(&str, bool)> = rows.iter().map(|r| (r.1.as_str(), r.3)).collect();
-    let mut expected = vec![
+    let expected = vec![
         ("links_updated", true), // the sandbox seed, by this gateway
         ("links_updated", false),
         ("change_requested", false),
         ("step_attempted", false),
         ("change_completed", false),
         ("change_requested", true),
+        ("change_completed", true),
+        ("probe", true),
     ];
-    expected.extend(std::iter::repeat_n(
-        ("step_attempted", true),
-        rows.len() - 8,
-    ));
-    expected.extend([("change_completed", true), ("probe", true)]);
     assert_eq!(shape, expected);
     assert!(
         rows.iter().all(|r| r.5),
@@ -1993,14 +2014,6 @@ async fn a_change_recorded_without_an_actor_is_finished_without_one() {
                 "change_record"
             ),
             row(
-                "step_attempted",
-                "old-app",
-                "r-old",
-                None,
-                "gw-old",
-                "change_record"
-            ),
-            row(
                 "change_completed",
                 "old-app",
                 "r-old",
@@ -2028,14 +2041,6 @@ async fn a_change_recorded_without_an_actor_is_finished_without_one() {
                 None,
                 "gw-op",
                 "event_values"
-            ),
-            row(
-                "step_attempted",
-                "old-operator",
-                "r-op",
-                Some(&op_actor),
-                "gw-op",
-                "event"
             ),
             row(
                 "change_completed",

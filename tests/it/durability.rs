@@ -430,10 +430,20 @@ async fn a_retryable_outage_that_heals_completes_without_the_caller() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
+    // One event per settle: the request, four rounds (the customer and the wallet's first
+    // attempt, then the wallet's next three), and the completion with the fifth.
+    let kinds: Vec<&str> = actors.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
-        actors.len(),
-        8,
-        "request, 1 + 5 attempts, completion: {actors:?}"
+        kinds,
+        [
+            "change_requested",
+            "round",
+            "round",
+            "round",
+            "round",
+            "change_completed"
+        ],
+        "{actors:?}"
     );
     let requested = actors[0].1.clone().unwrap();
     assert_eq!(requested["auth"], "token");
@@ -448,8 +458,14 @@ async fn a_retryable_outage_that_heals_completes_without_the_caller() {
     assert!(wallet.get("error").is_none());
     assert_eq!(updates(&app.journal(), "juspay_wallet_update").len(), 5);
     // A retry with the same key now returns the final state.
-    let events = app.count("select count(*) from audit_events where event_type = 'step_attempted' and target = 'juspay_wallet'").await;
-    assert_eq!(events, 5, "every attempt is audited");
+    let attempts: Vec<i32> = sqlx::query_scalar(
+        "select (s ->> 'attempt')::int from audit_events e, jsonb_array_elements(e.\"values\" -> 'steps') s
+          where s ->> 'target' = 'juspay_wallet' order by e.seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, [1, 2, 3, 4, 5], "every attempt is audited");
 }
 
 #[tokio::test]
@@ -749,8 +765,10 @@ async fn a_parked_operator_retry_is_finished_by_the_completer_as_the_operator() 
         .unwrap();
     assert_eq!(done["status"], "applied", "{done}");
 
-    let events: Vec<(String, Option<i32>, String, String, Value)> = sqlx::query_as(
-        "select event_type, step_no, caller, request_id, actor from audit_events
+    let events: Vec<(String, Vec<i32>, String, String, Value)> = sqlx::query_as(
+        "select event_type,
+                array(select (s ->> 'step_no')::int from jsonb_array_elements(\"values\" -> 'steps') s),
+                caller, request_id, actor from audit_events
           where change_id = $1 order by seq",
     )
     .bind(id)
@@ -782,12 +800,13 @@ async fn a_parked_operator_retry_is_finished_by_the_completer_as_the_operator() 
         .find(|s| s["target"] == "juspay_wallet")
         .unwrap();
     let wallet_step = wallet["step_no"].as_i64().unwrap() as i32;
-    let after: Vec<(&str, Option<i32>)> = events[at + 1..]
+    let after: Vec<(&str, &[i32])> = events[at + 1..]
         .iter()
-        .map(|e| (e.0.as_str(), e.1))
+        .map(|e| (e.0.as_str(), e.1.as_slice()))
         .collect();
-    let mut expected = vec![("step_attempted", Some(wallet_step)); 5];
-    expected.push(("change_completed", None));
+    let wallet_only = [wallet_step];
+    let mut expected = vec![("round", wallet_only.as_slice()); 4];
+    expected.push(("change_completed", wallet_only.as_slice()));
     assert_eq!(after, expected);
     let who: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "select event_type, caller, gateway_request_id, actor_source from audit_log
@@ -799,7 +818,7 @@ async fn a_parked_operator_retry_is_finished_by_the_completer_as_the_operator() 
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(who.len(), 6);
+    assert_eq!(who.len(), 5, "four rounds and the completion");
     for w in &who {
         assert_eq!(
             (w.1.as_str(), w.2.as_deref(), w.3.as_deref()),
@@ -964,10 +983,11 @@ async fn crash_test_every_accepted_change_completes_once_after_sigkill() {
             steps.len(),
             "{key}: no write outside the recorded steps"
         );
-        // ...and the audit trail says so: one applied attempt event per step, one final event.
+        // ...and the audit trail says so: one applied attempt per step, one final event.
         let applied_events = app
             .count(&format!(
-                "select count(*) from audit_events where change_id = '{change_id}' and event_type = 'step_attempted' and outcome = 'applied'"
+                "select count(*) from audit_events e, jsonb_array_elements(e.\"values\" -> 'steps') s
+                  where e.change_id = '{change_id}' and s ->> 'status' = 'applied'"
             ))
             .await;
         assert_eq!(applied_events as usize, steps.len(), "{key}");
@@ -1092,14 +1112,13 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
         },
         outcomes: vec![StepOutcome {
             step_no: 0,
+            attempt: 1,
             status: step,
             error: None,
             confirmed_by_read_back: false,
             target: "juspay_customer".into(),
             upstream_ref: "cst_demo_alice".into(),
             fields: vec!["first_name".into()],
-            audit_values: json!({}),
-            hmac_key_id: "k1".into(),
         }],
         finish: Some(Finish {
             status,
@@ -1146,12 +1165,22 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let expected = [
-        ("step_attempted", "applied"),
-        ("change_completed", "applied"),
-    ]
-    .map(|(e, o)| (e.to_string(), o.to_string(), "fence-2".to_string()));
+    let expected = [("change_completed", "applied")]
+        .map(|(e, o)| (e.to_string(), o.to_string(), "fence-2".to_string()));
     assert_eq!(events, expected.to_vec());
+    let outcomes: Vec<String> = sqlx::query_scalar(
+        "select s ->> 'status' from audit_events e, jsonb_array_elements(e.\"values\" -> 'steps') s
+          where e.change_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        ["applied"],
+        "the fenced-out settle's outcome is not there"
+    );
     // Only the settle that was recorded wrote its webhook event.
     let outbox: Vec<(uuid::Uuid, String)> =
         sqlx::query_as("select id, body from webhook_events where change_id = $1")

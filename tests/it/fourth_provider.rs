@@ -267,8 +267,10 @@ async fn a_provider_registered_by_the_embedder_gets_its_step_rows_and_audit_even
             "applied".into()
         )
     );
+    // Its attempt is in the change's final event, and the auditor view gives it the value the
+    // change's request event recorded.
     let events: Vec<(String, String, Vec<String>, Value)> = sqlx::query_as(
-        r#"select event_type, outcome, fields, "values" from audit_events
+        r#"select event_type, status, fields, masked_values from audit_step_attempts
             where change_id = $1::uuid and target = 'acme_wallet'"#,
     )
     .bind(change_id)
@@ -280,7 +282,7 @@ async fn a_provider_registered_by_the_embedder_gets_its_step_rows_and_audit_even
     assert_eq!(
         (event_type.as_str(), outcome.as_str(), fields.as_slice()),
         (
-            "step_attempted",
+            "change_completed",
             "applied",
             ["mobile_number".to_string()].as_slice()
         )
