@@ -703,131 +703,90 @@ ALTER TABLE public.audit_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY
 );
 
 --
--- Name: change_steps; Type: TABLE; Schema: public; Owner: -
+-- Name: audit_step_attempt_rows; Type: VIEW; Schema: public; Owner: -
 --
 
-CREATE TABLE public.change_steps (
-    change_id uuid NOT NULL,
-    step_no integer NOT NULL,
-    target text NOT NULL,
-    upstream_ref text NOT NULL,
-    fields text[] NOT NULL,
-    status text DEFAULT 'pending'::text NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    error_code text,
-    error_retryable boolean,
-    upstream_status integer,
-    upstream_code text,
-    error_message text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    confirmed_by_read_back boolean DEFAULT false NOT NULL,
-    CONSTRAINT change_steps_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'failed'::text, 'unknown'::text])))
-)
-WITH (fillfactor='80');
-
---
--- Name: audit_step_attempts; Type: VIEW; Schema: public; Owner: -
---
-
-CREATE VIEW public.audit_step_attempts AS
- SELECT a.event_id,
-    a.event_type,
-    a.occurred_at,
-    a.user_id,
-    a.seq,
-    a.caller,
-    a.caller_addr,
-    a.request_id,
-    a.trace_id,
-    a.change_id,
-    a.step_no,
-    a.target,
-    a.upstream_ref,
-    a.fields,
-    a.status,
-    a.attempt,
-    a.error_code,
-    a.confirmed_by_read_back,
+CREATE VIEW public.audit_step_attempt_rows AS
+ SELECT e.id AS event_id,
+    e.event_type,
+    e.occurred_at,
+    e.user_id,
+    e.seq,
+    e.caller,
+    e.caller_addr,
+    e.request_id,
+    e.trace_id,
+    e.change_id,
+    e.step_no,
+    e.target,
+    e.upstream_ref,
+    e.fields,
+    e.outcome AS status,
+    e.error_code,
+    NULL::boolean AS confirmed_by_read_back,
+    e."values",
+    e.hmac_key_id
+   FROM public.audit_events e
+  WHERE (e.event_type = 'step_attempted'::text)
+UNION ALL
+ SELECT e.id AS event_id,
+    e.event_type,
+    e.occurred_at,
+    e.user_id,
+    e.seq,
+    e.caller,
+    e.caller_addr,
+    e.request_id,
+    e.trace_id,
+    e.change_id,
         CASE
-            WHEN d.diag THEN s.error_retryable
-            ELSE NULL::boolean
-        END AS error_retryable,
-        CASE
-            WHEN d.diag THEN s.upstream_status
+            WHEN ((s.v ->> 'step_no'::text) ~ '^[0-9]{1,9}$'::text) THEN ((s.v ->> 'step_no'::text))::integer
             ELSE NULL::integer
-        END AS upstream_status,
+        END AS step_no,
         CASE
-            WHEN d.diag THEN s.upstream_code
+            WHEN (jsonb_typeof((s.v -> 'target'::text)) = 'string'::text) THEN (s.v ->> 'target'::text)
             ELSE NULL::text
-        END AS upstream_code,
+        END AS target,
         CASE
-            WHEN d.diag THEN s.error_message
+            WHEN (jsonb_typeof((s.v -> 'upstream_ref'::text)) = 'string'::text) THEN (s.v ->> 'upstream_ref'::text)
             ELSE NULL::text
-        END AS error_message,
-    a."values" AS masked_values,
-    a.hmac_key_id
-   FROM ((( SELECT e.id AS event_id,
-            e.event_type,
-            e.occurred_at,
-            e.user_id,
-            e.seq,
-            e.caller,
-            e.caller_addr,
-            e.request_id,
-            e.trace_id,
-            e.change_id,
-            e.step_no,
-            e.target,
-            e.upstream_ref,
-            e.fields,
-            e.outcome AS status,
-            (( SELECT count(*) AS count
-                   FROM public.audit_events p
-                  WHERE ((p.user_id = e.user_id) AND (p.change_id = e.change_id) AND (p.event_type = 'step_attempted'::text) AND (p.step_no = e.step_no) AND (p.seq <= e.seq))))::integer AS attempt,
-            e.error_code,
-            NULL::boolean AS confirmed_by_read_back,
-            e."values",
-            e.hmac_key_id
-           FROM public.audit_events e
-          WHERE (e.event_type = 'step_attempted'::text)
-        UNION ALL
-         SELECT e.id,
-            e.event_type,
-            e.occurred_at,
-            e.user_id,
-            e.seq,
-            e.caller,
-            e.caller_addr,
-            e.request_id,
-            e.trace_id,
-            e.change_id,
-            ((s_1.v ->> 'step_no'::text))::integer AS int4,
-            (s_1.v ->> 'target'::text),
-            (s_1.v ->> 'upstream_ref'::text),
-            ARRAY( SELECT jsonb_array_elements_text((s_1.v -> 'fields'::text)) AS jsonb_array_elements_text) AS "array",
-            (s_1.v ->> 'status'::text),
-            ((s_1.v ->> 'attempt'::text))::integer AS int4,
-            (s_1.v ->> 'error_code'::text),
-            ((s_1.v ->> 'confirmed_by_read_back'::text))::boolean AS bool,
-            COALESCE(( SELECT jsonb_object_agg(k.k, (r."values" -> k.k)) AS jsonb_object_agg
-                   FROM jsonb_array_elements_text((s_1.v -> 'fields'::text)) k(k)
-                  WHERE (r."values" ? k.k)), '{}'::jsonb) AS "coalesce",
-            r.hmac_key_id
-           FROM ((public.audit_events e
-             CROSS JOIN LATERAL jsonb_array_elements(
-                CASE
-                    WHEN (jsonb_typeof((e."values" -> 'steps'::text)) = 'array'::text) THEN (e."values" -> 'steps'::text)
-                    ELSE '[]'::jsonb
-                END) s_1(v))
-             LEFT JOIN LATERAL ( SELECT q."values",
-                    q.hmac_key_id
-                   FROM public.audit_events q
-                  WHERE ((q.user_id = e.user_id) AND (q.change_id = e.change_id) AND (q.event_type = 'change_requested'::text))
-                  ORDER BY q.seq
-                 LIMIT 1) r ON (true))
-          WHERE (e.event_type = ANY (ARRAY['round'::text, 'change_completed'::text]))) a
-     LEFT JOIN public.change_steps s ON (((s.change_id = a.change_id) AND (s.step_no = a.step_no))))
-     CROSS JOIN LATERAL ( SELECT ((a.status = ANY (ARRAY['failed'::text, 'unknown'::text])) AND (s.attempts = a.attempt)) AS diag) d);
+        END AS upstream_ref,
+    f.fields,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'status'::text)) = 'string'::text) THEN (s.v ->> 'status'::text)
+            ELSE NULL::text
+        END AS status,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'error_code'::text)) = 'string'::text) THEN (s.v ->> 'error_code'::text)
+            ELSE NULL::text
+        END AS error_code,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'confirmed_by_read_back'::text)) = 'boolean'::text) THEN ((s.v ->> 'confirmed_by_read_back'::text))::boolean
+            ELSE NULL::boolean
+        END AS confirmed_by_read_back,
+    COALESCE(( SELECT jsonb_object_agg(k.k, (r."values" -> k.k)) AS jsonb_object_agg
+           FROM unnest(f.fields) k(k)
+          WHERE (jsonb_typeof((r."values" -> k.k)) = 'object'::text)), '{}'::jsonb) AS "values",
+    r.hmac_key_id
+   FROM (((public.audit_events e
+     CROSS JOIN LATERAL jsonb_array_elements(
+        CASE
+            WHEN (jsonb_typeof((e."values" -> 'steps'::text)) = 'array'::text) THEN (e."values" -> 'steps'::text)
+            ELSE '[]'::jsonb
+        END) s(v))
+     CROSS JOIN LATERAL ( SELECT ARRAY( SELECT x.value AS x
+                   FROM jsonb_array_elements_text(
+                        CASE
+                            WHEN (jsonb_typeof((s.v -> 'fields'::text)) = 'array'::text) THEN (s.v -> 'fields'::text)
+                            ELSE '[]'::jsonb
+                        END) x(value)) AS fields) f)
+     LEFT JOIN LATERAL ( SELECT q."values",
+            q.hmac_key_id
+           FROM public.audit_events q
+          WHERE ((q.user_id = e.user_id) AND (q.change_id = e.change_id) AND (q.event_type = 'change_requested'::text))
+          ORDER BY q.seq
+         LIMIT 1) r ON (true))
+  WHERE ((e.event_type = ANY (ARRAY['round'::text, 'change_completed'::text])) AND (jsonb_typeof(s.v) = 'object'::text));
 
 --
 -- Name: audit_field_changes; Type: VIEW; Schema: public; Owner: -
@@ -888,15 +847,41 @@ CREATE VIEW public.audit_field_changes AS
             a.step_no,
             a.target,
             a.upstream_ref,
-            a.masked_values,
+            a."values",
             a.hmac_key_id
-           FROM public.audit_step_attempts a) e
-     CROSS JOIN LATERAL jsonb_each(e."values") f(key, value))
-     LEFT JOIN LATERAL ( SELECT (p.masked_values -> f.key) AS v,
-            p.hmac_key_id AS k
-           FROM public.audit_step_attempts p
-          WHERE ((NOT (f.value ? 'old'::text)) AND (p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.status = 'applied'::text) AND ((p.masked_values -> f.key) ? 'new'::text) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
-          ORDER BY p.seq DESC
+           FROM public.audit_step_attempt_rows a) e
+     CROSS JOIN LATERAL jsonb_each(
+        CASE
+            WHEN (jsonb_typeof(e."values") = 'object'::text) THEN e."values"
+            ELSE '{}'::jsonb
+        END) f(key, value))
+     LEFT JOIN LATERAL ( SELECT x.v,
+            x.k
+           FROM (( SELECT p.seq,
+                    (p."values" -> f.key) AS v,
+                    p.hmac_key_id AS k
+                   FROM public.audit_events p
+                  WHERE ((p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = 'step_attempted'::text) AND (p.outcome = 'applied'::text) AND ((p."values" -> f.key) ? 'new'::text) AND ((e.event_type = 'change_requested'::text) OR ((NOT (p.target IS DISTINCT FROM e.target)) AND (NOT (p.upstream_ref IS DISTINCT FROM e.upstream_ref)))))
+                  ORDER BY p.seq DESC
+                 LIMIT 1)
+                UNION ALL
+                ( SELECT p.seq,
+                    (r."values" -> f.key),
+                    r.hmac_key_id
+                   FROM (public.audit_events p
+                     JOIN LATERAL ( SELECT r_1."values",
+                            r_1.hmac_key_id
+                           FROM public.audit_events r_1
+                          WHERE ((r_1.user_id = p.user_id) AND (r_1.change_id = p.change_id) AND (r_1.event_type = 'change_requested'::text))
+                          ORDER BY r_1.seq
+                         LIMIT 1) r ON (true))
+                  WHERE ((p.user_id = e.user_id) AND (p.seq < e.seq) AND (p.event_type = ANY (ARRAY['round'::text, 'change_completed'::text])) AND (jsonb_typeof((p."values" -> 'steps'::text)) = 'array'::text) AND (EXISTS ( SELECT 1
+                           FROM jsonb_array_elements((p."values" -> 'steps'::text)) s(v)
+                          WHERE ((jsonb_typeof(s.v) = 'object'::text) AND ((s.v ->> 'status'::text) = 'applied'::text) AND (jsonb_typeof((s.v -> 'fields'::text)) = 'array'::text) AND ((s.v -> 'fields'::text) ? f.key) AND ((e.event_type = 'change_requested'::text) OR ((NOT ((s.v ->> 'target'::text) IS DISTINCT FROM e.target)) AND (NOT ((s.v ->> 'upstream_ref'::text) IS DISTINCT FROM e.upstream_ref))))))) AND ((r."values" -> f.key) ? 'new'::text))
+                  ORDER BY p.seq DESC
+                 LIMIT 1)) x
+          WHERE (NOT (f.value ? 'old'::text))
+          ORDER BY x.seq DESC
          LIMIT 1) prev ON (true))
   WHERE (jsonb_typeof(f.value) = 'object'::text)
 UNION ALL
@@ -989,11 +974,34 @@ CREATE TABLE public.changes (
     idem_fingerprint bytea,
     idem_in_flight_until timestamp with time zone,
     idem_expires_at timestamp with time zone,
+    steps jsonb DEFAULT '{}'::jsonb NOT NULL,
     CONSTRAINT changes_check CHECK (((status = 'pending'::text) = (finished_at IS NULL))),
     CONSTRAINT changes_idem_key_whole CHECK ((((idem_key IS NULL) = (idem_fingerprint IS NULL)) AND ((idem_key IS NULL) = (idem_expires_at IS NULL)))),
     CONSTRAINT changes_payload_only_while_needed CHECK (((payload_enc IS NULL) OR (status <> 'applied'::text))),
     CONSTRAINT changes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'partially_applied'::text, 'failed'::text])))
 );
+
+--
+-- Name: change_steps; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.change_steps AS
+ SELECT c.id AS change_id,
+    ((s.v ->> 'step_no'::text))::integer AS step_no,
+    (s.v ->> 'target'::text) AS target,
+    (s.v ->> 'upstream_ref'::text) AS upstream_ref,
+    ARRAY( SELECT jsonb_array_elements_text((s.v -> 'fields'::text)) AS jsonb_array_elements_text) AS fields,
+    (s.v ->> 'status'::text) AS status,
+    COALESCE(((s.v ->> 'attempts'::text))::integer, 0) AS attempts,
+    (s.v ->> 'error_code'::text) AS error_code,
+    ((s.v ->> 'error_retryable'::text))::boolean AS error_retryable,
+    ((s.v ->> 'upstream_status'::text))::integer AS upstream_status,
+    (s.v ->> 'upstream_code'::text) AS upstream_code,
+    (s.v ->> 'error_message'::text) AS error_message,
+    c.updated_at,
+    COALESCE(((s.v ->> 'confirmed_by_read_back'::text))::boolean, false) AS confirmed_by_read_back
+   FROM (public.changes c
+     CROSS JOIN LATERAL jsonb_each(c.steps) s(k, v));
 
 --
 -- Name: audit_log; Type: VIEW; Schema: public; Owner: -
@@ -1087,6 +1095,63 @@ CREATE VIEW public.audit_log AS
                     WHEN (c.actor IS NOT NULL) THEN 'change_record'::text
                     ELSE NULL::text
                 END AS source) who);
+
+--
+-- Name: audit_step_attempts; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.audit_step_attempts AS
+ SELECT a.event_id,
+    a.event_type,
+    a.occurred_at,
+    a.user_id,
+    a.seq,
+    a.caller,
+    a.caller_addr,
+    a.request_id,
+    a.trace_id,
+    a.change_id,
+    a.step_no,
+    a.target,
+    a.upstream_ref,
+    a.fields,
+    a.status,
+    n.attempt,
+    a.error_code,
+    a.confirmed_by_read_back,
+        CASE
+            WHEN d.diag THEN s.error_retryable
+            ELSE NULL::boolean
+        END AS error_retryable,
+        CASE
+            WHEN d.diag THEN s.upstream_status
+            ELSE NULL::integer
+        END AS upstream_status,
+        CASE
+            WHEN d.diag THEN s.upstream_code
+            ELSE NULL::text
+        END AS upstream_code,
+        CASE
+            WHEN d.diag THEN s.error_message
+            ELSE NULL::text
+        END AS error_message,
+    a."values" AS masked_values,
+    a.hmac_key_id
+   FROM (((public.audit_step_attempt_rows a
+     CROSS JOIN LATERAL ( SELECT (count(*))::integer AS attempt
+           FROM public.audit_step_attempt_rows p
+          WHERE ((p.user_id = a.user_id) AND (p.change_id = a.change_id) AND (p.step_no = a.step_no) AND (p.seq <= a.seq) AND (p.seq > COALESCE(( SELECT max(r.seq) AS max
+                   FROM public.audit_events r
+                  WHERE ((r.user_id = a.user_id) AND (r.change_id = a.change_id) AND (r.event_type = 'change_retried'::text) AND (r.seq < a.seq))), (0)::bigint)))) n)
+     LEFT JOIN LATERAL ( SELECT s_1.error_retryable,
+            s_1.upstream_status,
+            s_1.upstream_code,
+            s_1.error_message
+           FROM public.change_steps s_1
+          WHERE ((s_1.change_id = a.change_id) AND (s_1.step_no = a.step_no))) s ON (true))
+     CROSS JOIN LATERAL ( SELECT ((a.status = ANY (ARRAY['failed'::text, 'unknown'::text])) AND (NOT (EXISTS ( SELECT 1
+                   FROM public.audit_step_attempt_rows l
+                  WHERE ((l.user_id = a.user_id) AND (l.change_id = a.change_id) AND (l.step_no = a.step_no) AND (l.seq > a.seq)))))) AS diag) d);
 
 --
 -- Name: gateway_metadata; Type: TABLE; Schema: public; Owner: -
@@ -1279,13 +1344,6 @@ ALTER TABLE public.audit_events
     ADD CONSTRAINT audit_events_plausible_time CHECK (((format IS NULL) OR ((occurred_at >= (now() - '00:00:05'::interval)) AND (occurred_at <= (now() + '00:00:05'::interval))))) NOT VALID;
 
 --
--- Name: change_steps change_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.change_steps
-    ADD CONSTRAINT change_steps_pkey PRIMARY KEY (change_id, step_no);
-
---
 -- Name: changes changes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1366,6 +1424,12 @@ CREATE INDEX audit_events_by_change ON ONLY public.audit_events USING btree (cha
 --
 
 CREATE INDEX audit_events_by_time ON ONLY public.audit_events USING btree (occurred_at);
+
+--
+-- Name: audit_events_step_attempted; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_step_attempted ON ONLY public.audit_events USING btree (user_id, seq) WHERE (event_type = 'step_attempted'::text);
 
 --
 -- Name: changes_idem_expiry; Type: INDEX; Schema: public; Owner: -
@@ -1529,13 +1593,6 @@ CREATE TRIGGER profile_links_take_chain_head BEFORE INSERT ON public.profile_lin
 
 ALTER TABLE ONLY public.audit_checkpoint_witnessed
     ADD CONSTRAINT audit_checkpoint_witnessed_seq_fkey FOREIGN KEY (seq) REFERENCES public.audit_checkpoints(seq);
-
---
--- Name: change_steps change_steps_change_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.change_steps
-    ADD CONSTRAINT change_steps_change_id_fkey FOREIGN KEY (change_id) REFERENCES public.changes(id);
 
 --
 -- Name: changes changes_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
@@ -1720,17 +1777,11 @@ GRANT SELECT ON TABLE public.audit_checkpoints TO profile_gateway_maintenance;
 GRANT USAGE ON SEQUENCE public.audit_events_id_seq TO profile_gateway_audit_writer;
 
 --
--- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
+-- Name: TABLE audit_step_attempt_rows; Type: ACL; Schema: public; Owner: -
 --
 
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.change_steps TO profile_gateway_app;
-
---
--- Name: TABLE audit_step_attempts; Type: ACL; Schema: public; Owner: -
---
-
-GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.audit_step_attempts TO profile_gateway_app;
-GRANT SELECT ON TABLE public.audit_step_attempts TO profile_gateway_auditor;
+GRANT SELECT ON TABLE public.audit_step_attempt_rows TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_step_attempt_rows TO profile_gateway_auditor;
 
 --
 -- Name: TABLE audit_field_changes; Type: ACL; Schema: public; Owner: -
@@ -1760,11 +1811,25 @@ GRANT SELECT ON TABLE public.audit_heads TO profile_gateway_maintenance;
 GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.changes TO profile_gateway_app;
 
 --
+-- Name: TABLE change_steps; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.change_steps TO profile_gateway_app;
+GRANT SELECT ON TABLE public.change_steps TO profile_gateway_auditor;
+
+--
 -- Name: TABLE audit_log; Type: ACL; Schema: public; Owner: -
 --
 
 GRANT SELECT ON TABLE public.audit_log TO profile_gateway_app;
 GRANT SELECT ON TABLE public.audit_log TO profile_gateway_auditor;
+
+--
+-- Name: TABLE audit_step_attempts; Type: ACL; Schema: public; Owner: -
+--
+
+GRANT SELECT ON TABLE public.audit_step_attempts TO profile_gateway_app;
+GRANT SELECT ON TABLE public.audit_step_attempts TO profile_gateway_auditor;
 
 --
 -- Name: TABLE gateway_metadata; Type: ACL; Schema: public; Owner: -

@@ -13,7 +13,6 @@
 
 use crate::audit::chain::{self, ChainHeads, Head};
 use crate::audit::verify::{self, EventRow};
-use crate::domain::StepError;
 use crate::domain::{LinkMember, Origin, ProfileLinks, UserId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -381,6 +380,57 @@ pub async fn record_changes(
     Ok(rounds.finish(Recorded::StaleLinks))
 }
 
+/// A new change's steps document (`changes.steps`, migration 20261202000400): every planned step,
+/// pending, not attempted, keyed by its number, so a settle replaces an attempted step's element
+/// with a merge (`||`) instead of rebuilding the document.
+fn planned_steps(steps: &[crate::domain::PlannedStep]) -> Value {
+    Value::Object(
+        steps
+            .iter()
+            .map(|s| {
+                let element = serde_json::json!({
+                    "step_no": s.step_no,
+                    "target": s.target.as_str(),
+                    "upstream_ref": s.upstream_ref,
+                    "fields": crate::domain::field::names(&s.fields),
+                    "status": "pending",
+                    "attempts": 0,
+                    "confirmed_by_read_back": false,
+                });
+                (s.step_no.to_string(), element)
+            })
+            .collect(),
+    )
+}
+
+/// The elements a settle's attempts give their steps in the document (as [`planned_steps`] keys
+/// them): each attempted step's whole element, its attempt count being the attempt's number.
+fn attempted_steps(outcomes: &[crate::domain::change::StepOutcome]) -> Value {
+    Value::Object(
+        outcomes
+            .iter()
+            .map(|o| {
+                let e = o.error.as_ref();
+                let element = serde_json::json!({
+                    "step_no": o.step_no,
+                    "target": o.target,
+                    "upstream_ref": o.upstream_ref,
+                    "fields": o.fields,
+                    "status": o.status.as_str(),
+                    "attempts": o.attempt,
+                    "error_code": e.map(|e| e.code.as_str()),
+                    "error_retryable": e.map(|e| e.retryable),
+                    "upstream_status": e.and_then(|e| e.upstream_status),
+                    "upstream_code": e.and_then(|e| e.upstream_code.as_deref()),
+                    "error_message": e.map(|e| e.message.as_str()),
+                    "confirmed_by_read_back": o.confirmed_by_read_back,
+                });
+                (o.step_no.to_string(), element)
+            })
+            .collect(),
+    )
+}
+
 /// One statement of [`record_changes`]: `None` for a change to chain again (its user's head moved,
 /// or another change of its user could not be written).
 async fn record_round(
@@ -429,20 +479,7 @@ async fn record_round(
     let fingerprints: Vec<Vec<u8>> = batch.iter().map(|c| c.fingerprint.clone()).collect();
     let versions: Vec<DateTime<Utc>> = batch.iter().map(|c| c.links_version).collect();
     let actors: Vec<Option<Value>> = batch.iter().map(|c| c.origin.actor_json()).collect();
-    let mut step_change = Vec::new();
-    let mut step_no = Vec::new();
-    let mut step_target = Vec::new();
-    let mut step_ref = Vec::new();
-    let mut step_fields = Vec::new();
-    for c in batch {
-        for s in &c.steps {
-            step_change.push(c.id);
-            step_no.push(s.step_no);
-            step_target.push(s.target.as_str().to_string());
-            step_ref.push(s.upstream_ref.clone());
-            step_fields.push(crate::domain::field::names(&s.fields).join(","));
-        }
-    }
+    let steps: Vec<Value> = batch.iter().map(|c| planned_steps(&c.steps)).collect();
     let rows = sqlx::query_file!(
         "src/store/sql/record_changes.sql",
         &ids,
@@ -458,11 +495,7 @@ async fn record_round(
         &fingerprints,
         &versions,
         &actors as &[Option<Value>],
-        &step_change,
-        &step_no,
-        &step_target,
-        &step_ref,
-        &step_fields,
+        &steps,
         &hd.user_id,
         &hd.seq,
         &hd.hash,
@@ -638,41 +671,7 @@ async fn settle_round(
         .iter()
         .map(|c| c.finish.as_ref().map(|f| f.finished_at))
         .collect();
-    // Each outcome names its settle by position, not by change id: one batch may hold a stale
-    // drive's settle (its lease was taken over) and the current one for the same change.
-    let outcomes = || {
-        batch
-            .iter()
-            .enumerate()
-            .flat_map(|(i, c)| c.outcomes.iter().map(move |o| (i as i64 + 1, c, o)))
-    };
-    let o_parent: Vec<i64> = outcomes().map(|(i, _, _)| i).collect();
-    let o_change: Vec<Uuid> = outcomes().map(|(_, c, _)| c.change_id).collect();
-    let o_step: Vec<i32> = outcomes().map(|(_, _, o)| o.step_no).collect();
-    let o_status: Vec<String> = outcomes()
-        .map(|(_, _, o)| o.status.as_str().to_string())
-        .collect();
-    let err = |f: &dyn Fn(&StepError) -> Option<String>| -> Vec<Option<String>> {
-        outcomes()
-            .map(|(_, _, o)| o.error.as_ref().and_then(f))
-            .collect()
-    };
-    let codes = err(&|e| Some(e.code.as_str().to_string()));
-    let upstream_codes = err(&|e| e.upstream_code.clone());
-    let messages = err(&|e| Some(e.message.clone()));
-    let retryable: Vec<Option<bool>> = outcomes()
-        .map(|(_, _, o)| o.error.as_ref().map(|e| e.retryable))
-        .collect();
-    let upstream_status: Vec<Option<i32>> = outcomes()
-        .map(|(_, _, o)| {
-            o.error
-                .as_ref()
-                .and_then(|e| e.upstream_status.map(i32::from))
-        })
-        .collect();
-    let confirmed: Vec<bool> = outcomes()
-        .map(|(_, _, o)| o.confirmed_by_read_back)
-        .collect();
+    let steps_patch: Vec<Value> = batch.iter().map(|c| attempted_steps(&c.outcomes)).collect();
     let hooks = || {
         batch
             .iter()
@@ -691,16 +690,7 @@ async fn settle_round(
         &users,
         &final_statuses as &[Option<String>],
         &finished_at as &[Option<DateTime<Utc>>],
-        &o_parent,
-        &o_change,
-        &o_step,
-        &o_status,
-        &codes as &[Option<String>],
-        &retryable as &[Option<bool>],
-        &upstream_status as &[Option<i32>],
-        &upstream_codes as &[Option<String>],
-        &messages as &[Option<String>],
-        &confirmed,
+        &steps_patch,
         &w_parent,
         &w_id,
         &w_caller,

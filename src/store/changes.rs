@@ -1,6 +1,7 @@
-//! `changes` and `change_steps`: the unit of idempotency, recovery and audit. Every write after the
-//! first is fenced: it names the lease generation (`fence`) it was made under, and a replica whose
-//! lease was taken over writes nothing.
+//! `changes`, each with its steps document (`changes.steps`, read through the `change_steps`
+//! view): the unit of idempotency, recovery and audit. Every write after the first is fenced: it
+//! names the lease generation (`fence`) it was made under, and a replica whose lease was taken
+//! over writes nothing.
 
 use crate::audit::{self, AuditEvent};
 use crate::domain::StepErrorCode;
@@ -200,7 +201,17 @@ pub async fn reopen(
         r#"update changes c
               set status = 'pending', finished_at = null, lease_owner = $2,
                   lease_expires_at = now() + make_interval(secs => $3), fence = c.fence + 1,
-                  payload_expires_at = null, updated_at = now()
+                  payload_expires_at = null, updated_at = now(),
+                  -- Every step not applied is attempted again from its first attempt; one whose
+                  -- outcome is unknown is read back first.
+                  steps = coalesce(
+                      (select jsonb_object_agg(s.k, case when s.v ->> 'status' = 'applied' then s.v
+                                                         else s.v || jsonb_build_object(
+                                                                'status', case when s.v ->> 'status' = 'unknown'
+                                                                               then 'unknown' else 'pending' end,
+                                                                'attempts', 0) end)
+                         from jsonb_each(c.steps) s(k, v)),
+                      c.steps)
             where c.id = $1 and c.status in ('failed', 'partially_applied') and c.payload_enc is not null
         returning c.id, c.user_id, c.user_seq, c.fence, c.fields, c.created_at, c.caller, c.request_id,
                   c.trace_id, c.caller_addr, c.payload_key_id, c.payload_enc,
@@ -223,14 +234,6 @@ pub async fn reopen(
         "update profile_links set finished_seq = least(finished_seq, $2::bigint - 1) where user_id = $1",
         r.user_id,
         r.user_seq
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "update change_steps set status = case when status = 'unknown' then 'unknown' else 'pending' end,
-                attempts = 0, updated_at = now()
-          where change_id = $1 and status <> 'applied'",
-        change_id
     )
     .execute(&mut *tx)
     .await?;
@@ -318,9 +321,10 @@ pub async fn load_steps(
     change_ids: &[Uuid],
 ) -> Result<std::collections::HashMap<Uuid, Vec<StepView>>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"select change_id, step_no, target as "target: Target", upstream_ref, fields, status,
-                  attempts, error_code as "error_code: StepErrorCode", error_retryable,
-                  upstream_status, upstream_code, error_message
+        r#"select change_id as "change_id!", step_no as "step_no!", target as "target!: Target",
+                  upstream_ref as "upstream_ref!", fields as "fields!", status as "status!",
+                  attempts as "attempts!", error_code as "error_code: StepErrorCode",
+                  error_retryable, upstream_status, upstream_code, error_message
              from change_steps where change_id = any($1) order by change_id, step_no"#,
         change_ids
     )

@@ -1511,6 +1511,131 @@ type FieldRow = (
     Option<String>,
 );
 
+/// `audit_step_attempts` over both event shapes within one change (an old pod's `step_attempted`,
+/// a new pod's `round` and `change_completed`, as in a rollout) and across an operator retry:
+/// attempts are numbered from the events since the last retry, the diagnostics of the steps
+/// document are shown beside the step's last attempt only, whatever the updatable document says
+/// its attempt count is; a malformed event does not make the auditor views fail.
+#[tokio::test]
+async fn step_attempts_are_numbered_across_shapes_and_retries_and_a_malformed_event_breaks_no_view()
+{
+    let app = spawn_app().await;
+    let change = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into profile_links (user_id, last_change_seq, finished_seq) values ('zed', 1, 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        r#"insert into changes (id, user_id, user_seq, caller, request_id, fields, status,
+                                finished_at, steps)
+           values ($1, 'zed', 1, 'c', 'r', '{mobile_number}', 'failed', now(),
+                   '{"1": {"step_no": 1, "target": "juspay_wallet", "upstream_ref": "w1",
+                           "fields": ["mobile_number"], "status": "failed", "attempts": 1,
+                           "error_code": "upstream_unavailable", "error_retryable": true,
+                           "upstream_status": 503, "upstream_code": "busy",
+                           "error_message": "busy now"}}')"#,
+    )
+    .bind(change)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let attempt = |n: i32| {
+        json!({"steps": [{"step_no": 1, "target": "juspay_wallet", "upstream_ref": "w1",
+                          "fields": ["mobile_number"], "status": "failed", "attempt": n,
+                          "error_code": "upstream_unavailable", "confirmed_by_read_back": false}]})
+    };
+    let mobile = json!({"mobile_number": {"new": "******1111", "new_hmac": "aa"}});
+    let malformed = json!({"steps": [{"step_no": "one", "fields": "x", "status": 5}, 7,
+                                     {"step_no": 99_999_999_999_i64, "attempt": 1.5}]});
+    let events: [(&str, &str, Option<i32>, Value); 7] = [
+        ("change_requested", "accepted", None, mobile.clone()),
+        // An old pod's attempt 1, then a new pod's attempt 2 makes the change final.
+        ("step_attempted", "failed", Some(1), mobile),
+        ("change_completed", "failed", None, attempt(2)),
+        // An operator retries it: attempts count from 1 again.
+        ("change_retried", "accepted", None, json!({})),
+        ("round", "pending", None, attempt(1)),
+        ("change_completed", "failed", None, attempt(2)),
+        ("round", "pending", None, malformed),
+    ];
+    for (kind, outcome, step, values) in events {
+        let (target, reference) = match step {
+            Some(_) => (Some("juspay_wallet"), Some("w1")),
+            None => (None, None),
+        };
+        sqlx::query(
+            r#"insert into audit_events (user_id, event_type, caller, outcome, change_id, step_no,
+                                         target, upstream_ref, fields, "values", hmac_key_id,
+                                         error_code)
+               values ('zed', $1, 'c', $2, $3, $4, $5, $6, '{mobile_number}', $7, 'k1',
+                       case when $2 = 'failed' and $4 is not null then 'upstream_unavailable' end)"#,
+        )
+        .bind(kind)
+        .bind(outcome)
+        .bind(change)
+        .bind(step)
+        .bind(target)
+        .bind(reference)
+        .bind(values)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    type Attempt = (
+        String,
+        Option<i32>,
+        Option<String>,
+        i32,
+        Option<i32>,
+        Option<String>,
+    );
+    let rows: Vec<Attempt> = sqlx::query_as(
+        "select event_type, step_no, status, attempt, upstream_status, masked_values ->> 'mobile_number'
+           from audit_step_attempts where user_id = 'zed' order by seq, step_no",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let masked = Some(r#"{"new": "******1111", "new_hmac": "aa"}"#.to_string());
+    let row = |kind: &str, attempt: i32, diag: Option<i32>| {
+        (
+            kind.to_string(),
+            Some(1),
+            Some("failed".to_string()),
+            attempt,
+            diag,
+            masked.clone(),
+        )
+    };
+    let mut expected = vec![
+        row("step_attempted", 1, None),
+        row("change_completed", 2, None),
+        row("round", 1, None),
+        row("change_completed", 2, Some(503)),
+    ];
+    // The malformed event's two object elements: no step, no status, no values, no error.
+    let broken: Attempt = ("round".into(), None, None, 0, None, None);
+    expected.extend([broken.clone(), broken]);
+    assert_eq!(rows, expected);
+    // Every auditor view still answers for the user: the request's and four attempts' field
+    // (none from the malformed event), seven events, six attempt rows.
+    for (view, rows) in [
+        ("audit_field_changes", 5),
+        ("audit_log", 7),
+        ("audit_step_attempts", 6),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from {view} where user_id = 'zed'"
+        ))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{view}: {e}"));
+        assert_eq!(n, rows, "{view}");
+    }
+}
+
 /// The old-value rules of the auditor view (`audit_field_changes`), event by event: the last
 /// applied value per target object and at any target, its keyed hash, the key id it was made
 /// with, an old value the writer gave itself, and non-masked entries left alone.
@@ -1920,8 +2045,9 @@ async fn a_change_recorded_without_an_actor_is_finished_without_one() {
         exec(
             &mut tx,
             &format!(
-                "insert into change_steps (change_id, step_no, target, upstream_ref, fields)
-                 values ('{id}', 0, 'juspay_customer', 'cst_demo_{user}', '{{first_name}}')"
+                r#"update changes set steps = '{{"0": {{"step_no": 0, "target": "juspay_customer",
+                     "upstream_ref": "cst_demo_{user}", "fields": ["first_name"],
+                     "status": "pending", "attempts": 0}}}}' where id = '{id}'"#
             ),
         )
         .await;

@@ -128,9 +128,12 @@ async fn the_app_role_cannot_detach_maintain_or_change_what_auditors_see() {
         "{before}"
     );
     for sql in [
-        "update change_steps set status = 'failed', error_message = 'forged', attempts = 1,
-                upstream_status = 500, upstream_code = 'forged', error_retryable = false
-          where change_id in (select id from changes where user_id = 'alice')",
+        r#"update changes
+              set steps = (select jsonb_object_agg(k, v || '{"status": "failed", "error_message": "forged",
+                                                        "attempts": 1, "upstream_status": 500,
+                                                        "upstream_code": "forged", "error_retryable": false}')
+                             from jsonb_each(steps) s(k, v))
+            where user_id = 'alice'"#,
         "update changes set status = 'failed', finished_at = now() - interval '1 day'
           where user_id = 'alice'",
     ] {

@@ -1088,13 +1088,11 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
     for sql in [
         "update profile_links set last_change_seq = 1 where user_id = 'alice'".to_string(),
         format!(
-            "insert into changes (id, user_id, user_seq, caller, request_id, fields, fence,
-                                  payload_key_id, payload_enc)
-             values ('{id}', 'alice', 1, 'c', 'r', '{{first_name}}', 2, 'k1', '\\x00')"
-        ),
-        format!(
-            "insert into change_steps (change_id, step_no, target, upstream_ref, fields)
-             values ('{id}', 0, 'juspay_customer', 'cst_demo_alice', '{{first_name}}')"
+            r#"insert into changes (id, user_id, user_seq, caller, request_id, fields, fence,
+                                  payload_key_id, payload_enc, steps)
+             values ('{id}', 'alice', 1, 'c', 'r', '{{first_name}}', 2, 'k1', '\x00',
+                     '{{"0": {{"step_no": 0, "target": "juspay_customer", "upstream_ref": "cst_demo_alice",
+                              "fields": ["first_name"], "status": "pending", "attempts": 0}}}}')"#
         ),
     ] {
         sqlx::query(&sql).execute(&app.pool).await.unwrap();
@@ -1236,9 +1234,8 @@ async fn connections_that_died_idle_cost_no_request() {
     );
 }
 
-#[tokio::test]
-async fn keys_recorded_before_the_move_are_found_in_their_change_row() {
-    // A database at migration 20261202000200, with a key in the old table, then migrated.
+/// A fresh database migrated up to `version` only (to write data in an older shape).
+async fn database_at_migration(version: i64) -> sqlx::PgPool {
     let (_name, url) = fresh_database().await;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let mut old = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
@@ -1250,11 +1247,18 @@ async fn keys_recorded_before_the_move_are_found_in_their_change_row() {
     old.migrations = old
         .migrations
         .iter()
-        .filter(|m| m.version <= 20261202000200)
+        .filter(|m| m.version <= version)
         .cloned()
         .collect::<Vec<_>>()
         .into();
     old.run(&pool).await.unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn keys_recorded_before_the_move_are_found_in_their_change_row() {
+    // A database at migration 20261202000200, with a key in the old table, then migrated.
+    let pool = database_at_migration(20261202000200).await;
     let change = uuid::Uuid::new_v4();
     for sql in [
         "insert into profile_links (user_id, last_change_seq, finished_seq)
@@ -1300,4 +1304,68 @@ async fn keys_recorded_before_the_move_are_found_in_their_change_row() {
         .unwrap()
         .expect("the moved key is found");
     assert_eq!((found.change_id, found.fingerprint), (change, before.1));
+}
+
+#[tokio::test]
+async fn steps_recorded_before_the_move_are_in_their_change_row() {
+    // A database at migration 20261202000300, with a change's steps as rows, then migrated.
+    let pool = database_at_migration(20261202000300).await;
+    let change = uuid::Uuid::new_v4();
+    for sql in [
+        "insert into profile_links (user_id, last_change_seq, finished_seq)
+         select 'alice', 1, 1 where $1::uuid is not null",
+        "insert into changes (id, user_id, user_seq, caller, request_id, fields, status, finished_at)
+         values ($1, 'alice', 1, 'app', 'req-1', '{first_name,mobile_number}', 'partially_applied',
+                 now())",
+        "insert into change_steps (change_id, step_no, target, upstream_ref, fields, status,
+                                   attempts, confirmed_by_read_back)
+         values ($1, 0, 'juspay_customer', 'cst_1', '{first_name,mobile_number}', 'applied', 2, true)",
+        "insert into change_steps (change_id, step_no, target, upstream_ref, fields, status,
+                                   attempts, error_code, error_retryable, upstream_status,
+                                   upstream_code, error_message)
+         values ($1, 1, 'juspay_wallet', 'wlt_1', '{mobile_number}', 'failed', 5,
+                 'upstream_unavailable', true, 503, 'busy', 'the wallet is busy')",
+    ] {
+        sqlx::query(sql).bind(change).execute(&pool).await.unwrap();
+    }
+    let steps =
+        "select coalesce(json_agg(json_build_array(change_id, step_no, target, upstream_ref,
+                         fields, status, attempts, error_code, error_retryable, upstream_status,
+                         upstream_code, error_message, confirmed_by_read_back) order by step_no),
+                         '[]')::text
+                   from change_steps";
+    let before: String = sqlx::query_scalar(steps).fetch_one(&pool).await.unwrap();
+
+    profile_gateway::db::migrate(&pool).await.unwrap();
+    let document: Value = sqlx::query_scalar("select steps from changes where id = $1")
+        .bind(change)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(document.as_object().map(|d| d.len()), Some(2), "{document}");
+    assert_eq!(document["1"]["error_message"], "the wallet is busy");
+    // The same rows through the view of the old table's name...
+    let after: String = sqlx::query_scalar(steps).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, before);
+    // ...and what the gateway shows of them (its providers registered, as a gateway's are).
+    use profile_gateway::domain::Target;
+    Target::JUSPAY_CUSTOMER.register();
+    Target::JUSPAY_WALLET.register();
+    let shown = profile_gateway::store::changes::load_steps(&pool, &[change])
+        .await
+        .unwrap()
+        .remove(&change)
+        .unwrap();
+    let shown = serde_json::to_value(&shown).unwrap();
+    assert_eq!(
+        shown,
+        json!([
+            {"step_no": 0, "target": "juspay_customer", "ref": "cst_1",
+             "fields": ["first_name", "mobile_number"], "status": "applied", "attempts": 2},
+            {"step_no": 1, "target": "juspay_wallet", "ref": "wlt_1", "fields": ["mobile_number"],
+             "status": "failed", "attempts": 5,
+             "error": {"code": "upstream_unavailable", "retryable": true, "upstream_status": 503,
+                       "upstream_code": "busy", "message": "the wallet is busy"}}
+        ])
+    );
 }

@@ -308,11 +308,15 @@ async fn a_step_row_naming_an_unregistered_provider_is_an_error_not_another_prov
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     let change_id = body["change_id"].as_str().unwrap();
-    sqlx::query("update change_steps set target = 'gone_provider' where change_id = $1::uuid")
-        .bind(change_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        r#"update changes set steps = (select jsonb_object_agg(k, v || '{"target": "gone_provider"}')
+                                         from jsonb_each(steps) s(k, v))
+            where id = $1::uuid"#,
+    )
+    .bind(change_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let resp = app.get(&format!("/changes/{change_id}")).await;
     assert_eq!(resp.status(), 500);
 }

@@ -1,5 +1,5 @@
--- record_changes (src/store/batch.rs): new changes (each with its idempotency key) and steps, the
--- "requested" audit events the gateway chained (audit::chain), each change's per-user sequence
+-- record_changes (src/store/batch.rs): new changes (each with its idempotency key and its steps
+-- document), the "requested" audit events the gateway chained (audit::chain), each change's per-user sequence
 -- number, and each user's chain head moved by compare-and-set, in one statement.
 -- A user's changes are written all or none: the events were chained one after the other, so if
 -- one of them cannot be written (a known key, the pending bound, stale links) or the head moved,
@@ -14,42 +14,40 @@
 --     $10 idem_key text[]        $11 fingerprint bytea[]: of the request, for replays
 --     $12 links_version timestamptz[]: profile_links.updated_at the change was planned against
 --     $13 actor jsonb[] (null)
---   steps, one element per planned step of any change of the batch:
---     $14 change_id uuid[]  $15 step_no int[]  $16 target text[]  $17 upstream_ref text[]
---     $18 fields text[] (joined with ',', as $7)
+--     $14 steps jsonb[]: the change's planned steps (changes.steps, migration 20261202000400)
 --   heads, one element per user of the batch:
---     $19 user_id text[]  $20 seq bigint[]  $21 hash text[]: the head the events extend
---     $22 new_seq bigint[]  $23 new_hash text[]: the head after them
+--     $15 user_id text[]  $16 seq bigint[]  $17 hash text[]: the head the events extend
+--     $18 new_seq bigint[]  $19 new_hash text[]: the head after them
 --   events, one per change (see audit_events; fields joined with ','):
---     $24 occurred_at  $25 user_id  $26 seq  $27 prev_hash  $28 hash  $29 change_id
---     $30 fields  $31 values (jsonb text)  $32 hmac_key_id
+--     $20 occurred_at  $21 user_id  $22 seq  $23 prev_hash  $24 hash  $25 change_id
+--     $26 fields  $27 values (jsonb text)  $28 hmac_key_id
 --   scalars:
---     $33 seconds the idempotency key stays in flight   $34 seconds it is remembered
---     $35 lease owner (this replica)                     $36 lease seconds
---     $37 max_pending: unfinished changes a user may have
+--     $29 seconds the idempotency key stays in flight   $30 seconds it is remembered
+--     $31 lease owner (this replica)                     $32 lease seconds
+--     $33 max_pending: unfinished changes a user may have
 with input as (
   select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
-                       $12::timestamptz[], $13::jsonb[])
+                       $12::timestamptz[], $13::jsonb[], $14::jsonb[])
       with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
                            payload_key_id, payload_enc, idem_key, fingerprint, links_version,
-                           actor, ord)
+                           actor, steps, ord)
 ),
 heads as (
-  select * from unnest($19::text[], $20::bigint[], $21::text[], $22::bigint[], $23::text[])
+  select * from unnest($15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[])
       as t(user_id, seq, hash, new_seq, new_hash)
 ),
 locked as (
   select p.user_id, p.updated_at, p.last_change_seq, p.finished_seq, p.chain_seq, p.chain_hash
     from profile_links p
-   where p.user_id = any($19::text[])
+   where p.user_id = any($15::text[])
    order by p.user_id
      for no key update
 ),
 ranked as (
   select i.id, i.user_id, i.links_version = l.updated_at as links_ok,
          l.last_change_seq - l.finished_seq
-           + row_number() over (partition by i.user_id order by i.ord) > $37 as over_limit,
+           + row_number() over (partition by i.user_id order by i.ord) > $33 as over_limit,
          -- The key's unique index only (the expiry is read, not searched): no plan can take the
          -- expiry index and scan every live key. A key is live until its expiry and while its
          -- change is unfinished.
@@ -96,23 +94,15 @@ users as (
 ch as (
   insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
                        payload_key_id, payload_enc, lease_owner, lease_expires_at, actor,
-                       idem_key, idem_fingerprint, idem_in_flight_until, idem_expires_at)
+                       idem_key, idem_fingerprint, idem_in_flight_until, idem_expires_at, steps)
   select id, user_id, seq, caller, request_id, trace_id, caller_addr,
-         string_to_array(fields, ','), payload_key_id, payload_enc, $35,
-         now() + make_interval(secs => $36), actor,
-         idem_key, fingerprint, now() + make_interval(secs => $33),
-         now() + make_interval(secs => $34)
+         string_to_array(fields, ','), payload_key_id, payload_enc, $31,
+         now() + make_interval(secs => $32), actor,
+         idem_key, fingerprint, now() + make_interval(secs => $29),
+         now() + make_interval(secs => $30), steps
     from numbered
   on conflict (caller, user_id, idem_key) where idem_key is not null do nothing
   returning id, created_at
-),
-st as (
-  insert into change_steps (change_id, step_no, target, upstream_ref, fields)
-  select s.change_id, s.step_no, s.target, s.upstream_ref, string_to_array(s.fields, ',')
-    from unnest($14::uuid[], $15::int[], $16::text[], $17::text[], $18::text[])
-         as s(change_id, step_no, target, upstream_ref, fields)
-   where s.change_id in (select id from numbered)
-  returning 1
 ),
 ev as (
   insert into audit_events (occurred_at, user_id, seq, prev_hash, hash, format, event_type, caller,
@@ -121,8 +111,8 @@ ev as (
   select e.occurred_at, e.user_id, e.seq, e.prev_hash, e.hash, 3, 'change_requested', n.caller,
          'accepted', e.change_id, string_to_array(e.fields, ','), e.vals::jsonb, e.hmac_key_id,
          n.request_id, n.trace_id, n.caller_addr, n.actor
-    from unnest($24::timestamptz[], $25::text[], $26::bigint[], $27::text[], $28::text[],
-                $29::uuid[], $30::text[], $31::text[], $32::text[])
+    from unnest($20::timestamptz[], $21::text[], $22::bigint[], $23::text[], $24::text[],
+                $25::uuid[], $26::text[], $27::text[], $28::text[])
          as e(occurred_at, user_id, seq, prev_hash, hash, change_id, fields, vals, hmac_key_id)
     join numbered n on n.id = e.change_id
   returning 1
@@ -137,7 +127,7 @@ select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
        case when (select count(*) from ch) <> (select count(*) from numbered)
             then pgw_abort('an idempotency key of this batch was recorded concurrently')
        end as "aborted?",
-       (select count(*) from st) + (select count(*) from ev) + (select count(*) from users)
+       (select count(*) from ev) + (select count(*) from users)
          as "written!"
   from input i
   left join ranked r on r.id = i.id
