@@ -978,7 +978,8 @@ CREATE TABLE public.changes (
     CONSTRAINT changes_check CHECK (((status = 'pending'::text) = (finished_at IS NULL))),
     CONSTRAINT changes_idem_key_whole CHECK ((((idem_key IS NULL) = (idem_fingerprint IS NULL)) AND ((idem_key IS NULL) = (idem_expires_at IS NULL)))),
     CONSTRAINT changes_payload_only_while_needed CHECK (((payload_enc IS NULL) OR (status <> 'applied'::text))),
-    CONSTRAINT changes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'partially_applied'::text, 'failed'::text])))
+    CONSTRAINT changes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'applied'::text, 'partially_applied'::text, 'failed'::text]))),
+    CONSTRAINT changes_steps_object CHECK ((jsonb_typeof(steps) = 'object'::text))
 );
 
 --
@@ -987,21 +988,60 @@ CREATE TABLE public.changes (
 
 CREATE VIEW public.change_steps AS
  SELECT c.id AS change_id,
-    ((s.v ->> 'step_no'::text))::integer AS step_no,
-    (s.v ->> 'target'::text) AS target,
-    (s.v ->> 'upstream_ref'::text) AS upstream_ref,
-    ARRAY( SELECT jsonb_array_elements_text((s.v -> 'fields'::text)) AS jsonb_array_elements_text) AS fields,
-    (s.v ->> 'status'::text) AS status,
-    COALESCE(((s.v ->> 'attempts'::text))::integer, 0) AS attempts,
-    (s.v ->> 'error_code'::text) AS error_code,
-    ((s.v ->> 'error_retryable'::text))::boolean AS error_retryable,
-    ((s.v ->> 'upstream_status'::text))::integer AS upstream_status,
-    (s.v ->> 'upstream_code'::text) AS upstream_code,
-    (s.v ->> 'error_message'::text) AS error_message,
+        CASE
+            WHEN (s.k ~ '^[0-9]{1,9}$'::text) THEN (s.k)::integer
+            ELSE NULL::integer
+        END AS step_no,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'target'::text)) = 'string'::text) THEN (s.v ->> 'target'::text)
+            ELSE NULL::text
+        END AS target,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'upstream_ref'::text)) = 'string'::text) THEN (s.v ->> 'upstream_ref'::text)
+            ELSE NULL::text
+        END AS upstream_ref,
+    ARRAY( SELECT jsonb_array_elements_text(
+                CASE
+                    WHEN (jsonb_typeof((s.v -> 'fields'::text)) = 'array'::text) THEN (s.v -> 'fields'::text)
+                    ELSE '[]'::jsonb
+                END) AS jsonb_array_elements_text) AS fields,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'status'::text)) = 'string'::text) THEN (s.v ->> 'status'::text)
+            ELSE NULL::text
+        END AS status,
+        CASE
+            WHEN ((s.v ->> 'attempts'::text) ~ '^[0-9]{1,9}$'::text) THEN ((s.v ->> 'attempts'::text))::integer
+            ELSE 0
+        END AS attempts,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'error_code'::text)) = 'string'::text) THEN (s.v ->> 'error_code'::text)
+            ELSE NULL::text
+        END AS error_code,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'error_retryable'::text)) = 'boolean'::text) THEN ((s.v ->> 'error_retryable'::text))::boolean
+            ELSE NULL::boolean
+        END AS error_retryable,
+        CASE
+            WHEN ((s.v ->> 'upstream_status'::text) ~ '^[0-9]{1,9}$'::text) THEN ((s.v ->> 'upstream_status'::text))::integer
+            ELSE NULL::integer
+        END AS upstream_status,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'upstream_code'::text)) = 'string'::text) THEN (s.v ->> 'upstream_code'::text)
+            ELSE NULL::text
+        END AS upstream_code,
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'error_message'::text)) = 'string'::text) THEN (s.v ->> 'error_message'::text)
+            ELSE NULL::text
+        END AS error_message,
     c.updated_at,
-    COALESCE(((s.v ->> 'confirmed_by_read_back'::text))::boolean, false) AS confirmed_by_read_back
+    COALESCE(
+        CASE
+            WHEN (jsonb_typeof((s.v -> 'confirmed_by_read_back'::text)) = 'boolean'::text) THEN ((s.v ->> 'confirmed_by_read_back'::text))::boolean
+            ELSE NULL::boolean
+        END, false) AS confirmed_by_read_back
    FROM (public.changes c
-     CROSS JOIN LATERAL jsonb_each(c.steps) s(k, v));
+     CROSS JOIN LATERAL jsonb_each(c.steps) s(k, v))
+  WHERE ((s.k ~ '^[0-9]{1,9}$'::text) AND (jsonb_typeof(s.v) = 'object'::text) AND ((s.v ->> 'step_no'::text) = s.k));
 
 --
 -- Name: audit_log; Type: VIEW; Schema: public; Owner: -
@@ -1815,7 +1855,6 @@ GRANT SELECT,INSERT,DELETE,UPDATE ON TABLE public.changes TO profile_gateway_app
 --
 
 GRANT SELECT ON TABLE public.change_steps TO profile_gateway_app;
-GRANT SELECT ON TABLE public.change_steps TO profile_gateway_auditor;
 
 --
 -- Name: TABLE audit_log; Type: ACL; Schema: public; Owner: -

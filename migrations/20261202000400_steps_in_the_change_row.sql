@@ -11,12 +11,15 @@
 -- to retry with the same key) until the rollout replaces them (docs/operations.md).
 
 set local lock_timeout = '10s';
--- At once the strongest lock either table needs below (an upgrade mid-way could deadlock with a
--- record of an old build, as migration 20261202000300 found). A DO block, so that a file applied
--- outside a transaction (scripts/schema.sh) runs too.
-do $$ begin lock table changes, change_steps in access exclusive mode; end $$;
+-- At once the strongest lock each relation needs below (an upgrade mid-way could deadlock with a
+-- record of an old build, as migration 20261202000300 found), `audit_log` first: a query of it
+-- holds the view and then waits for the tables, so locking the view last deadlocked with one.
+-- Reads wait too. A DO block, so that a file applied outside a transaction (scripts/schema.sh)
+-- runs too.
+do $$ begin lock table audit_log, changes, change_steps in access exclusive mode; end $$;
 
-alter table changes add column steps jsonb not null default '{}';
+alter table changes add column steps jsonb not null default '{}'
+    constraint changes_steps_object check (jsonb_typeof(steps) = 'object');
 
 update changes c
    set steps = s.doc
@@ -37,27 +40,44 @@ update changes c
 drop view audit_log;
 drop table change_steps;
 
+-- Every value is type-checked before a cast, and an element counts only under its own step
+-- number: the gateway's role may update `changes`, and a malformed or duplicated element must
+-- neither fail the auditor views that read this one nor add rows to them.
 create view change_steps as
 select c.id as change_id,
-       (s.v ->> 'step_no')::int as step_no,
-       s.v ->> 'target' as target,
-       s.v ->> 'upstream_ref' as upstream_ref,
-       array(select jsonb_array_elements_text(s.v -> 'fields')) as fields,
-       s.v ->> 'status' as status,
-       coalesce((s.v ->> 'attempts')::int, 0) as attempts,
-       s.v ->> 'error_code' as error_code,
-       (s.v ->> 'error_retryable')::boolean as error_retryable,
-       (s.v ->> 'upstream_status')::int as upstream_status,
-       s.v ->> 'upstream_code' as upstream_code,
-       s.v ->> 'error_message' as error_message,
+       -- Guarded here too: a caller's condition on step_no may be evaluated before the WHERE.
+       case when s.k ~ '^[0-9]{1,9}$' then s.k::int end as step_no,
+       case when jsonb_typeof(s.v -> 'target') = 'string' then s.v ->> 'target' end as target,
+       case when jsonb_typeof(s.v -> 'upstream_ref') = 'string' then s.v ->> 'upstream_ref' end
+         as upstream_ref,
+       array(select jsonb_array_elements_text(
+                        case when jsonb_typeof(s.v -> 'fields') = 'array' then s.v -> 'fields'
+                             else '[]'::jsonb end)) as fields,
+       case when jsonb_typeof(s.v -> 'status') = 'string' then s.v ->> 'status' end as status,
+       case when s.v ->> 'attempts' ~ '^[0-9]{1,9}$' then (s.v ->> 'attempts')::int else 0 end
+         as attempts,
+       case when jsonb_typeof(s.v -> 'error_code') = 'string' then s.v ->> 'error_code' end
+         as error_code,
+       case when jsonb_typeof(s.v -> 'error_retryable') = 'boolean'
+            then (s.v ->> 'error_retryable')::boolean end as error_retryable,
+       case when s.v ->> 'upstream_status' ~ '^[0-9]{1,9}$'
+            then (s.v ->> 'upstream_status')::int end as upstream_status,
+       case when jsonb_typeof(s.v -> 'upstream_code') = 'string' then s.v ->> 'upstream_code' end
+         as upstream_code,
+       case when jsonb_typeof(s.v -> 'error_message') = 'string' then s.v ->> 'error_message' end
+         as error_message,
        c.updated_at,
-       coalesce((s.v ->> 'confirmed_by_read_back')::boolean, false) as confirmed_by_read_back
+       coalesce(case when jsonb_typeof(s.v -> 'confirmed_by_read_back') = 'boolean'
+                     then (s.v ->> 'confirmed_by_read_back')::boolean end, false)
+         as confirmed_by_read_back
   from changes c
- cross join lateral jsonb_each(c.steps) s(k, v);
+ cross join lateral jsonb_each(c.steps) s(k, v)
+ where s.k ~ '^[0-9]{1,9}$' and jsonb_typeof(s.v) = 'object' and s.v ->> 'step_no' = s.k;
 -- Read only (the default privileges of migration 20261122000004 give the app role write
 -- privileges on every new relation, views included).
+-- The auditor role reads steps through the audit views only, as before.
 revoke insert, update, delete, truncate on change_steps from profile_gateway_app;
-grant select on change_steps to profile_gateway_app, profile_gateway_auditor;
+grant select on change_steps to profile_gateway_app;
 
 -- As migration 20261201000700 created it.
 create view audit_log as

@@ -1620,20 +1620,60 @@ async fn step_attempts_are_numbered_across_shapes_and_retries_and_a_malformed_ev
     expected.extend([broken.clone(), broken]);
     assert_eq!(rows, expected);
     // Every auditor view still answers for the user: the request's and four attempts' field
-    // (none from the malformed event), seven events, six attempt rows.
-    for (view, rows) in [
-        ("audit_field_changes", 5),
-        ("audit_log", 7),
-        ("audit_step_attempts", 6),
-    ] {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "select count(*) from {view} where user_id = 'zed'"
-        ))
-        .fetch_one(&app.pool)
-        .await
-        .unwrap_or_else(|e| panic!("{view}: {e}"));
-        assert_eq!(n, rows, "{view}");
-    }
+    // (none from the malformed event), seven events, six attempt rows, one step.
+    let counts = || async {
+        let mut out = Vec::new();
+        for view in [
+            "audit_field_changes",
+            "audit_log",
+            "audit_step_attempts",
+            "change_steps",
+        ] {
+            let n: i64 = sqlx::query_scalar(&format!(
+                "select count(*) from {view} where {} = $1",
+                if view == "change_steps" {
+                    "change_id::text"
+                } else {
+                    "user_id"
+                }
+            ))
+            .bind(if view == "change_steps" {
+                change.to_string()
+            } else {
+                "zed".to_string()
+            })
+            .fetch_one(&app.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{view}: {e}"));
+            out.push(n);
+        }
+        out
+    };
+    assert_eq!(counts().await, [5, 7, 6, 1]);
+    // So does a malformed or duplicated steps document (the gateway's role may update
+    // `changes`): no row more, no query failing.
+    sqlx::query(
+        r#"update changes
+              set steps = steps || '{"01": {"step_no": 1, "status": "applied"}, "x": 5,
+                                     "2": {"step_no": "two", "attempts": "many"},
+                                     "3": {"step_no": 3, "attempts": "many", "upstream_status": "five",
+                                           "fields": "mobile_number", "status": 4}}'
+            where id = $1"#,
+    )
+    .bind(change)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts().await, [5, 7, 6, 2]);
+    let odd: (Option<String>, i32, Option<i32>, Vec<String>) = sqlx::query_as(
+        "select status, attempts, upstream_status, fields from change_steps
+          where change_id = $1 and step_no = 3",
+    )
+    .bind(change)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(odd, (None, 0, None, vec![]));
 }
 
 /// The old-value rules of the auditor view (`audit_field_changes`), event by event: the last

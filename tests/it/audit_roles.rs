@@ -140,6 +140,22 @@ async fn the_app_role_cannot_detach_maintain_or_change_what_auditors_see() {
         let done = sqlx::query(sql).execute(&as_app).await.unwrap();
         assert!(done.rows_affected() > 0, "{sql}");
     }
+    // The views are read only for it (refused for its privileges, or as not updatable).
+    for sql in [
+        "update change_steps set status = 'failed'",
+        "delete from audit_step_attempts",
+        "delete from audit_step_attempt_rows",
+    ] {
+        let err = sqlx::query(sql)
+            .execute(&as_app)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("cannot"),
+            "{sql}: {err}"
+        );
+    }
     let after = audit_log_of(&app.pool, "alice").await;
     assert_eq!(after, before, "the app role changed what auditors see");
     as_app.close().await;

@@ -65,7 +65,7 @@ go as (
 -- lease and in-flight mark cleared.
 upd as (
   update changes ch
-     set steps = ch.steps || go.steps_patch,
+     set steps = ch.steps || coalesce(go.steps_patch, '{}'::jsonb),
          status = coalesce(go.final_status, ch.status),
          finished_at = case when go.final_status is null then ch.finished_at else go.finished_at end,
          updated_at = now(),
@@ -128,6 +128,11 @@ outbox as (
 )
 select c.id as "id!", (h.id is not null) as "held!", (g.ord is not null) as "settled!",
        l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
+       -- One settle per change and batch (a drive awaits each of its settles; a stale one is not
+       -- `held`): the update below would apply only one of two, so two fail the batch instead.
+       case when (select count(*) from go) <> (select count(distinct id) from go)
+            then pgw_abort('two settles of one change in one batch')
+       end as "aborted?",
        (select count(*) from ev) + (select count(*) from notes)
          + (select count(*) from upd) + (select count(*) from users)
          + (select count(*) from outbox) as "n!"
