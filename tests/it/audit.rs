@@ -497,9 +497,7 @@ async fn the_verifier_flags_every_tampering() {
     let mut kinds_seen: BTreeMap<&'static str, usize> = BTreeMap::new();
     const ROUNDS: usize = 130;
     for round in 0..ROUNDS {
-        let mut tx = app.pool.begin().await.unwrap();
-        // What an attacker with superuser rights does first.
-        exec(&mut tx, LOCK_THE_TRAIL).await;
+        let mut tx = lock_the_trail(&app.pool).await;
         for t in ["audit_events", "audit_chain_heads", "audit_chain_anchors"] {
             exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
         }
@@ -657,8 +655,7 @@ async fn the_verifier_flags_every_tampering() {
     assert_eq!(kinds_seen.len(), 10, "{kinds_seen:?}");
 
     // Each kind of problem is named.
-    let mut tx = app.pool.begin().await.unwrap();
-    exec(&mut tx, LOCK_THE_TRAIL).await;
+    let mut tx = lock_the_trail(&app.pool).await;
     exec(&mut tx, "alter table audit_events disable trigger user").await;
     exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
@@ -1021,8 +1018,7 @@ async fn audit_verify_cli_reports_tampering_and_compares_digests() {
     assert!(ok, "{out}");
 
     // A superuser edits a row, for real this time.
-    let mut tx = app.pool.begin().await.unwrap();
-    exec(&mut tx, LOCK_THE_TRAIL).await;
+    let mut tx = lock_the_trail(&app.pool).await;
     exec(&mut tx, "alter table audit_events disable trigger user").await;
     exec(&mut tx, DROP_SEQ_INDEXES).await;
     exec(
@@ -2261,8 +2257,7 @@ async fn an_event_whose_fields_are_not_a_flat_list_is_refused_and_named() {
         .unwrap();
     for fields in odd {
         for rehash in [false, true] {
-            let mut tx = app.pool.begin().await.unwrap();
-            exec(&mut tx, LOCK_THE_TRAIL).await;
+            let mut tx = lock_the_trail(&app.pool).await;
             for t in ["audit_events", "audit_chain_heads"] {
                 exec(&mut tx, &format!("alter table {t} disable trigger user")).await;
             }

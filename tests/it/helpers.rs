@@ -21,6 +21,25 @@ pub const READ_ONLY_TOKEN: &str = "test-token-reader";
 /// test instead of deadlocking with it.
 pub const LOCK_THE_TRAIL: &str = "lock table profile_links, audit_events, audit_chain_heads, audit_chain_anchors in access exclusive mode";
 
+/// A transaction holding the trail locked as an attacker with superuser rights locks it first.
+/// The gateway's background writers (completer, janitor, checkpoints) take some of these tables
+/// in another order, so the LOCK may lose a deadlock to one of them: such an attempt did nothing
+/// yet, and is made again.
+pub async fn lock_the_trail(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    for _ in 0..20 {
+        let mut tx = pool.begin().await.unwrap();
+        match sqlx::query(LOCK_THE_TRAIL).execute(&mut *tx).await {
+            Ok(_) => return tx,
+            Err(e) if e.to_string().contains("deadlock detected") => {
+                drop(tx);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{LOCK_THE_TRAIL}: {e}"),
+        }
+    }
+    panic!("{LOCK_THE_TRAIL}: lost 20 deadlocks in a row")
+}
+
 pub const DROP_SEQ_INDEXES: &str = "do $$ declare i text; begin
     for i in select c.relname from pg_class c join pg_index x on x.indexrelid = c.oid
                join pg_inherits h on h.inhrelid = x.indrelid
