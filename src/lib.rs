@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listener;
 pub mod providers;
 pub mod routes;
+pub mod runtime;
 pub mod secret;
 pub mod settings;
 pub mod startup;

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 #[cfg(feature = "sandbox")]
 use profile_gateway::demo;
+use profile_gateway::runtime::Flavour;
 use profile_gateway::settings::{Mode, Settings};
 use profile_gateway::{db, startup, telemetry};
 use std::path::PathBuf;
@@ -123,15 +124,24 @@ fn needs_missing_sandbox(command: &Command, has_sandbox: bool) -> Option<&'stati
     (needs && !has_sandbox).then_some(NO_SANDBOX)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(message) = needs_missing_sandbox(&cli.command, cfg!(feature = "sandbox")) {
         // 2, as for any other command line this build cannot run.
         eprintln!("profile-gateway: {message}");
         return ExitCode::from(2);
     }
-    match run(cli).await {
+    let runtime = match Flavour::for_this_process().and_then(|f| {
+        f.build()
+            .map_err(|e| format!("cannot start the {f} runtime: {e}"))
+    }) {
+        Ok(runtime) => runtime,
+        Err(message) => {
+            eprintln!("profile-gateway: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("profile-gateway: {message}");
@@ -296,9 +306,11 @@ async fn serve_with(
         tracing::info!(%addr, "metrics at /metrics");
     }
     // Tokio sizes its pool from available_parallelism(), which follows the cgroup CPU quota.
+    let runtime = tokio::runtime::Handle::current();
     tracing::info!(
         addr = %app.local_addr(),
-        tokio_workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        runtime = %Flavour::of(&runtime),
+        tokio_workers = runtime.metrics().num_workers(),
         "profile-gateway listening"
     );
     let shutdown = app.drain_on(startup::shutdown_signal());

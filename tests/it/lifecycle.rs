@@ -352,6 +352,7 @@ fn command(args: &[&str]) -> tokio::process::Command {
         .env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
         .env_remove("PROFILE_GATEWAY_CONFIG")
+        .env_remove(profile_gateway::runtime::ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -591,6 +592,10 @@ async fn sigterm_mid_patch_drains_without_losing_a_request() {
         "probes are not logged at info: {log}"
     );
     assert!(log.contains("tokio_workers"), "{log}");
+    assert!(
+        log.contains("runtime"),
+        "logs the runtime flavour it chose: {log}"
+    );
 }
 
 #[tokio::test]
@@ -639,5 +644,23 @@ async fn migrate_from_two_processes_at_once() {
         bad.log().contains("cannot connect to database.url"),
         "{}",
         bad.log()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_runtime_flavour_is_refused_before_anything_starts() {
+    let mut cmd = command(&["migrate"]);
+    cmd.env(profile_gateway::runtime::ENV, "work_stealing").env(
+        "PROFILE_GATEWAY__DATABASE__URL",
+        "postgres://postgres@127.0.0.1:1/nothing",
+    );
+    let mut child = spawn_child(cmd);
+    let status = child.child.wait().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!status.success());
+    let log = child.log();
+    assert!(
+        log.contains("PROFILE_GATEWAY_RUNTIME=\"work_stealing\"") && !log.contains("database"),
+        "names the variable, not the database it never reached: {log}"
     );
 }
