@@ -1,6 +1,7 @@
 //! The per-request CPU path of a PATCH without any I/O: parse and validate the body, plan the steps,
 //! build the step requests, encode the three upstream request bodies, decode the three upstream
-//! success bodies, and mask + HMAC the values for the audit event.
+//! success bodies, and mask + HMAC the values for the audit event; and the audit chain's work per
+//! change (the two events' values in jsonb's text form, their canonical encodings and SHA-256).
 //!
 //! `cargo bench --bench cpu_path` (about half a minute). Regressions here show up without a
 //! database or upstreams; the end-to-end figures come from `bench/run`.
@@ -448,5 +449,79 @@ fn telemetry(c: &mut Criterion) {
     rt.block_on(on.shutdown(Duration::from_secs(3)));
 }
 
-criterion_group!(benches, cpu_path, jwt_verify, telemetry);
+/// A three-step change's two events as the write path builds and chains them: `change_requested`
+/// with the masked values, `change_completed` with every attempt (audit::steps_values_text).
+fn chain_events(hasher: &PiiHasher, patch: &ProfilePatch) -> usize {
+    use profile_gateway::audit::verify::{self, EventRow};
+    use profile_gateway::domain::change::StepOutcome;
+    let outcomes: Vec<StepOutcome> = ["juspay_customer", "juspay_wallet", "razorpay_upi"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, target)| StepOutcome {
+            step_no: i as i32 + 1,
+            attempt: 1,
+            status: StepStatus::Applied,
+            error: None,
+            confirmed_by_read_back: false,
+            target: target.into(),
+            upstream_ref: format!("ref_bench_{i}"),
+            fields: vec!["mobile_number".into()],
+        })
+        .collect();
+    let row = |event_type: &str, values_text: String, prev_hash: String, seq: i64| EventRow {
+        id: 0,
+        occurred_at: chrono::DateTime::from_timestamp_micros(1_767_225_600_123_456).unwrap(),
+        user_id: "bench-0001".into(),
+        seq,
+        prev_hash,
+        hash: String::new(),
+        event_type: event_type.into(),
+        caller: "bench".into(),
+        outcome: "accepted".into(),
+        change_id: Some(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef)),
+        step_no: None,
+        target: None,
+        upstream_ref: None,
+        fields: vec!["mobile_number".into(), "email_address".into()],
+        fields_malformed: false,
+        values_text,
+        hmac_key_id: Some("k1".into()),
+        error_code: None,
+        request_id: Some("req-0123456789".into()),
+        trace_id: None,
+        caller_addr: Some("10.0.0.7".into()),
+        actor_text: Some(r#"{"auth": "token", "sub": "bench"}"#.into()),
+        format: Some(3),
+    };
+    let requested = row(
+        "change_requested",
+        verify::jsonb_text(&audit::masked_values(patch, hasher, None)),
+        verify::GENESIS.into(),
+        1,
+    );
+    let h1 = verify::event_hash(&requested);
+    let completed = row(
+        "change_completed",
+        audit::steps_values_text(&outcomes),
+        h1,
+        2,
+    );
+    verify::event_hash(&completed).len()
+}
+
+fn audit_chain(c: &mut Criterion) {
+    let hasher = PiiHasher::new("k1", [7u8; 32]);
+    let patch = ProfilePatch::parse(&full_body(), &TimestampWindow::unbounded())
+        .expect("the bench body is valid");
+    let mut g = c.benchmark_group("audit_chain");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    g.bench_function("two_events_per_change", |b| {
+        b.iter(|| chain_events(&hasher, black_box(&patch)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cpu_path, jwt_verify, telemetry, audit_chain);
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 //! inserted; values appear masked beside a keyed hash, never in plain text.
 
 use crate::crypto::PiiHasher;
+use crate::domain::change::StepOutcome;
 use crate::domain::{Field, Origin, ProfilePatch, UserId};
 pub mod chain;
 pub mod checkpoint;
@@ -83,6 +84,50 @@ pub async fn insert<'c>(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// `values` of a settle's event (`round` or `change_completed`): the round's attempts, in
+/// jsonb's text form, the text the chain hashes. Written straight into one string: the
+/// `serde_json::Value` tree per attempt it replaced was built, printed and dropped for every
+/// change (bench/README.md, "Where the gateway's CPU goes"). The test below holds it to
+/// [`verify::jsonb_text`] of the same object.
+pub fn steps_values_text(outcomes: &[StepOutcome]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(16 + 224 * outcomes.len());
+    out.push_str("{\"steps\": [");
+    for (i, o) in outcomes.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        // jsonb's key order: shorter keys first, then bytewise.
+        out.push_str("{\"fields\": ");
+        verify::write_jsonb_text_array(&mut out, &o.fields);
+        out.push_str(", \"status\": ");
+        verify::jsonb_string(&mut out, o.status.as_str());
+        out.push_str(", \"target\": ");
+        verify::jsonb_string(&mut out, &o.target);
+        let _ = write!(
+            out,
+            ", \"attempt\": {}, \"step_no\": {}",
+            o.attempt, o.step_no
+        );
+        out.push_str(", \"error_code\": ");
+        match &o.error {
+            Some(e) => verify::jsonb_string(&mut out, e.code.as_str()),
+            None => out.push_str("null"),
+        }
+        out.push_str(", \"upstream_ref\": ");
+        verify::jsonb_string(&mut out, &o.upstream_ref);
+        out.push_str(", \"confirmed_by_read_back\": ");
+        out.push_str(if o.confirmed_by_read_back {
+            "true"
+        } else {
+            "false"
+        });
+        out.push('}');
+    }
+    out.push_str("]}");
+    out
 }
 
 /// `{"mobile_number": {"new": "******7766", "new_hmac": "..."}, ...}` for the fields a patch sets,
@@ -204,6 +249,65 @@ pub async fn maintenance_loop(
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit partition maintenance failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::change::StepStatus;
+    use crate::domain::step_error::{StepError, StepErrorCode};
+
+    fn outcome(step_no: i32, status: StepStatus, error: Option<StepErrorCode>) -> StepOutcome {
+        StepOutcome {
+            step_no,
+            attempt: 3,
+            status,
+            error: error.map(|code| StepError {
+                code,
+                retryable: true,
+                outcome_unknown: false,
+                upstream_status: Some(503),
+                upstream_code: None,
+                message: "down".into(),
+                retry_after: None,
+            }),
+            confirmed_by_read_back: step_no == 2,
+            target: "juspay_wallet".into(),
+            upstream_ref: "wlt_\"odd\"\\\n\u{1}é".into(),
+            fields: vec!["mobile_number".into(), "email\tx".into()],
+        }
+    }
+
+    #[test]
+    fn a_settles_values_are_the_jsonb_text_of_its_attempts() {
+        let outcomes = [
+            outcome(1, StepStatus::Applied, None),
+            outcome(2, StepStatus::Unknown, Some(StepErrorCode::UpstreamTimeout)),
+            outcome(3, StepStatus::Failed, Some(StepErrorCode::UpstreamRejected)),
+        ];
+        for n in 0..=outcomes.len() {
+            let steps: Vec<Value> = outcomes[..n]
+                .iter()
+                .map(|o| {
+                    json!({
+                        "step_no": o.step_no,
+                        "target": o.target,
+                        "upstream_ref": o.upstream_ref,
+                        "fields": o.fields,
+                        "status": o.status.as_str(),
+                        "attempt": o.attempt,
+                        "error_code": o.error.as_ref().map(|e| e.code.as_str()),
+                        "confirmed_by_read_back": o.confirmed_by_read_back,
+                    })
+                })
+                .collect();
+            assert_eq!(
+                steps_values_text(&outcomes[..n]),
+                verify::jsonb_text(&json!({ "steps": steps })),
+                "{n} attempts"
+            );
         }
     }
 }

@@ -605,22 +605,6 @@ fn settle_events(c: &Settle, at: DateTime<Utc>) -> Vec<EventRow> {
     if c.outcomes.is_empty() && c.finish.is_none() {
         return Vec::new();
     }
-    let steps: Vec<Value> = c
-        .outcomes
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "step_no": o.step_no,
-                "target": o.target,
-                "upstream_ref": o.upstream_ref,
-                "fields": o.fields,
-                "status": o.status.as_str(),
-                "attempt": o.attempt,
-                "error_code": o.error.as_ref().map(|e| e.code.as_str()),
-                "confirmed_by_read_back": o.confirmed_by_read_back,
-            })
-        })
-        .collect();
     let (event_type, outcome, fields) = match &c.finish {
         Some(f) => ("change_completed", f.status.as_str(), f.fields.clone()),
         None => {
@@ -635,7 +619,7 @@ fn settle_events(c: &Settle, at: DateTime<Utc>) -> Vec<EventRow> {
     };
     let mut e = event(&c.origin, &c.user_id, at, event_type, outcome, c.change_id);
     e.fields = fields;
-    e.values_text = verify::jsonb_text(&serde_json::json!({ "steps": steps }));
+    e.values_text = crate::audit::steps_values_text(&c.outcomes);
     vec![e]
 }
 
