@@ -305,7 +305,7 @@ async fn serve_with(
     if let Some(addr) = app.metrics_addr() {
         tracing::info!(%addr, "metrics at /metrics");
     }
-    // Tokio sizes its pool from available_parallelism(), which follows the cgroup CPU quota.
+    // Both follow available_parallelism(), which follows the cgroup CPU quota (runtime.rs).
     let runtime = tokio::runtime::Handle::current();
     tracing::info!(
         addr = %app.local_addr(),
