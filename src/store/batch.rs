@@ -7,9 +7,12 @@
 //! anyway, by compare-and-set (migration 20261202000200). Every event gets its change's actor:
 //! who acted is part of the hashed event, not only of the updatable `changes` row.
 //!
-//! Lock order, the same in every statement so concurrent batches cannot deadlock: this replica's
-//! chain slots in user order (`ChainHeads::hold`, before the statement), then `changes` rows, then
-//! `profile_links` rows sorted by user.
+//! Lock order, the same in every statement that takes both, so concurrent batches cannot deadlock:
+//! this replica's chain slots in user order (`ChainHeads::hold`, before the statement), then the
+//! users' `profile_links` rows in user order (the order of the heads, [`chain_items`]), then
+//! `changes` rows (a settle's changes, a record's expired key's change), as `changes::reopen` too.
+//! Neither statement locks ahead of its writes: each condition sits in the WHERE of the UPDATE
+//! it guards, which PostgreSQL re-checks on a row's latest version (`record_changes.sql`).
 
 use crate::audit::chain::{self, ChainHeads, Head};
 use crate::audit::verify::{self, EventRow};
@@ -323,6 +326,9 @@ fn chain_items<T>(
             events.push(i, chain::append(head, e));
         }
     }
+    // In user order: the statements lock the users' rows in the order of their heads.
+    let mut next: Vec<_> = next.into_iter().collect();
+    next.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut heads = HeadColumns::default();
     for (user, (from, to)) in next {
         heads.user_id.push(user.to_string());
@@ -463,6 +469,24 @@ async fn record_round(
             vec![e]
         },
     );
+    // Per user: how many changes, and the links version they all were planned against (none
+    // when they differ); per change: its place among its user's.
+    let mut per_user: HashMap<&str, (i64, Option<DateTime<Utc>>)> = HashMap::new();
+    let ranks: Vec<i64> = batch
+        .iter()
+        .map(|c| {
+            let u = per_user
+                .entry(c.user_id.as_str())
+                .or_insert((0, Some(c.links_version)));
+            u.0 += 1;
+            if u.1 != Some(c.links_version) {
+                u.1 = None;
+            }
+            u.0
+        })
+        .collect();
+    let (counts, head_versions): (Vec<i64>, Vec<Option<DateTime<Utc>>>) =
+        hd.user_id.iter().map(|u| per_user[u.as_str()]).unzip();
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
     let users: Vec<String> = batch
         .iter()
@@ -515,6 +539,9 @@ async fn record_round(
         p.lease_owner,
         p.lease.as_secs_f64(),
         p.max_pending,
+        &counts,
+        &head_versions as &[Option<DateTime<Utc>>],
+        &ranks,
     )
     .fetch_all(&mut *conn)
     .await?;

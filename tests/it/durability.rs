@@ -1076,32 +1076,36 @@ async fn a_change_is_planned_against_links_changed_through_another_replica() {
     assert_eq!(sent, vec!["/v1/upi/tpap/upi_number".to_string()]);
 }
 
-/// A drive whose lease was taken over may still send its settle, and it may land in the same
-/// batch as the current owner's settle for the same change: only the current one is written.
-#[tokio::test]
-async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
-    use profile_gateway::domain::change::{Finish, OutboxEvent, Settle, StepOutcome};
-    use profile_gateway::domain::{ChangeStatus, Origin, StepStatus};
-    use profile_gateway::store::batch::settle_changes;
-    let app = spawn_app().await;
-    let id = uuid::Uuid::new_v4();
+/// Alice's first change, unfinished, of lease generation `fence`, with one step (first_name).
+async fn alice_pending_change(app: &TestApp, id: uuid::Uuid, fence: i64) {
     for sql in [
         "update profile_links set last_change_seq = 1 where user_id = 'alice'".to_string(),
         format!(
             r#"insert into changes (id, user_id, user_seq, caller, request_id, fields, fence,
                                   payload_key_id, payload_enc, steps)
-             values ('{id}', 'alice', 1, 'c', 'r', '{{first_name}}', 2, 'k1', '\x00',
+             values ('{id}', 'alice', 1, 'c', 'r', '{{first_name}}', {fence}, 'k1', '\x00',
                      '{{"0": {{"step_no": 0, "target": "juspay_customer", "upstream_ref": "cst_demo_alice",
                               "fields": ["first_name"], "status": "pending", "attempts": 0}}}}')"#
         ),
     ] {
         sqlx::query(&sql).execute(&app.pool).await.unwrap();
     }
-    let settle = |fence: i64, step: StepStatus, status: ChangeStatus| Settle {
+}
+
+/// A final settle of [`alice_pending_change`] made under lease generation `fence` (request id
+/// `fence-{fence}`), with one webhook event whose id is the fence.
+fn alice_settle(
+    id: uuid::Uuid,
+    fence: i64,
+    step: profile_gateway::domain::StepStatus,
+    status: profile_gateway::domain::ChangeStatus,
+) -> profile_gateway::domain::change::Settle {
+    use profile_gateway::domain::change::{Finish, OutboxEvent, Settle, StepOutcome};
+    Settle {
         change_id: id,
         fence,
         user_id: profile_gateway::domain::UserId::parse("alice").unwrap(),
-        origin: Origin {
+        origin: profile_gateway::domain::Origin {
             caller: "c".into(),
             request_id: format!("fence-{fence}"),
             trace_id: None,
@@ -1129,7 +1133,19 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
             event_type: "change.applied",
             body: format!("{{\"fence\":{fence}}}"),
         }],
-    };
+    }
+}
+
+/// A drive whose lease was taken over may still send its settle, and it may land in the same
+/// batch as the current owner's settle for the same change: only the current one is written.
+#[tokio::test]
+async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
+    use profile_gateway::domain::{ChangeStatus, StepStatus};
+    use profile_gateway::store::batch::settle_changes;
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4();
+    alice_pending_change(&app, id, 2).await;
+    let settle = |fence, step, status| alice_settle(id, fence, step, status);
     // This replica has not written alice's chain yet: the settle reads its head first.
     let written = settle_changes(
         &app.pool,
@@ -1195,6 +1211,212 @@ async fn a_stale_settle_beside_the_current_one_in_one_batch_writes_nothing() {
         .await
         .unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+/// Waits until some session of `pool`'s database waits on a row lock (the statement under test,
+/// blocked behind the test's open transaction).
+async fn until_a_statement_waits_on_a_lock(pool: &sqlx::PgPool) {
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The record locks nothing before it writes: the links version is a condition of the update of
+/// the user's row. When the links change while the record waits for that row, PostgreSQL checks
+/// the condition again on the new row, and nothing of the change is written.
+#[tokio::test]
+async fn a_record_behind_a_concurrent_links_update_writes_nothing_and_says_stale() {
+    use profile_gateway::domain::change::NewChange;
+    use profile_gateway::domain::{Field, Origin, PlannedStep, Target, UserId};
+    use profile_gateway::store::batch::{RecordParams, Recorded, record_changes};
+    let app = spawn_app().await;
+    let version: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select updated_at from profile_links where user_id = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let head: (i64, String) =
+        sqlx::query_as("select chain_seq, chain_hash from profile_links where user_id = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let change = NewChange {
+        id: uuid::Uuid::new_v4(),
+        user_id: UserId::parse("alice").unwrap(),
+        origin: Origin {
+            caller: "c".into(),
+            request_id: "behind-links".into(),
+            trace_id: None,
+            caller_addr: None,
+            actor: None,
+        },
+        fields: vec!["first_name".into()],
+        steps: vec![PlannedStep {
+            step_no: 0,
+            target: Target::JUSPAY_CUSTOMER,
+            upstream_ref: "cst_demo_alice".into(),
+            fields: vec![Field::FirstName],
+        }],
+        payload_key_id: "k1".into(),
+        payload_enc: vec![0],
+        idem_key: "behind-links".into(),
+        fingerprint: vec![1],
+        links_version: version,
+        audit_values: json!({"first_name": {"new": "A***"}}),
+        hmac_key_id: "h1".into(),
+    };
+    // Another writer changes alice's links and holds her row until told to commit.
+    let mut links = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "update profile_links set updated_at = updated_at + interval '1 second'
+          where user_id = 'alice'",
+    )
+    .execute(&mut *links)
+    .await
+    .unwrap();
+    let pool = app.pool.clone();
+    let record = tokio::spawn(async move {
+        let params = RecordParams {
+            lease_owner: "test",
+            lease: Duration::from_secs(30),
+            key_in_flight: Duration::from_secs(30),
+            key_retention: Duration::from_secs(3600),
+            max_pending: 16,
+        };
+        let heads = profile_gateway::audit::chain::ChainHeads::default();
+        record_changes(&pool, &heads, &[&change], &params).await
+    });
+    until_a_statement_waits_on_a_lock(&app.pool).await;
+    links.commit().await.unwrap();
+    let recorded = record.await.unwrap().unwrap();
+    assert!(
+        matches!(recorded[..], [Recorded::StaleLinks]),
+        "{recorded:?}"
+    );
+    let changes: i64 = sqlx::query_scalar("select count(*) from changes")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from audit_events where event_type = 'change_requested'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let after: (i64, String, i64) = sqlx::query_as(
+        "select chain_seq, chain_hash, last_change_seq from profile_links where user_id = 'alice'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (changes, events),
+        (0, 0),
+        "nothing of the change is written"
+    );
+    assert_eq!(
+        (after.0, after.1, after.2),
+        (head.0, head.1, 0),
+        "the head did not move"
+    );
+}
+
+/// The settle locks nothing before it writes: a change's lease generation is a condition of the
+/// update of its row. When a completer claims the change (a new generation) while the settle
+/// waits for that row, the settle writes nothing at all, not even the user's head or the event
+/// it had already moved and inserted in the same statement.
+#[tokio::test]
+async fn a_settle_behind_a_concurrent_claim_writes_nothing() {
+    use profile_gateway::domain::{ChangeStatus, StepStatus};
+    use profile_gateway::store::batch::settle_changes;
+    let app = spawn_app().await;
+    let id = uuid::Uuid::new_v4();
+    alice_pending_change(&app, id, 1).await;
+    let head: (i64, String) =
+        sqlx::query_as("select chain_seq, chain_hash from profile_links where user_id = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let settle = alice_settle(id, 1, StepStatus::Applied, ChangeStatus::Applied);
+    // A completer claims the change (its lease generation moves to 2) and holds its row.
+    let mut claim = app.pool.begin().await.unwrap();
+    sqlx::query("update changes set fence = fence + 1, lease_owner = 'completer' where id = $1")
+        .bind(id)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    let pool = app.pool.clone();
+    let settled = tokio::spawn(async move {
+        let heads = profile_gateway::audit::chain::ChainHeads::default();
+        settle_changes(&pool, &heads, &[settle], Duration::ZERO).await
+    });
+    until_a_statement_waits_on_a_lock(&app.pool).await;
+    claim.commit().await.unwrap();
+    let error = settled
+        .await
+        .unwrap()
+        .expect_err("the settle's one statement fails");
+    assert!(
+        error
+            .to_string()
+            .contains("a lease generation moved during the settle"),
+        "{error}"
+    );
+    let (status, fence, owner, step): (String, i64, String, String) = sqlx::query_as(
+        "select c.status, c.fence, c.lease_owner, c.steps -> '0' ->> 'status' from changes c
+          where c.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), fence, owner.as_str(), step.as_str()),
+        ("pending", 2, "completer", "pending"),
+        "the change is as the completer left it"
+    );
+    let events: i64 = sqlx::query_scalar("select count(*) from audit_events where change_id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let after: (i64, String, i64) = sqlx::query_as(
+        "select chain_seq, chain_hash, finished_seq from profile_links where user_id = 'alice'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let outbox: i64 =
+        sqlx::query_scalar("select count(*) from webhook_events where change_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (events, outbox),
+        (0, 0),
+        "no event of the settle, no webhook event"
+    );
+    assert_eq!(
+        (after.0, after.1, after.2),
+        (head.0, head.1, 0),
+        "alice's head and turn stay"
+    );
 }
 
 /// The pool hands out connections without a ping (changes::batcher): when every idle connection

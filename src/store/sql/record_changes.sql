@@ -4,6 +4,11 @@
 -- A user's changes are written all or none: the events were chained one after the other, so if
 -- one of them cannot be written (a known key, the pending bound, stale links) or the head moved,
 -- none is, and the result says why per change (the gateway chains the rest again).
+-- No CTE locks rows ahead of the writes: every condition for writing a user's changes is in the
+-- WHERE of the one UPDATE of the user's row, so that when a concurrent transaction wrote that row
+-- first, PostgreSQL re-checks them on its latest version before it writes (EvalPlanQual). Lock
+-- order (src/store/batch.rs): the users' rows, in user order (the gateway sorts the heads), then a
+-- released key's change, as `reopen` takes them.
 -- Parameters: one array per column of a row kind, element i of each array is row i (parallel
 -- arrays: bench/README.md, "SQL shape").
 --   changes, one element per new change, in batch order (the order of the result):
@@ -25,71 +30,65 @@
 --     $29 seconds the idempotency key stays in flight   $30 seconds it is remembered
 --     $31 lease owner (this replica)                     $32 lease seconds
 --     $33 max_pending: unfinished changes a user may have
+--   computed by the gateway from the batch, so that no window or count runs per statement:
+--     $34 n bigint[]: per head, the user's changes in the batch
+--     $35 links_version timestamptz[]: per head, the version all of them were planned against
+--         (null when they differ: then none is written, and the answer says which are stale)
+--     $36 rank bigint[]: per change, its place among its user's changes in the batch, from 1
 with input as (
   select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::bytea[], $10::text[], $11::bytea[],
-                       $12::timestamptz[], $13::jsonb[], $14::jsonb[])
+                       $12::timestamptz[], $13::jsonb[], $14::jsonb[], $36::bigint[])
       with ordinality as t(id, user_id, caller, request_id, trace_id, caller_addr, fields,
                            payload_key_id, payload_enc, idem_key, fingerprint, links_version,
-                           actor, steps, ord)
+                           actor, steps, rank, ord)
+),
+-- The key's unique index only (the expiry is read, not searched): no plan can take the expiry
+-- index and scan every live key. A key is live until its expiry and while its change is
+-- unfinished. Read from the statement's snapshot: a key recorded since is caught by the insert.
+keyed as (
+  select i.id, i.user_id, i.caller, i.idem_key, coalesce(s.live, false) as known_key,
+         coalesce(not s.live, false) as expired_key
+    from input i
+    left join lateral (select k.idem_expires_at > now() or k.status = 'pending' as live
+                         from changes k
+                        where k.caller = i.caller and k.user_id = i.user_id
+                          and k.idem_key = i.idem_key) s on true
 ),
 heads as (
-  select * from unnest($15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[])
-      as t(user_id, seq, hash, new_seq, new_hash)
+  select * from unnest($15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[],
+                       $34::bigint[], $35::timestamptz[])
+      with ordinality as t(user_id, seq, hash, new_seq, new_hash, n, links_version, ord)
+   order by t.ord
 ),
-locked as (
-  select p.user_id, p.updated_at, p.last_change_seq, p.finished_seq, p.chain_seq, p.chain_hash
-    from profile_links p
-   where p.user_id = any($15::text[])
-   order by p.user_id
-     for no key update
+users as (
+  update profile_links p
+     set last_change_seq = p.last_change_seq + h.n, chain_seq = h.new_seq,
+         chain_hash = h.new_hash
+    from heads h
+   where p.user_id = h.user_id and p.chain_seq = h.seq and p.chain_hash = h.hash
+     and p.updated_at = h.links_version and p.last_change_seq - p.finished_seq + h.n <= $33
+     and not exists (select 1 from keyed k where k.user_id = h.user_id and k.known_key)
+  returning p.user_id, p.last_change_seq - h.n as base_seq, p.finished_seq
 ),
-ranked as (
-  select i.id, i.user_id, i.links_version = l.updated_at as links_ok,
-         l.last_change_seq - l.finished_seq
-           + row_number() over (partition by i.user_id order by i.ord) > $33 as over_limit,
-         -- The key's unique index only (the expiry is read, not searched): no plan can take the
-         -- expiry index and scan every live key. A key is live until its expiry and while its
-         -- change is unfinished.
-         coalesce((select k.idem_expires_at > now() or k.status = 'pending' from changes k
-                    where k.caller = i.caller and k.user_id = i.user_id
-                      and k.idem_key = i.idem_key), false) as known_key
-    from input i join locked l on l.user_id = i.user_id
-),
--- An expired key is released from its finished change, so that the insert below can take it.
--- Through `locked`, so that the user's row is locked before the change's, whatever the plan (the
--- order every other writer takes them in).
+-- An expired key is released from its finished change, so that the insert below can take it;
+-- only for users whose row the update above holds (the lock order), and before any insert. Only
+-- keys found expired are looked up again: most changes bring a new key, and then no plan touches
+-- `changes` here.
 released as (
   update changes k
      set idem_key = null, idem_fingerprint = null, idem_in_flight_until = null,
          idem_expires_at = null
-    from input i join locked l on l.user_id = i.user_id
-   where k.caller = i.caller and k.user_id = i.user_id and k.idem_key = i.idem_key
+    from keyed x join users u on u.user_id = x.user_id
+   where x.expired_key
+     and k.caller = x.caller and k.user_id = x.user_id and k.idem_key = x.idem_key
      and k.idem_expires_at <= now() and k.status <> 'pending'
   returning 1
 ),
-ok as (
-  select l.user_id, l.last_change_seq, l.finished_seq, h.new_seq, h.new_hash
-    from heads h join locked l on l.user_id = h.user_id
-   where l.chain_seq = h.seq and l.chain_hash = h.hash
-     and not exists (select 1 from ranked r
-                      where r.user_id = h.user_id
-                        and (r.known_key or r.over_limit or not r.links_ok))
-     -- Every release is done before a change is inserted: its key must be free by then.
-     and (select count(*) from released) >= 0
-),
 numbered as (
-  select i.*, o.last_change_seq + row_number() over (partition by i.user_id order by i.ord) as seq,
-         o.finished_seq
-    from input i join ok o on o.user_id = i.user_id
-),
-users as (
-  update profile_links p
-     set last_change_seq = p.last_change_seq + n.n, chain_seq = o.new_seq, chain_hash = o.new_hash
-    from ok o join (select user_id, count(*) as n from numbered group by user_id) n
-         on n.user_id = o.user_id
-   where p.user_id = o.user_id
-  returning 1
+  select i.*, u.base_seq + i.rank as seq, u.finished_seq
+    from input i join users u on u.user_id = i.user_id
+   where (select count(*) from released) >= 0
 ),
 ch as (
   insert into changes (id, user_id, user_seq, caller, request_id, trace_id, caller_addr, fields,
@@ -116,22 +115,29 @@ ev as (
          as e(occurred_at, user_id, seq, prev_hash, hash, change_id, fields, vals, hmac_key_id)
     join numbered n on n.id = e.change_id
   returning 1
+),
+-- Why a user's changes were not written, from the rows as the statement's snapshot saw them
+-- (unlocked: a reason read before a concurrent write only sends the change to the next round,
+-- whose statement sees that write).
+seen as (
+  select p.user_id, p.updated_at, p.last_change_seq, p.finished_seq, p.chain_seq, p.chain_hash
+    from profile_links p
+   where p.user_id = any($15::text[])
 )
 select i.id as "id!", n.seq as "seq?", n.finished_seq as "finished_seq?",
-       ch.created_at as "created_at?", coalesce(r.known_key, false) as "known_key!",
-       coalesce(r.over_limit, false) as "over_limit!", coalesce(r.links_ok, false) as "links_ok!",
-       l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
+       ch.created_at as "created_at?", coalesce(k.known_key, false) as "known_key!",
+       coalesce(s.last_change_seq - s.finished_seq + i.rank > $33, false) as "over_limit!",
+       coalesce(i.links_version = s.updated_at, false) as "links_ok!",
+       s.chain_seq as "chain_seq?", s.chain_hash as "chain_hash?",
        -- Every change the events were chained for was inserted (another replica may have
        -- recorded one of the keys since this statement's snapshot), or nothing of the batch
        -- commits.
        case when (select count(*) from ch) <> (select count(*) from numbered)
             then pgw_abort('an idempotency key of this batch was recorded concurrently')
-       end as "aborted?",
-       (select count(*) from ev) + (select count(*) from users)
-         as "written!"
+       end as "aborted?"
   from input i
-  left join ranked r on r.id = i.id
-  left join locked l on l.user_id = i.user_id
+  left join keyed k on k.id = i.id
+  left join seen s on s.user_id = i.user_id
   left join numbered n on n.id = i.id
   left join ch on ch.id = i.id
  order by i.ord

@@ -4,6 +4,13 @@
 -- webhook events and the NOTIFY, in one statement. A user's settles are written all or none (as
 -- record_changes.sql's changes): if one is stale (its lease generation moved on) or the head
 -- moved, none is, and the result says which.
+-- No CTE locks rows ahead of the writes (as record_changes.sql): the user's row is updated first,
+-- its head by compare-and-set, only if every settle of the user is of the change's current lease
+-- generation as the statement's snapshot saw it; then each change's row, the generation
+-- re-checked on the row it writes (EvalPlanQual). If a generation moved in between (a completer
+-- claimed the change since the snapshot), nothing of the batch commits. Lock order
+-- (src/store/batch.rs): the users' rows in user order (the gateway sorts the heads), then the
+-- changes' rows.
 -- Parameters: one array per column of a row kind, element i of each array is row i.
 --   settles, one element per settle in batch order (the order of the result):
 --     $1 change id uuid[]        $2 fence bigint[]: the lease generation it was made under
@@ -32,32 +39,33 @@ with c as (
                        $6::jsonb[])
       with ordinality as t(id, fence, user_id, final_status, finished_at, steps_patch, ord)
 ),
-held as (
-  select ch.id, c.ord from changes ch join c on c.id = ch.id and c.fence = ch.fence
-   where ch.status = 'pending'
-   order by ch.id
-     for no key update of ch
+-- Whether each settle's lease generation is current, and its change's place in the user's order.
+-- "Unfinished" is `finished_at is null` (the same, by changes_check) rather than the status, which
+-- would let a generic plan built while few changes were pending scan changes_pending_by_user
+-- (every unfinished change) instead of the primary key.
+cur as (
+  select c.ord, c.user_id, c.final_status, k.user_seq, k.id is not null as held
+    from c left join changes k on k.id = c.id and k.fence = c.fence and k.finished_at is null
 ),
 heads as (
   select * from unnest($12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::text[])
-      as t(user_id, seq, hash, new_seq, new_hash)
+      with ordinality as t(user_id, seq, hash, new_seq, new_hash, ord)
+   order by t.ord
 ),
-locked as (
-  select p.user_id, p.chain_seq, p.chain_hash
-    from profile_links p
-   where p.user_id = any($12::text[])
-   order by p.user_id
-     for no key update
-),
-ok as (
-  select h.user_id, h.new_seq, h.new_hash
-    from heads h join locked l on l.user_id = h.user_id
-   where l.chain_seq = h.seq and l.chain_hash = h.hash
-     and not exists (select 1 from c left join held d on d.ord = c.ord
-                      where c.user_id = h.user_id and d.id is null)
+users as (
+  update profile_links p
+     set finished_seq = greatest(p.finished_seq,
+                                 coalesce((select max(x.user_seq) from cur x
+                                            where x.user_id = h.user_id
+                                              and x.final_status is not null), 0)),
+         chain_seq = h.new_seq, chain_hash = h.new_hash
+    from heads h
+   where p.user_id = h.user_id and p.chain_seq = h.seq and p.chain_hash = h.hash
+     and not exists (select 1 from cur x where x.user_id = h.user_id and not x.held)
+  returning p.user_id
 ),
 go as (
-  select c.* from c join ok on ok.user_id = c.user_id
+  select c.* from c join users u on u.user_id = c.user_id
 ),
 -- One update of each settled change's row: its attempted steps' new elements replace theirs in its
 -- steps document (an object keyed by step number: a merge, not a rebuild), and when the change is
@@ -82,20 +90,8 @@ upd as (
          lease_expires_at = case when go.final_status is null then ch.lease_expires_at end,
          idem_in_flight_until = case when go.final_status is null then ch.idem_in_flight_until end
     from go
-   where ch.id = go.id
+   where ch.id = go.id and ch.fence = go.fence and ch.finished_at is null
 returning ch.id, ch.user_id, ch.user_seq, go.final_status
-),
-fin as (
-  select id, user_id, user_seq from upd where final_status is not null
-),
-users as (
-  update profile_links p
-     set finished_seq = greatest(p.finished_seq, coalesce(x.seq, 0)),
-         chain_seq = ok.new_seq, chain_hash = ok.new_hash
-    from ok left join (select user_id, max(user_seq) as seq from fin group by user_id) x
-         on x.user_id = ok.user_id
-   where p.user_id = ok.user_id
-returning 1
 ),
 ev as (
   insert into audit_events (occurred_at, user_id, seq, prev_hash, hash, format, event_type, caller,
@@ -116,7 +112,8 @@ ev as (
   returning 1
 ),
 notes as (
-  select pg_notify($39, f.user_seq::text || ' ' || f.user_id) from fin f
+  select pg_notify($39, f.user_seq::text || ' ' || f.user_id) from upd f
+   where f.final_status is not null
 ),
 outbox as (
   insert into webhook_events (id, change_id, caller, event_type, body)
@@ -125,19 +122,27 @@ outbox as (
          as w(parent, id, caller, event_type, body)
     join go on go.ord = w.parent
   returning 1
+),
+-- The heads of the users not written, as the statement's snapshot saw them (as in
+-- record_changes.sql: a stale one only costs the next round).
+seen as (
+  select p.user_id, p.chain_seq, p.chain_hash from profile_links p
+   where p.user_id = any($12::text[])
 )
-select c.id as "id!", (h.id is not null) as "held!", (g.ord is not null) as "settled!",
-       l.chain_seq as "chain_seq?", l.chain_hash as "chain_hash?",
+select c.id as "id!", coalesce(k.held, false) as "held!", (g.ord is not null) as "settled!",
+       s.chain_seq as "chain_seq?", s.chain_hash as "chain_hash?",
        -- One settle per change and batch (a drive awaits each of its settles; a stale one is not
-       -- `held`): the update below would apply only one of two, so two fail the batch instead.
+       -- `held`): the update above would apply only one of two, so two fail the batch instead.
+       -- Every settle of a user whose head moved was written (its generation was still current on
+       -- the row), or nothing of the batch commits.
        case when (select count(*) from go) <> (select count(distinct id) from go)
             then pgw_abort('two settles of one change in one batch')
+            when (select count(*) from upd) <> (select count(*) from go)
+            then pgw_abort('a lease generation moved during the settle')
        end as "aborted?",
-       (select count(*) from ev) + (select count(*) from notes)
-         + (select count(*) from upd) + (select count(*) from users)
-         + (select count(*) from outbox) as "n!"
+       (select count(*) from notes) as "notified!"
   from c
-  left join held h on h.ord = c.ord
+  left join cur k on k.ord = c.ord
   left join go g on g.ord = c.ord
-  left join locked l on l.user_id = c.user_id
+  left join seen s on s.user_id = c.user_id
  order by c.ord
