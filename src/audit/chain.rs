@@ -139,6 +139,14 @@ impl Held {
         }
     }
 
+    /// `user`'s head is to be read again before the next write (the row's head was not the one
+    /// this replica chained from, and the write did not say which it is).
+    pub fn forget_user(&mut self, user: &str) {
+        if let Some(slot) = self.slots.get_mut(user) {
+            **slot = None;
+        }
+    }
+
     /// After a write whose outcome is unknown (the connection broke): read every head again.
     pub fn forget(&mut self) {
         for slot in self.slots.values_mut() {

@@ -7,12 +7,16 @@
 //! anyway, by compare-and-set (migration 20261202000200). Every event gets its change's actor:
 //! who acted is part of the hashed event, not only of the updatable `changes` row.
 //!
-//! Lock order, the same in every statement that takes both, so concurrent batches cannot deadlock:
-//! this replica's chain slots in user order (`ChainHeads::hold`, before the statement), then the
-//! users' `profile_links` rows in user order (the order of the heads, [`chain_items`]), then
-//! `changes` rows (a settle's changes, a record's expired key's change), as `changes::reopen` too.
-//! Neither statement locks ahead of its writes: each condition sits in the WHERE of the UPDATE
-//! it guards, which PostgreSQL re-checks on a row's latest version (`record_changes.sql`).
+//! Neither statement locks ahead of its writes: each condition sits in the WHERE of the UPDATE it
+//! guards, which PostgreSQL re-checks on a row's latest version (`record_changes.sql`). Lock
+//! order: this replica's chain slots in user order (`ChainHeads::hold`, before the statement),
+//! then the users' `profile_links` rows, then `changes` rows (a settle's changes, a record's
+//! expired key's change), as `changes::reopen` takes them too. The users' rows are locked in the
+//! order the UPDATE's plan meets them: the heads' order (sorted by user, [`chain_items`]) with
+//! the generic plan's nested loop over the heads. A plan that met them in another order could
+//! make two replicas' batches that share two users deadlock; PostgreSQL breaks that after
+//! `deadlock_timeout` and the batcher writes their items again one by one: a delay, never a lost
+//! or doubled write.
 
 use crate::audit::chain::{self, ChainHeads, Head};
 use crate::audit::verify::{self, EventRow};
@@ -341,7 +345,9 @@ fn chain_items<T>(
 }
 
 /// After a write: the head each user now has (what the write left when its events went in, the
-/// row's head when they did not), so the next write chains from it without a read.
+/// row's head when they did not), so the next write chains from it without a read. The row's
+/// head comes from the statement's snapshot: when it is still the head the write chained from,
+/// a concurrent write moved it after the snapshot, and it is read again before the next round.
 fn note_heads(
     held: &mut chain::Held,
     heads: &HeadColumns,
@@ -358,7 +364,11 @@ fn note_heads(
                 },
             );
         } else if let Some(Some(h)) = seen.get(user) {
-            held.set(user, h.clone());
+            if h.seq == heads.seq[i] && h.hash == heads.hash[i] {
+                held.forget_user(user);
+            } else {
+                held.set(user, h.clone());
+            }
         }
     }
 }
@@ -577,7 +587,8 @@ async fn record_round(
 
 /// Whether [`record_changes`] would now refuse one more change of `user` as
 /// [`Recorded::TooManyPending`] (a dry run): the same count (`last_change_seq - finished_seq`)
-/// and bound as its `ranked.over_limit`, for a batch of one, read without a lock. Keep the two
+/// and bound as the condition of its update of the user's row, for a batch of one, read without a
+/// lock. Keep the two
 /// together when either changes. Not asked for a key already recorded: that one is never refused
 /// for the bound. An unknown user is not over it (the links said so first).
 pub async fn would_exceed_pending(
@@ -595,6 +606,15 @@ pub async fn would_exceed_pending(
     )
     .fetch_one(pool)
     .await
+}
+
+/// The settle statement's abort (`pgw_abort`, SQLSTATE 40001, with this reason in
+/// `settle_changes.sql`) when a completer claimed one of its changes between the statement's
+/// snapshot and its write.
+fn lease_generation_moved(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().as_deref() == Some("40001")
+            && d.message().contains("a lease generation moved during the settle"))
 }
 
 /// Records step outcomes with their audit events and, for the changes that are final, the final
@@ -615,6 +635,11 @@ pub async fn settle_changes(
         let items: Vec<&Settle> = todo.iter().map(|&i| &batch[i]).collect();
         match settle_round(pool, &mut held, &items, keep_failed_payload).await {
             Ok(rows) => rounds.took(rows),
+            // Nothing of it committed: the next round's snapshot answers the claimed change
+            // `Stale` and writes the others.
+            Err(e) if lease_generation_moved(&e) => {
+                rounds.took(items.iter().map(|_| None).collect())
+            }
             // Never written twice by this call (it could count an attempt twice): a completer
             // settles those of a later round.
             Err(e) => rounds.failed(e, &mut held, "settle")?,

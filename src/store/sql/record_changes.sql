@@ -7,7 +7,7 @@
 -- No CTE locks rows ahead of the writes: every condition for writing a user's changes is in the
 -- WHERE of the one UPDATE of the user's row, so that when a concurrent transaction wrote that row
 -- first, PostgreSQL re-checks them on its latest version before it writes (EvalPlanQual). Lock
--- order (src/store/batch.rs): the users' rows, in user order (the gateway sorts the heads), then a
+-- order (src/store/batch.rs): the users' rows in the heads' order (sorted by user), then a
 -- released key's change, as `reopen` takes them.
 -- Parameters: one array per column of a row kind, element i of each array is row i (parallel
 -- arrays: bench/README.md, "SQL shape").

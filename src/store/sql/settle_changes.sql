@@ -8,9 +8,9 @@
 -- its head by compare-and-set, only if every settle of the user is of the change's current lease
 -- generation as the statement's snapshot saw it; then each change's row, the generation
 -- re-checked on the row it writes (EvalPlanQual). If a generation moved in between (a completer
--- claimed the change since the snapshot), nothing of the batch commits. Lock order
--- (src/store/batch.rs): the users' rows in user order (the gateway sorts the heads), then the
--- changes' rows.
+-- claimed the change since the snapshot), nothing of the batch commits, and the gateway writes it
+-- again at once (src/store/batch.rs, lease_generation_moved): that settle is then stale. Lock order
+-- (src/store/batch.rs): the users' rows in the heads' order (sorted by user), then the changes'.
 -- Parameters: one array per column of a row kind, element i of each array is row i.
 --   settles, one element per settle in batch order (the order of the result):
 --     $1 change id uuid[]        $2 fence bigint[]: the lease generation it was made under
