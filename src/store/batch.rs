@@ -24,7 +24,7 @@ use crate::domain::{LinkMember, Origin, ProfileLinks, UserId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -346,13 +346,16 @@ fn chain_items<T>(
 
 /// After a write: the head each user now has (what the write left when its events went in, the
 /// row's head when they did not), so the next write chains from it without a read. The row's
-/// head comes from the statement's snapshot: when it is still the head the write chained from,
-/// a concurrent write moved it after the snapshot, and it is read again before the next round.
+/// head comes from the statement's snapshot: when it is still the head the write chained from
+/// and nothing of the user's was `refused` for a reason of its own (a known key, the pending
+/// bound, stale links, a stale lease), a concurrent write moved it after the snapshot, and it is
+/// read again before the next round.
 fn note_heads(
     held: &mut chain::Held,
     heads: &HeadColumns,
     written: &HashMap<String, bool>,
     seen: &HashMap<String, Option<Head>>,
+    refused: &HashSet<String>,
 ) {
     for (i, user) in heads.user_id.iter().enumerate() {
         if written.get(user).copied().unwrap_or(false) {
@@ -364,7 +367,7 @@ fn note_heads(
                 },
             );
         } else if let Some(Some(h)) = seen.get(user) {
-            if h.seq == heads.seq[i] && h.hash == heads.hash[i] {
+            if h.seq == heads.seq[i] && h.hash == heads.hash[i] && !refused.contains(user) {
                 held.forget_user(user);
             } else {
                 held.set(user, h.clone());
@@ -557,9 +560,13 @@ async fn record_round(
     .await?;
     let mut written = HashMap::new();
     let mut seen = HashMap::new();
+    let mut refused = HashSet::new();
     for (c, r) in batch.iter().zip(&rows) {
         let user = c.user_id.as_str().to_string();
         *written.entry(user.clone()).or_insert(true) &= r.seq.is_some();
+        if r.known_key || r.over_limit || !r.links_ok {
+            refused.insert(user.clone());
+        }
         seen.insert(
             user,
             r.chain_seq
@@ -567,7 +574,7 @@ async fn record_round(
                 .map(|(seq, hash)| Head { seq, hash }),
         );
     }
-    note_heads(held, &hd, &written, &seen);
+    note_heads(held, &hd, &written, &seen, &refused);
     Ok(rows
         .into_iter()
         .map(|r| match (r.seq, r.created_at) {
@@ -765,9 +772,13 @@ async fn settle_round(
     .await?;
     let mut written = HashMap::new();
     let mut seen = HashMap::new();
+    let mut refused = HashSet::new();
     for (c, r) in batch.iter().zip(&rows) {
         let user = c.user_id.as_str().to_string();
         *written.entry(user.clone()).or_insert(true) &= r.settled;
+        if !r.held {
+            refused.insert(user.clone());
+        }
         seen.insert(
             user,
             r.chain_seq
@@ -775,7 +786,7 @@ async fn settle_round(
                 .map(|(seq, hash)| Head { seq, hash }),
         );
     }
-    note_heads(held, &hd, &written, &seen);
+    note_heads(held, &hd, &written, &seen, &refused);
     Ok(rows
         .into_iter()
         .map(|r| match (r.settled, r.held) {
@@ -812,6 +823,42 @@ mod tests {
         assert_eq!(seen[1], [1, 2]);
         assert_eq!(seen[2], [2]);
         assert_eq!(rounds.finish(9), [0, 1, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_lost_a_race_is_read_again_a_refused_users_is_kept() {
+        let heads = ChainHeads::default();
+        let mut held = heads.hold(["raced", "refused", "moved"]).await;
+        let h = |seq: i64| Head {
+            seq,
+            hash: format!("{seq:064}"),
+        };
+        let mut sent = HeadColumns::default();
+        for user in ["moved", "raced", "refused"] {
+            held.set(user, h(1));
+            sent.user_id.push(user.to_string());
+            sent.seq.push(1);
+            sent.hash.push(h(1).hash);
+            sent.new_seq.push(2);
+            sent.new_hash.push(h(2).hash);
+        }
+        let written: HashMap<String, bool> =
+            sent.user_id.iter().map(|u| (u.clone(), false)).collect();
+        // The snapshot saw the head the write chained from for `raced` and `refused`, a later one
+        // for `moved`; only `refused` had a reason of its own.
+        let seen: HashMap<String, Option<Head>> = [
+            ("raced", Some(h(1))),
+            ("refused", Some(h(1))),
+            ("moved", Some(h(5))),
+        ]
+        .into_iter()
+        .map(|(u, head)| (u.to_string(), head))
+        .collect();
+        let refused = HashSet::from(["refused".to_string()]);
+        note_heads(&mut held, &sent, &written, &seen, &refused);
+        assert_eq!(held.unknown(), ["raced"]);
+        assert_eq!(held.head("refused").map(|h| h.seq), Some(1));
+        assert_eq!(held.head("moved").map(|h| h.seq), Some(5));
     }
 
     #[tokio::test]
