@@ -1239,6 +1239,37 @@ async fn until_blocked_by(pool: &sqlx::PgPool, holder: i32) {
     }
 }
 
+/// Runs `write` in a transaction left open, holding the rows it wrote, then `under_test`, and
+/// commits the transaction once `under_test` waits for one of those rows. Returns what
+/// `under_test` returned.
+async fn behind_an_open_write<T: Send + 'static>(
+    app: &TestApp,
+    write: &str,
+    under_test: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let mut tx = app.pool.begin().await.unwrap();
+    let holder: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(write).execute(&mut *tx).await.unwrap();
+    let task = tokio::spawn(under_test);
+    until_blocked_by(&app.pool, holder).await;
+    tx.commit().await.unwrap();
+    task.await.unwrap()
+}
+
+/// Alice's chain head, last change and finished change, from her `profile_links` row.
+async fn alice_row(app: &TestApp) -> (i64, String, i64, i64) {
+    sqlx::query_as(
+        "select chain_seq, chain_hash, last_change_seq, finished_seq from profile_links
+          where user_id = 'alice'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
 /// The record locks nothing before it writes: the links version is a condition of the update of
 /// the user's row. When the links change while the record waits for that row, PostgreSQL checks
 /// the condition again on the new row, and nothing of the change is written.
@@ -1253,11 +1284,7 @@ async fn a_record_behind_a_concurrent_links_update_writes_nothing_and_says_stale
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    let head: (i64, String) =
-        sqlx::query_as("select chain_seq, chain_hash from profile_links where user_id = 'alice'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let before = alice_row(&app).await;
     let change = NewChange {
         id: uuid::Uuid::new_v4(),
         user_id: UserId::parse("alice").unwrap(),
@@ -1283,54 +1310,35 @@ async fn a_record_behind_a_concurrent_links_update_writes_nothing_and_says_stale
         audit_values: json!({"first_name": {"new": "A***"}}),
         hmac_key_id: "h1".into(),
     };
-    // Another writer changes alice's links and holds her row until told to commit.
-    let mut links = app.pool.begin().await.unwrap();
-    let holder: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *links)
-        .await
-        .unwrap();
-    sqlx::query(
+    let pool = app.pool.clone();
+    // Another writer changes alice's links and holds her row meanwhile.
+    let recorded = behind_an_open_write(
+        &app,
         "update profile_links set updated_at = updated_at + interval '1 second'
           where user_id = 'alice'",
+        async move {
+            let params = RecordParams {
+                lease_owner: "test",
+                lease: Duration::from_secs(30),
+                key_in_flight: Duration::from_secs(30),
+                key_retention: Duration::from_secs(3600),
+                max_pending: 16,
+            };
+            let heads = profile_gateway::audit::chain::ChainHeads::default();
+            record_changes(&pool, &heads, &[&change], &params).await
+        },
     )
-    .execute(&mut *links)
     .await
     .unwrap();
-    let pool = app.pool.clone();
-    let record = tokio::spawn(async move {
-        let params = RecordParams {
-            lease_owner: "test",
-            lease: Duration::from_secs(30),
-            key_in_flight: Duration::from_secs(30),
-            key_retention: Duration::from_secs(3600),
-            max_pending: 16,
-        };
-        let heads = profile_gateway::audit::chain::ChainHeads::default();
-        record_changes(&pool, &heads, &[&change], &params).await
-    });
-    until_blocked_by(&app.pool, holder).await;
-    links.commit().await.unwrap();
-    let recorded = record.await.unwrap().unwrap();
     assert!(
         matches!(recorded[..], [Recorded::StaleLinks]),
         "{recorded:?}"
     );
-    let changes: i64 = sqlx::query_scalar("select count(*) from changes")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let events: i64 = sqlx::query_scalar(
-        "select count(*) from audit_events where event_type = 'change_requested'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let after: (i64, String, i64) = sqlx::query_as(
-        "select chain_seq, chain_hash, last_change_seq from profile_links where user_id = 'alice'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let changes = app.count("select count(*) from changes").await;
+    let events = app
+        .count("select count(*) from audit_events where event_type = 'change_requested'")
+        .await;
+    let after = alice_row(&app).await;
     assert_eq!(
         (changes, events),
         (0, 0),
@@ -1338,7 +1346,7 @@ async fn a_record_behind_a_concurrent_links_update_writes_nothing_and_says_stale
     );
     assert_eq!(
         (after.0, after.1, after.2),
-        (head.0, head.1, 0),
+        (before.0, before.1, 0),
         "the head did not move"
     );
 }
@@ -1350,41 +1358,30 @@ async fn a_record_behind_a_concurrent_links_update_writes_nothing_and_says_stale
 #[tokio::test]
 async fn a_settle_behind_a_concurrent_claim_writes_nothing() {
     use profile_gateway::domain::{ChangeStatus, StepStatus};
-    use profile_gateway::store::batch::settle_changes;
+    use profile_gateway::store::batch::{Settled, settle_changes};
     let app = spawn_app().await;
     let id = uuid::Uuid::new_v4();
     alice_pending_change(&app, id, 1).await;
-    let head: (i64, String) =
-        sqlx::query_as("select chain_seq, chain_hash from profile_links where user_id = 'alice'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let before = alice_row(&app).await;
     let settle = alice_settle(id, 1, StepStatus::Applied, ChangeStatus::Applied);
-    // A completer claims the change (its lease generation moves to 2) and holds its row.
-    let mut claim = app.pool.begin().await.unwrap();
-    let holder: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *claim)
-        .await
-        .unwrap();
-    sqlx::query(
-        "update changes set fence = fence + 1, lease_owner = 'completer',
-                lease_expires_at = now() + interval '1 hour'
-          where id = $1",
+    let pool = app.pool.clone();
+    // A completer claims the change (its lease generation moves to 2) and holds its row
+    // meanwhile. The statement that waited writes nothing (it aborts); the next one finds the
+    // change claimed.
+    let settled = behind_an_open_write(
+        &app,
+        &format!(
+            "update changes set fence = fence + 1, lease_owner = 'completer',
+                    lease_expires_at = now() + interval '1 hour'
+              where id = '{id}'"
+        ),
+        async move {
+            let heads = profile_gateway::audit::chain::ChainHeads::default();
+            settle_changes(&pool, &heads, &[settle], Duration::ZERO).await
+        },
     )
-    .bind(id)
-    .execute(&mut *claim)
     .await
     .unwrap();
-    let pool = app.pool.clone();
-    let settled = tokio::spawn(async move {
-        let heads = profile_gateway::audit::chain::ChainHeads::default();
-        settle_changes(&pool, &heads, &[settle], Duration::ZERO).await
-    });
-    until_blocked_by(&app.pool, holder).await;
-    claim.commit().await.unwrap();
-    // The statement that waited writes nothing (it aborts); the next one finds the change claimed.
-    let settled = settled.await.unwrap().unwrap();
-    use profile_gateway::store::batch::Settled;
     assert_eq!(settled, vec![Settled::Stale]);
     let (status, fence, owner, step): (String, i64, String, String) = sqlx::query_as(
         "select c.status, c.fence, c.lease_owner, c.steps -> '0' ->> 'status' from changes c
@@ -1399,31 +1396,25 @@ async fn a_settle_behind_a_concurrent_claim_writes_nothing() {
         ("pending", 2, "completer", "pending"),
         "the change is as the completer left it"
     );
-    let events: i64 = sqlx::query_scalar("select count(*) from audit_events where change_id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let after: (i64, String, i64) = sqlx::query_as(
-        "select chain_seq, chain_hash, finished_seq from profile_links where user_id = 'alice'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let outbox: i64 =
-        sqlx::query_scalar("select count(*) from webhook_events where change_id = $1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let events = app
+        .count(&format!(
+            "select count(*) from audit_events where change_id = '{id}'"
+        ))
+        .await;
+    let outbox = app
+        .count(&format!(
+            "select count(*) from webhook_events where change_id = '{id}'"
+        ))
+        .await;
+    let after = alice_row(&app).await;
     assert_eq!(
         (events, outbox),
         (0, 0),
         "no event of the settle, no webhook event"
     );
     assert_eq!(
-        (after.0, after.1, after.2),
-        (head.0, head.1, 0),
+        (after.0, after.1, after.3),
+        (before.0, before.1, 0),
         "alice's head and turn stay"
     );
 }
