@@ -344,6 +344,37 @@ fn chain_items<T>(
     (events, heads)
 }
 
+/// What one row of a write's answer says of its item's user.
+struct UserRow<'a> {
+    user: &'a str,
+    written: bool,
+    /// Not written for a reason of its own (a known key, the pending bound, stale links, a stale
+    /// lease), not for a moved head.
+    refused: bool,
+    /// The user's head (seq, hash) in the statement's snapshot; none when the user has no row.
+    seen: Option<(i64, String)>,
+}
+
+/// A write's answer per user (all of a user's items written, any refused), for [`note_heads`].
+fn note_rows<'a>(
+    held: &mut chain::Held,
+    heads: &HeadColumns,
+    rows: impl Iterator<Item = UserRow<'a>>,
+) {
+    let mut written = HashMap::new();
+    let mut seen = HashMap::new();
+    let mut refused = HashSet::new();
+    for r in rows {
+        let user = r.user.to_string();
+        *written.entry(user.clone()).or_insert(true) &= r.written;
+        if r.refused {
+            refused.insert(user.clone());
+        }
+        seen.insert(user, r.seen.map(|(seq, hash)| Head { seq, hash }));
+    }
+    note_heads(held, heads, &written, &seen, &refused);
+}
+
 /// After a write: the head each user now has (what the write left when its events went in, the
 /// row's head when they did not), so the next write chains from it without a read. The row's
 /// head comes from the statement's snapshot: when it is still the head the write chained from
@@ -558,23 +589,16 @@ async fn record_round(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut written = HashMap::new();
-    let mut seen = HashMap::new();
-    let mut refused = HashSet::new();
-    for (c, r) in batch.iter().zip(&rows) {
-        let user = c.user_id.as_str().to_string();
-        *written.entry(user.clone()).or_insert(true) &= r.seq.is_some();
-        if r.known_key || r.over_limit || !r.links_ok {
-            refused.insert(user.clone());
-        }
-        seen.insert(
-            user,
-            r.chain_seq
-                .zip(r.chain_hash.clone())
-                .map(|(seq, hash)| Head { seq, hash }),
-        );
-    }
-    note_heads(held, &hd, &written, &seen, &refused);
+    note_rows(
+        held,
+        &hd,
+        batch.iter().zip(&rows).map(|(c, r)| UserRow {
+            user: c.user_id.as_str(),
+            written: r.seq.is_some(),
+            refused: r.known_key || r.over_limit || !r.links_ok,
+            seen: r.chain_seq.zip(r.chain_hash.clone()),
+        }),
+    );
     Ok(rows
         .into_iter()
         .map(|r| match (r.seq, r.created_at) {
@@ -595,9 +619,8 @@ async fn record_round(
 /// Whether [`record_changes`] would now refuse one more change of `user` as
 /// [`Recorded::TooManyPending`] (a dry run): the same count (`last_change_seq - finished_seq`)
 /// and bound as the condition of its update of the user's row, for a batch of one, read without a
-/// lock. Keep the two
-/// together when either changes. Not asked for a key already recorded: that one is never refused
-/// for the bound. An unknown user is not over it (the links said so first).
+/// lock. Keep the two together when either changes. Not asked for a key already recorded: that
+/// one is never refused for the bound. An unknown user is not over it (the links said so first).
 pub async fn would_exceed_pending(
     pool: &PgPool,
     user: &UserId,
@@ -770,23 +793,16 @@ async fn settle_round(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let mut written = HashMap::new();
-    let mut seen = HashMap::new();
-    let mut refused = HashSet::new();
-    for (c, r) in batch.iter().zip(&rows) {
-        let user = c.user_id.as_str().to_string();
-        *written.entry(user.clone()).or_insert(true) &= r.settled;
-        if !r.held {
-            refused.insert(user.clone());
-        }
-        seen.insert(
-            user,
-            r.chain_seq
-                .zip(r.chain_hash.clone())
-                .map(|(seq, hash)| Head { seq, hash }),
-        );
-    }
-    note_heads(held, &hd, &written, &seen, &refused);
+    note_rows(
+        held,
+        &hd,
+        batch.iter().zip(&rows).map(|(c, r)| UserRow {
+            user: c.user_id.as_str(),
+            written: r.settled,
+            refused: !r.held,
+            seen: r.chain_seq.zip(r.chain_hash.clone()),
+        }),
+    );
     Ok(rows
         .into_iter()
         .map(|r| match (r.settled, r.held) {
