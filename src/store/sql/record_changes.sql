@@ -58,8 +58,7 @@ keyed as (
 heads as (
   select * from unnest($15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[],
                        $34::bigint[], $35::timestamptz[])
-      with ordinality as t(user_id, seq, hash, new_seq, new_hash, n, links_version, ord)
-   order by t.ord
+      as t(user_id, seq, hash, new_seq, new_hash, n, links_version)
 ),
 users as (
   update profile_links p

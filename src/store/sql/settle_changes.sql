@@ -49,8 +49,7 @@ cur as (
 ),
 heads as (
   select * from unnest($12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::text[])
-      with ordinality as t(user_id, seq, hash, new_seq, new_hash, ord)
-   order by t.ord
+      as t(user_id, seq, hash, new_seq, new_hash)
 ),
 users as (
   update profile_links p
